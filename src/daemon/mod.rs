@@ -1,0 +1,449 @@
+//! Daemon startup, signals, systemd notify, named tasks and shutdown.
+//!
+//! Order at startup: install the FIPS TLS provider, parse arguments and the
+//! config, harden the process, check FIPS mode, load TLS, bind every listener,
+//! then (and only then) tell systemd `READY=1`.
+
+pub mod cli;
+pub mod notify;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::crypto::fips::ModuleInfo;
+use crate::crypto::{self, CryptoError};
+use crate::tls::{self, CertStore, TlsError};
+
+/// State every part of the running daemon can see.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub started: Instant,
+    pub module: ModuleInfo,
+    pub listen: SocketAddr,
+    pub certs: Arc<CertStore>,
+    pub dev: bool,
+}
+
+/// Why the daemon refused to start. Every variant exits 78 (EX_CONFIG).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("refusing to start: {0}")]
+    Fips(#[from] CryptoError),
+    #[error("refusing to start: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "refusing to run as root: run as the strongroom user, or set security.allow_root = true"
+    )]
+    Root,
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the API listener on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Admin(#[from] admin::server::BindError),
+}
+
+/// Entry point of `strongroomd`.
+pub fn main() -> ExitCode {
+    // First thing: the only TLS provider in the process is the FIPS one.
+    let _ = rustls::crypto::CryptoProvider::install_default(tls::provider());
+
+    let args = cli::Args::parse();
+    let (config, config_path) = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::telemetry::init(
+                args.log_target.unwrap_or_default(),
+                "info",
+                args.check_config,
+            );
+            tracing::error!(error = %e, "refusing to start: {e}");
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(config.log.target, &config.log.level, args.check_config);
+
+    let prepared = match prepare(&args, config) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "{e}");
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
+    if args.check_config {
+        tracing::info!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strongroomd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(prepared, config_path, args.dev)) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "{e}");
+            ExitCode::from(crate::EXIT_CONFIG)
+        }
+    }
+}
+
+fn load_config(args: &cli::Args) -> Result<(Config, Option<PathBuf>), ConfigError> {
+    let path = match (&args.config, args.dev) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => Some(PathBuf::from(DEFAULT_CONFIG_PATH)),
+    };
+    let mut config = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::defaults(),
+    };
+    if let Some(dir) = &args.state_dir {
+        config.storage.state_dir = absolute(dir);
+    }
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(target) = args.log_target {
+        config.log.target = target;
+    }
+    if args.dev {
+        let dir = config.storage.state_dir.clone();
+        config.admin.socket = dir.join("admin.sock");
+        if config.keys.master_key_file.is_none() {
+            config.keys.master_key_file = Some(dir.join("master.key"));
+        }
+    }
+    config.validate()?;
+    Ok((config, path))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_owned())
+    }
+}
+
+/// Everything checked and loaded before the runtime starts.
+struct Prepared {
+    config: Config,
+    module: ModuleInfo,
+    certs: Arc<CertStore>,
+    server_config: Arc<rustls::ServerConfig>,
+}
+
+/// The real startup checks; `--check-config` stops after these.
+fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
+    harden_process();
+    // Security invariant: never run as root in production unless explicitly allowed.
+    // (--check-config is often run with sudo before a reload: it checks the file, not the caller.)
+    if nix::unistd::geteuid().is_root()
+        && !args.dev
+        && !args.check_config
+        && !config.security.allow_root
+    {
+        return Err(StartupError::Root);
+    }
+    let module = crypto::fips::require_fips_mode()?;
+
+    if args.dev && !args.check_config {
+        prepare_dev_state(&config)?;
+    }
+    let (cert_path, key_path) = config.tls_paths();
+    if config.tls_is_generated() && !args.check_config {
+        ensure_dir(&config.storage.state_dir)?;
+        if let Some(fp) = tls::ensure_self_signed(&cert_path, &key_path)? {
+            tracing::info!(
+                cert = %cert_path.display(),
+                fingerprint_sha256 = %fp,
+                "generated a self-signed TLS certificate; pin this fingerprint in clients or install a real certificate"
+            );
+        }
+    }
+    let provider = Arc::new(tls::provider());
+    let certs = if config.tls_is_generated() && args.check_config && !cert_path.exists() {
+        // Nothing to check yet: the certificate is generated on first start.
+        None
+    } else {
+        Some(Arc::new(CertStore::load(
+            provider.clone(),
+            &cert_path,
+            &key_path,
+        )?))
+    };
+    let certs = match certs {
+        Some(c) => c,
+        None => {
+            // Prove the TLS configuration is FIPS with a throwaway certificate.
+            let dir = tempdir_for_check()?;
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            tls::ensure_self_signed(&c, &k)?;
+            let store = Arc::new(CertStore::load(provider.clone(), &c, &k)?);
+            let _ = fs::remove_dir_all(&dir);
+            store
+        }
+    };
+    let server_config = Arc::new(tls::server_config(provider, certs.clone())?);
+    Ok(Prepared {
+        config,
+        module,
+        certs,
+        server_config,
+    })
+}
+
+fn tempdir_for_check() -> Result<PathBuf, StartupError> {
+    let name: [u8; 8] = crypto::random_array()?;
+    let dir = std::env::temp_dir().join(format!("strongroom-check-{}", crypto::hex(&name)));
+    ensure_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Process hardening that needs no privileges.
+fn harden_process() {
+    // Security invariant: no core dumps and no ptrace by other users of this uid,
+    // so key material in memory never lands on disk or in another process.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot clear the dumpable flag");
+    }
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // Files we create are private to the service user unless we say otherwise.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), StartupError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StartupError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Dev mode: the state directory with a master key file (0600) in it.
+fn prepare_dev_state(config: &Config) -> Result<(), StartupError> {
+    let dir = &config.storage.state_dir;
+    ensure_dir(dir)?;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Some(path) = &config.keys.master_key_file {
+        if !path.exists() {
+            let key = zeroize::Zeroizing::new(crypto::random_array::<32>()?);
+            let hex = zeroize::Zeroizing::new(crypto::hex(key.as_ref()) + "\n");
+            let io = |source| StartupError::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            std::io::Write::write_all(&mut f, hex.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            tracing::info!(path = %path.display(), "dev mode: created a master key file");
+        }
+    }
+    Ok(())
+}
+
+/// A task with a name, so shutdown can say which one misbehaved.
+struct NamedTask {
+    name: &'static str,
+    handle: JoinHandle<()>,
+}
+
+async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(), StartupError> {
+    let listen = p.config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| StartupError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let policy = admin::server::AccessPolicy::new(&p.config.admin.group);
+    let admin_path = p.config.admin.socket.clone();
+    let admin_listener = admin::server::bind(&admin_path, &policy)?;
+
+    let shared = Arc::new(Shared {
+        config: p.config,
+        started: Instant::now(),
+        module: p.module,
+        listen: bound,
+        certs: p.certs.clone(),
+        dev,
+    });
+    let drain = Duration::from_secs(shared.config.server.shutdown_timeout_secs);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let acceptor = tokio_rustls::TlsAcceptor::from(p.server_config);
+    let router = crate::http::router(shared.clone());
+
+    let mut tasks = vec![
+        NamedTask {
+            name: "https",
+            handle: tokio::spawn(crate::http::server::serve(
+                listener,
+                acceptor,
+                router,
+                stop_rx.clone(),
+                drain,
+            )),
+        },
+        NamedTask {
+            name: "admin",
+            handle: tokio::spawn(admin::server::serve(
+                admin_listener,
+                shared.clone(),
+                policy,
+                stop_rx.clone(),
+            )),
+        },
+    ];
+    if let Some(interval) = notify::watchdog_interval() {
+        let mut stop = stop_rx.clone();
+        tasks.push(NamedTask {
+            name: "watchdog",
+            handle: tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval / 2);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick() => notify::watchdog(),
+                    }
+                }
+            }),
+        });
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(sig_err)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(sig_err)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(sig_err)?;
+
+    let status_line = format!(
+        "serving https://{bound}; admin socket {}",
+        admin_path.display()
+    );
+    tracing::info!(
+        listen = %bound,
+        admin_socket = %admin_path.display(),
+        fips = shared.module.fips,
+        crypto_module = %shared.module.module,
+        "strongroomd ready"
+    );
+    if dev {
+        print_dev_banner(&shared, &admin_path);
+    }
+    // Every listener is bound: only now is the service ready.
+    notify::ready(&status_line);
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                notify::reloading();
+                reload(&shared, config_path.as_deref());
+                notify::ready(&status_line);
+            }
+        }
+    }
+
+    notify::stopping();
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        match tokio::time::timeout(drain + Duration::from_secs(2), task.handle).await {
+            Ok(Ok(())) => tracing::debug!(task = task.name, "task stopped"),
+            Ok(Err(e)) => tracing::error!(task = task.name, error = %e, "task failed"),
+            Err(_) => tracing::error!(task = task.name, "task did not stop in time"),
+        }
+    }
+    let _ = fs::remove_file(&admin_path);
+    Ok(())
+}
+
+fn sig_err(source: std::io::Error) -> StartupError {
+    StartupError::Io {
+        path: PathBuf::from("<signal handler>"),
+        source,
+    }
+}
+
+/// SIGHUP: re-read the certificate and key; re-check the config file. A bad
+/// certificate or config is logged and the running one stays in use.
+fn reload(shared: &Shared, config_path: Option<&Path>) {
+    if let Some(path) = config_path {
+        match Config::load(path) {
+            Ok(_) => {
+                tracing::info!(config = %path.display(), "config re-checked; settings other than the TLS certificate apply at restart")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload: {e}; keeping the running configuration")
+            }
+        }
+    }
+    match shared.certs.reload() {
+        Ok(fp) => tracing::info!(fingerprint_sha256 = %fp, "TLS certificate reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "TLS reload failed: {e}; keeping the current certificate")
+        }
+    }
+}
+
+fn print_dev_banner(shared: &Shared, admin_path: &Path) {
+    let dir = shared.config.storage.state_dir.display();
+    let port = shared.listen.port();
+    println!(
+        "\nStrongroom is running in dev mode (FIPS: {}).\n\
+         \n  API:           https://{listen}/status\n\
+         \x20 certificate:   {dir}/tls/cert.pem (SHA-256 {fp})\n\
+         \x20 admin socket:  {admin}\n\
+         \nNext:\n\
+         \x20 curl --cacert {dir}/tls/cert.pem https://localhost:{port}/status\n\
+         \x20 strongroomctl --socket {admin} status\n",
+        shared.module.module,
+        listen = shared.listen,
+        fp = shared.certs.fingerprint(),
+        admin = admin_path.display(),
+    );
+}

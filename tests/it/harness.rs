@@ -1,0 +1,302 @@
+//! Spawns the real daemon on a temp dir and port 0, learns readiness and the
+//! bound address from a notify socket the test owns, stops it with SIGTERM.
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::client::Client;
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_strongroomd");
+pub const CTL: &str = env!("CARGO_BIN_EXE_strongroomctl");
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub state_dir: PathBuf,
+    pub addr: SocketAddr,
+    pub admin_socket: PathBuf,
+    notify: UnixDatagram,
+    /// Notify messages received so far, oldest first.
+    pub messages: Vec<String>,
+    stopped: bool,
+}
+
+/// Builds config file text from the test's temp dir.
+pub type ConfigFn = Box<dyn Fn(&Path) -> String>;
+
+pub struct Options {
+    pub dev: bool,
+    /// Config file text, given the test's temp dir.
+    pub config: Option<ConfigFn>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dev: true,
+            config: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Daemon {
+    /// A dev-mode daemon on 127.0.0.1:0.
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Self {
+        let dir = tempfile::Builder::new().prefix("sr-it-").tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut args: Vec<OsString> = vec![
+            "--state-dir".into(),
+            state_dir.clone().into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--log-target".into(),
+            "stderr".into(),
+        ];
+        if opts.dev {
+            args.push("--dev".into());
+        }
+        if let Some(cfg) = &opts.config {
+            let path = dir.path().join("strongroom.toml");
+            fs::write(&path, cfg(dir.path())).unwrap();
+            args.push("--config".into());
+            args.push(path.into());
+        }
+        let mut cmd = Command::new(DAEMON);
+        cmd.args(&args)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut d = Daemon {
+            child: Some(child),
+            admin_socket: state_dir.join("admin.sock"),
+            state_dir,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            notify,
+            messages: Vec::new(),
+            stopped: false,
+        };
+        let ready = d.wait_for(|m| m.lines().any(|l| l == "READY=1"), START_TIMEOUT);
+        let status = ready
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS=serving https://"))
+            .unwrap_or_else(|| panic!("READY without address: {ready:?}"));
+        let (addr, rest) = status.split_once(';').unwrap();
+        d.addr = addr.parse().unwrap();
+        if let Some(sock) = rest.trim().strip_prefix("admin socket ") {
+            d.admin_socket = PathBuf::from(sock);
+        }
+        d
+    }
+
+    /// Waits for a notify message matching `pred`; panics (with the daemon's
+    /// logs) if the daemon exits or the timeout passes first.
+    pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    self.messages.push(msg.clone());
+                    if pred(&msg) {
+                        return msg;
+                    }
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("notify socket: {e}"),
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.stopped = true;
+                panic!(
+                    "daemon exited ({status}) before the awaited notify message\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for a notify message\n{}", self.logs());
+            }
+        }
+    }
+
+    /// After exit: reads what is left on the notify socket and asserts `needle` is there.
+    pub fn wait_for_buffered(&mut self, needle: &str) {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert!(
+            self.messages.iter().any(|m| m.contains(needle)),
+            "{needle} never sent: {:?}",
+            self.messages
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |n: &str| fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        format!(
+            "--- daemon stdout ---\n{}\n--- daemon stderr ---\n{}",
+            read("stdout.log"),
+            read("stderr.log")
+        )
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(30));
+        self.stopped = true;
+        status
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon did not exit in time\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// An HTTPS client trusting the daemon's generated certificate.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, &self.state_dir.join("tls/cert.pem"))
+    }
+
+    /// Runs `strongroomctl --socket <admin socket> ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl(&self.admin_socket, args)
+    }
+}
+
+pub fn ctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(CTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                _ if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    break None;
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        } else if status.and_then(|s| s.code()) != Some(0) {
+            panic!(
+                "daemon did not exit 0 on SIGTERM: {status:?}\n{}",
+                self.logs()
+            );
+        }
+    }
+}
+
+/// Runs the daemon to completion (for startup failures and --check-config).
+pub fn run_daemon(args: &[&str], timeout: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(DAEMON)
+        .args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "daemon did not exit: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// A config for a non-dev daemon in `dir` (tests run as root in CI).
+pub fn prod_config(dir: &Path, extra: &str) -> String {
+    format!(
+        "version = 1\n[storage]\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n[log]\ntarget = \"stderr\"\n[security]\nallow_root = true\n{extra}",
+        dir.join("state").display(),
+        dir.join("admin.sock").display()
+    )
+}

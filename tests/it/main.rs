@@ -1,0 +1,7 @@
+//! The one integration test binary: every test spawns the real `strongroomd`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod client;
+mod foundation;
+mod harness;
+mod raw_tls;
