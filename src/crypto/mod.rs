@@ -4,7 +4,11 @@
 //! Other modules see key material only through the newtypes defined here
 //! (redacted `Debug`, zeroized on drop), never as bare byte arrays.
 
+pub mod envelope;
 pub mod fips;
+pub mod keyring;
+pub mod secret;
+pub mod sqlcipher;
 
 use aws_lc_rs::{digest, rand};
 
