@@ -10,10 +10,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod http;
+pub mod ids;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

@@ -1,0 +1,422 @@
+//! A firm's database (`<state_dir>/firms/<firm_id>.db`): WAL, `synchronous=FULL`,
+//! `secure_delete=ON`, foreign keys on. One writer thread (group commit) and a
+//! small pool of read-only connections; no rusqlite call runs on the async
+//! runtime's worker threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::writer::Writer;
+use super::{StoreError, migrate, open_encrypted};
+use crate::crypto::keyring::SqlcipherKey;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE profile (
+    k           TEXT PRIMARY KEY,
+    v           TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    mac           BLOB NOT NULL,
+    allow         TEXT NOT NULL DEFAULT '[]',
+    deny          TEXT NOT NULL DEFAULT '[]',
+    created_at    TEXT NOT NULL,
+    created_by    TEXT,
+    expires_at    TEXT,
+    revoked_at    TEXT
+)
+"#];
+
+/// Read-only connections kept open per firm.
+const MAX_IDLE_READERS: usize = 4;
+
+/// An API key's stored form (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub mac: Vec<u8>,
+    pub allow: String,
+    pub deny: String,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+/// The write side handed to commands, inside the writer's transaction.
+pub struct WriteTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> WriteTx<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Self {
+        Self { conn }
+    }
+
+    pub fn set_profile(&self, k: &str, v: &str, now: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO profile (k, v, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (k) DO UPDATE SET v = excluded.v, updated_at = excluded.updated_at",
+            params![k, v, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO api_keys (id, name, role, mac, allow, deny, created_at, created_by, expires_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    k.id, k.name, k.role, k.mac, k.allow, k.deny, k.created_at, k.created_by,
+                    k.expires_at, k.revoked_at
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict(format!("api key {} exists", k.id))
+                }
+                other => other.into(),
+            })?;
+        Ok(())
+    }
+
+    pub fn set_meta(&self, k: &str, v: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            [k, v],
+        )?;
+        Ok(())
+    }
+}
+
+/// The read side, on a read-only connection.
+pub struct ReadTx<'c> {
+    conn: &'c Connection,
+}
+
+impl ReadTx<'_> {
+    pub fn profile(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT k, v FROM profile ORDER BY k")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, name, role, mac, allow, deny, created_at, created_by, expires_at, revoked_at
+             FROM api_keys WHERE id = ?1",
+        )?;
+        Ok(st
+            .query_row([id], |r| {
+                Ok(ApiKeyRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    role: r.get(2)?,
+                    mac: r.get(3)?,
+                    allow: r.get(4)?,
+                    deny: r.get(5)?,
+                    created_at: r.get(6)?,
+                    created_by: r.get(7)?,
+                    expires_at: r.get(8)?,
+                    revoked_at: r.get(9)?,
+                })
+            })
+            .optional()?)
+    }
+
+    pub fn count_api_keys(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM api_keys", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+}
+
+fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!("journal_mode is {mode}")));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(())
+}
+
+/// One open firm database.
+pub struct FirmDb {
+    firm_id: String,
+    path: PathBuf,
+    key: SqlcipherKey,
+    writer: Option<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    last_used_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for FirmDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirmDb")
+            .field("firm_id", &self.firm_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl FirmDb {
+    /// Opens (creating if `create`) the firm's database, runs migrations and
+    /// starts its writer thread. Blocking: call from a blocking context.
+    pub fn open(
+        firm_id: &str,
+        path: &Path,
+        key: SqlcipherKey,
+        create: bool,
+    ) -> Result<Self, StoreError> {
+        if !create && !path.exists() {
+            return Err(StoreError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "firm database missing"),
+            });
+        }
+        let conn = open_encrypted(path, &key, OpenFlags::default())?;
+        configure_writer(&conn)?;
+        migrate(&conn, MIGRATIONS)?;
+        conn.execute(
+            "INSERT INTO meta (k, v) VALUES ('firm_id', ?1) ON CONFLICT (k) DO NOTHING",
+            [firm_id],
+        )?;
+        let stored: String =
+            conn.query_row("SELECT v FROM meta WHERE k = 'firm_id'", [], |r| r.get(0))?;
+        if stored != firm_id {
+            return Err(StoreError::Corrupt(format!(
+                "{} belongs to firm {stored}, not {firm_id}",
+                path.display()
+            )));
+        }
+        let writer = Writer::spawn(conn, format!("w-{}", &firm_id[..firm_id.len().min(12)]))?;
+        Ok(Self {
+            firm_id: firm_id.to_owned(),
+            path: path.to_owned(),
+            key,
+            writer: Some(writer),
+            readers: Mutex::new(Vec::new()),
+            last_used_ms: AtomicU64::new(now_ms()),
+        })
+    }
+
+    pub fn firm_id(&self) -> &str {
+        &self.firm_id
+    }
+
+    pub fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last use.
+    pub fn idle_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed))
+    }
+
+    /// Queues a write command; the future resolves after its durable commit.
+    pub async fn write<F, R>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&WriteTx<'_>) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.touch();
+        let rx = self
+            .writer
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .submit(f)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// The same, for threads outside the async runtime (benchmarks, tools).
+    pub fn write_blocking<F, R>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&WriteTx<'_>) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.touch();
+        let rx = self
+            .writer
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .submit(f)?;
+        rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Runs `f` on a pooled read-only connection. Blocking.
+    pub fn read_blocking<R>(
+        &self,
+        f: impl FnOnce(&ReadTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.touch();
+        let conn = match self.lock_readers().pop() {
+            Some(c) => c,
+            None => {
+                let c = open_encrypted(&self.path, &self.key, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+                c
+            }
+        };
+        let out = f(&ReadTx { conn: &conn });
+        let mut pool = self.lock_readers();
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    fn lock_readers(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        match self.readers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Drains the writer and closes every connection. Blocking.
+    pub fn close(mut self) {
+        self.lock_readers().clear();
+        if let Some(w) = self.writer.take() {
+            w.close();
+        }
+    }
+
+    /// Replaces the database's key with `new_key` (`PRAGMA rekey`, which
+    /// rewrites every page in one transaction). The firm must be closed.
+    pub fn rekey(
+        path: &Path,
+        old: &SqlcipherKey,
+        new_key: &SqlcipherKey,
+    ) -> Result<(), StoreError> {
+        let conn = open_encrypted(path, old, OpenFlags::default())?;
+        configure_writer(&conn)?;
+        // Fold the WAL into the main file first, then leave WAL mode so the
+        // rekey rewrites one file; WAL mode comes back on the next open.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let _: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+        conn.pragma_update(None, "rekey", new_key.as_pragma_value())?;
+        drop(conn);
+        // Prove the new key opens it before the caller forgets the old one.
+        let check = open_encrypted(path, new_key, OpenFlags::default())?;
+        drop(check);
+        Ok(())
+    }
+
+    /// Whether `key` opens the database at `path`.
+    pub fn key_opens(path: &Path, key: &SqlcipherKey) -> bool {
+        open_encrypted(path, key, OpenFlags::SQLITE_OPEN_READ_ONLY).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keyring::SqlcipherKey;
+    use crate::crypto::secret::SecretKey;
+    use std::sync::Arc;
+
+    fn key(b: u8) -> SqlcipherKey {
+        SqlcipherKey::from_secret(&SecretKey::from_bytes([b; 32]))
+    }
+
+    #[test]
+    fn writes_are_durable_and_failures_are_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = Arc::new(FirmDb::open("frm_x", &path, key(1), true).unwrap());
+        let ok = db.write_blocking(|tx| tx.set_profile("display_name", "A", "t"));
+        assert!(ok.is_ok());
+        // A failing command in the same batch does not sink the others.
+        let mut handles = Vec::new();
+        for i in 0..50 {
+            let db = db.clone();
+            handles.push(std::thread::spawn(move || {
+                db.write_blocking(move |tx| {
+                    if i % 7 == 0 {
+                        tx.set_profile("k", "bad", "t")?;
+                        Err(StoreError::Command("refused".into()))
+                    } else {
+                        tx.set_profile(&format!("k{i}"), "v", "t")
+                    }
+                })
+            }));
+        }
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 8);
+        let profile = db.read_blocking(|r| r.profile()).unwrap();
+        assert_eq!(profile.len(), 1 + 42);
+        assert!(
+            !profile.iter().any(|(k, _)| k == "k"),
+            "failed command rolled back"
+        );
+        Arc::try_unwrap(db).unwrap().close();
+
+        // Reopen: everything acknowledged is there; the wrong key is refused.
+        assert!(matches!(
+            FirmDb::open("frm_x", &path, key(2), false),
+            Err(StoreError::WrongKey { .. })
+        ));
+        let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 43);
+        // Another firm's id on this file is refused.
+        db.close();
+        assert!(matches!(
+            FirmDb::open("frm_y", &path, key(1), false),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn rekey_switches_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        db.write_blocking(|tx| tx.set_profile("a", "b", "t"))
+            .unwrap();
+        db.close();
+        FirmDb::rekey(&path, &key(1), &key(3)).unwrap();
+        assert!(!FirmDb::key_opens(&path, &key(1)));
+        let db = FirmDb::open("frm_x", &path, key(3), false).unwrap();
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 1);
+        db.close();
+    }
+
+    #[test]
+    fn database_runs_on_our_fips_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_encrypted(&dir.path().join("p.db"), &key(5), OpenFlags::default()).unwrap();
+        let v: String = conn
+            .query_row("PRAGMA cipher_provider_version", [], |r| r.get(0))
+            .unwrap();
+        assert!(v.starts_with("AWS-LC FIPS"), "{v}");
+        assert!(crate::store::sqlcipher_version().starts_with("4."));
+    }
+}

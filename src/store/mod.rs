@@ -1,0 +1,105 @@
+//! The only module that imports rusqlite: the registry database, the per-firm
+//! databases, migrations, the group-commit writer and the read pools.
+//!
+//! Every database is SQLCipher with a raw 256-bit key (no passphrase KDF) and
+//! its page crypto on our AWS-LC FIPS provider; every open verifies that.
+
+pub mod firm;
+pub mod registry;
+mod writer;
+
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::crypto::keyring::SqlcipherKey;
+use crate::crypto::sqlcipher::{self, PROVIDER_NAME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database {path} does not open with this key (wrong master key, or not a Strongroom database)"
+    )]
+    WrongKey { path: String },
+    #[error("database {path} is not on the FIPS crypto provider: {reason}")]
+    NotFips { path: String, reason: String },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database I/O on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("the write queue is full")]
+    Busy,
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("a write command failed: {0}")]
+    Command(String),
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// Opens a SQLCipher database with a raw key and proves, before any other use,
+/// that it decrypts and runs on our FIPS provider.
+pub(crate) fn open_encrypted(
+    path: &Path,
+    key: &SqlcipherKey,
+    flags: OpenFlags,
+) -> Result<Connection, StoreError> {
+    sqlcipher::ensure_linked();
+    let display = path.display().to_string();
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.pragma_update(None, "key", key.as_pragma_value())?;
+    // Security invariant: a database is used only through our FIPS provider, in FIPS mode.
+    let provider: String = conn.query_row("PRAGMA cipher_provider", [], |r| r.get(0))?;
+    if provider != PROVIDER_NAME {
+        return Err(StoreError::NotFips {
+            path: display,
+            reason: format!("cipher_provider is {provider:?}"),
+        });
+    }
+    let fips: String = conn.query_row("PRAGMA cipher_fips_status", [], |r| r.get(0))?;
+    if fips.trim() != "1" {
+        return Err(StoreError::NotFips {
+            path: display,
+            reason: format!("cipher_fips_status is {fips:?}"),
+        });
+    }
+    // The first real read proves the key: SQLCipher reports SQLITE_NOTADB otherwise.
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => Ok(conn),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
+            Err(StoreError::WrongKey { path: display })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the migrations not yet applied (tracked in `PRAGMA user_version`).
+pub(crate) fn migrate(conn: &Connection, steps: &[&str]) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in steps.iter().enumerate().skip(current.max(0) as usize) {
+        let version = i + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
+    }
+    Ok(())
+}
+
+/// The version string SQLCipher reports (e.g. `4.19.0 community`).
+pub fn sqlcipher_version() -> String {
+    Connection::open_in_memory()
+        .and_then(|c| c.query_row("PRAGMA cipher_version", [], |r| r.get::<_, String>(0)))
+        .unwrap_or_default()
+}

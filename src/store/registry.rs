@@ -1,0 +1,338 @@
+//! The registry database (`<state_dir>/registry.db`): firms, their states and
+//! their wrapped keys. Small and rarely written, so one connection behind a
+//! mutex, rollback journal, `synchronous=FULL`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{StoreError, migrate, open_encrypted};
+use crate::crypto::keyring::SqlcipherKey;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE firms (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('active', 'frozen', 'deleted')),
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    deleted_at  TEXT
+);
+CREATE TABLE firm_keys (
+    firm_id     TEXT NOT NULL REFERENCES firms(id),
+    purpose     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('active', 'pending')),
+    wrapped     BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (firm_id, purpose, version)
+)
+"#];
+
+/// A firm as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FirmRow {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub deleted_at: Option<String>,
+}
+
+/// One wrapped key.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    pub firm_id: String,
+    pub purpose: String,
+    pub version: u32,
+    pub state: String,
+    pub wrapped: Vec<u8>,
+    pub created_at: String,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "PRAGMA journal_mode = DELETE;
+         PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(())
+}
+
+impl Registry {
+    /// Opens (or creates) the registry. A wrong key is `StoreError::WrongKey`,
+    /// detected before anything is written.
+    pub fn open(path: &Path, key: &SqlcipherKey) -> Result<Self, StoreError> {
+        let conn = open_encrypted(path, key, OpenFlags::default())?;
+        configure(&conn)?;
+        migrate(&conn, MIGRATIONS)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match self.conn.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn meta(&self, k: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets `k` to `v` unless it is already set; returns the stored value.
+    pub fn meta_init(&self, k: &str, v: &str) -> Result<String, StoreError> {
+        let c = self.lock();
+        c.execute(
+            "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO NOTHING",
+            [k, v],
+        )?;
+        Ok(c.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))?)
+    }
+
+    /// Inserts a new firm and its wrapped keys in one transaction.
+    pub fn insert_firm(&self, firm: &FirmRow, keys: &[WrappedKey]) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO firms (id, name, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![firm.id, firm.name, firm.state, firm.created_at, firm.updated_at],
+        )?;
+        for k in keys {
+            insert_key(&tx, k)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn firm(&self, id: &str) -> Result<Option<FirmRow>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, name, state, created_at, updated_at, deleted_at FROM firms WHERE id = ?1",
+                [id],
+                firm_row,
+            )
+            .optional()?)
+    }
+
+    pub fn firms(&self) -> Result<Vec<FirmRow>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT id, name, state, created_at, updated_at, deleted_at FROM firms ORDER BY created_at, id",
+        )?;
+        let rows = st.query_map([], firm_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Changes a firm's state (never out of `deleted`).
+    pub fn set_state(&self, id: &str, state: &str, now: &str) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE firms SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state != 'deleted'",
+            params![id, state, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Crypto-shred: marks the firm deleted and destroys every wrapped key in
+    /// one transaction (`secure_delete` overwrites the freed pages).
+    pub fn shred_firm(&self, id: &str, now: &str) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let n = tx.execute(
+            "UPDATE firms SET state = 'deleted', updated_at = ?2, deleted_at = ?2 WHERE id = ?1 AND state != 'deleted'",
+            params![id, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.execute("DELETE FROM firm_keys WHERE firm_id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn keys(&self, firm_id: &str) -> Result<Vec<WrappedKey>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT firm_id, purpose, version, state, wrapped, created_at FROM firm_keys WHERE firm_id = ?1 ORDER BY purpose, version",
+        )?;
+        let rows = st
+            .query_map([firm_id], key_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Adds a key version in state `pending` (used by rekey before the switch).
+    pub fn add_key(&self, key: &WrappedKey) -> Result<(), StoreError> {
+        insert_key(&self.lock(), key)
+    }
+
+    /// Makes `version` the active key for `purpose` and drops every other version.
+    pub fn activate_key(
+        &self,
+        firm_id: &str,
+        purpose: &str,
+        version: u32,
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let n = tx.execute(
+            "UPDATE firm_keys SET state = 'active' WHERE firm_id = ?1 AND purpose = ?2 AND version = ?3",
+            params![firm_id, purpose, version],
+        )?;
+        if n != 1 {
+            return Err(StoreError::NotFound);
+        }
+        tx.execute(
+            "DELETE FROM firm_keys WHERE firm_id = ?1 AND purpose = ?2 AND version != ?3",
+            params![firm_id, purpose, version],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops a pending key version (a rekey that did not happen).
+    pub fn drop_pending(&self, firm_id: &str, purpose: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "DELETE FROM firm_keys WHERE firm_id = ?1 AND purpose = ?2 AND state = 'pending'",
+            params![firm_id, purpose],
+        )?;
+        Ok(())
+    }
+
+    /// Every wrapped key of every firm (for master-key rotation).
+    pub fn all_keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT firm_id, purpose, version, state, wrapped, created_at FROM firm_keys",
+        )?;
+        let rows = st.query_map([], key_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Master-key rotation, atomically: writes a complete copy of the registry
+    /// under `new_key` with every wrapped key replaced by `rewrapped`, syncs it,
+    /// then renames it over the registry. A crash before the rename leaves the
+    /// old registry (old master key works); after it, the new one (new key works).
+    pub fn rotate(
+        &self,
+        new_key: &SqlcipherKey,
+        rewrapped: &[WrappedKey],
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tmp = self.path.with_extension("db.rotating");
+        let io = |source| StoreError::Io {
+            path: tmp.display().to_string(),
+            source,
+        };
+        if tmp.exists() {
+            fs::remove_file(&tmp).map_err(io)?;
+        }
+        // The copy is SQLCipher's own export into a database keyed with the new key.
+        let tmp_str = tmp
+            .to_str()
+            .ok_or_else(|| StoreError::Corrupt("state dir path is not UTF-8".to_owned()))?
+            .to_owned();
+        c.execute(
+            "ATTACH DATABASE ?1 AS rotated KEY ?2",
+            params![tmp_str, new_key.as_pragma_value()],
+        )?;
+        let exported = (|| -> Result<(), StoreError> {
+            c.query_row("SELECT sqlcipher_export('rotated')", [], |_| Ok(()))?;
+            let tx = c.transaction()?;
+            for k in rewrapped {
+                let n = tx.execute(
+                    "UPDATE rotated.firm_keys SET wrapped = ?4 WHERE firm_id = ?1 AND purpose = ?2 AND version = ?3",
+                    params![k.firm_id, k.purpose, k.version, k.wrapped],
+                )?;
+                if n != 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "key {}/{}/{} vanished during rotation",
+                        k.firm_id, k.purpose, k.version
+                    )));
+                }
+            }
+            tx.execute(
+                "INSERT INTO rotated.meta (k, v) VALUES ('master_generation', ?1) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                [generation.to_string()],
+            )?;
+            let user_version: i64 = tx.query_row("PRAGMA main.user_version", [], |r| r.get(0))?;
+            tx.execute_batch(&format!("PRAGMA rotated.user_version = {user_version}"))?;
+            tx.commit()?;
+            Ok(())
+        })();
+        let _ = c.execute("DETACH DATABASE rotated", []);
+        if let Err(e) = exported {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        // The point of no return: the rename is atomic, the directory sync makes it durable.
+        fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io)?;
+        }
+        let reopened = open_encrypted(&self.path, new_key, OpenFlags::default())?;
+        configure(&reopened)?;
+        *c = reopened;
+        Ok(())
+    }
+}
+
+fn insert_key(c: &Connection, k: &WrappedKey) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO firm_keys (firm_id, purpose, version, state, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![k.firm_id, k.purpose, k.version, k.state, k.wrapped, k.created_at],
+    )?;
+    Ok(())
+}
+
+fn firm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirmRow> {
+    Ok(FirmRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        state: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+        deleted_at: r.get(5)?,
+    })
+}
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WrappedKey> {
+    Ok(WrappedKey {
+        firm_id: r.get(0)?,
+        purpose: r.get(1)?,
+        version: r.get(2)?,
+        state: r.get(3)?,
+        wrapped: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}

@@ -1,0 +1,165 @@
+//! Group commit: one writer thread per open firm owns the write connection
+//! and drains a queue. Every queued command runs in one transaction, each in
+//! its own savepoint (a failing command rolls back alone), then one durable
+//! commit, then every caller is answered. Nothing is acknowledged before the
+//! commit that contains it is on disk.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::StoreError;
+use super::firm::WriteTx;
+
+/// Commands queued beyond this make callers wait with `Busy` (503) instead of
+/// growing memory without bound.
+const QUEUE_DEPTH: usize = 16_384;
+/// Upper bound on commands in one transaction.
+const MAX_BATCH: usize = 4_096;
+
+trait Command: Send {
+    /// Runs inside a savepoint; true if the command succeeded.
+    fn run(&mut self, tx: &WriteTx<'_>) -> bool;
+    /// Delivers the outcome once the transaction's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), String>);
+}
+
+struct Typed<F, R> {
+    f: Option<F>,
+    out: Option<Result<R, StoreError>>,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<F, R> Command for Typed<F, R>
+where
+    F: FnOnce(&WriteTx<'_>) -> Result<R, StoreError> + Send,
+    R: Send,
+{
+    fn run(&mut self, tx: &WriteTx<'_>) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        let out = catch_unwind(AssertUnwindSafe(|| f(tx)))
+            .unwrap_or_else(|_| Err(StoreError::Command("command panicked".to_owned())));
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), String>) {
+        let msg = match (commit, self.out) {
+            (_, Some(Err(e))) => Err(e),
+            (Ok(()), Some(ok)) => ok,
+            (Err(e), _) => Err(StoreError::Command(format!("commit failed: {e}"))),
+            (Ok(()), None) => Err(StoreError::Command("command did not run".to_owned())),
+        };
+        let _ = self.reply.send(msg);
+    }
+}
+
+/// Handle to a firm's writer thread. Dropping it lets the thread finish the
+/// queue and close the connection; [`Writer::close`] also waits for that.
+pub(crate) struct Writer {
+    tx: Option<SyncSender<Box<dyn Command>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    pub(crate) fn spawn(conn: Connection, name: String) -> Result<Self, StoreError> {
+        let (tx, rx) = sync_channel::<Box<dyn Command>>(QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Io {
+                path: "writer thread".to_owned(),
+                source: e,
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `f`; the receiver yields its result after the durable commit.
+    pub(crate) fn submit<F, R>(
+        &self,
+        f: F,
+    ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError>
+    where
+        F: FnOnce(&WriteTx<'_>) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let cmd: Box<dyn Command> = Box::new(Typed {
+            f: Some(f),
+            out: None,
+            reply,
+        });
+        let sender = self.tx.as_ref().ok_or(StoreError::WriterGone)?;
+        match sender.try_send(cmd) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(StoreError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Stops accepting commands, lets the queue drain, joins the thread.
+    pub(crate) fn close(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx.take();
+    }
+}
+
+fn run(conn: Connection, rx: Receiver<Box<dyn Command>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let commit = run_batch(&conn, &mut batch).map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for cmd in batch {
+            cmd.finish(commit.clone());
+        }
+    }
+    // All senders dropped: the connection closes here, checkpointing the WAL.
+    drop(conn);
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Command>]) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let tx = WriteTx::new(conn);
+    for cmd in batch.iter_mut() {
+        conn.execute_batch("SAVEPOINT cmd")?;
+        if cmd.run(&tx) {
+            conn.execute_batch("RELEASE cmd")?;
+        } else {
+            conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+        }
+    }
+    // synchronous=FULL: COMMIT returns only after the WAL is fsynced.
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
