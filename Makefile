@@ -5,6 +5,10 @@ CARGO      ?= cargo
 STATE_DIR  ?= $(CURDIR)/dev-state
 LISTEN     ?= 127.0.0.1:8443
 DENY_VER   := 0.20.2
+# A stock SQLCipher 4 client (built on OpenSSL, from PyPI) for the
+# disaster-recovery test: it must read our files given the exported raw key.
+STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
+STOCK_PY   := $(STOCK_VENV)/bin/python
 
 .PHONY: help deps build run test lint deny clean
 
@@ -30,8 +34,13 @@ deny: deps
 	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny@$(DENY_VER)
 	$(CARGO) deny --locked check bans licenses sources
 
-test: lint deny
-	$(CARGO) test --locked
+$(STOCK_PY):
+	python3 -m venv "$(STOCK_VENV)"
+	"$(STOCK_VENV)/bin/pip" install --quiet --disable-pip-version-check "sqlcipher3-binary==0.6.0"
+
+test: lint deny $(STOCK_PY)
+	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \
+		$(CARGO) test --locked
 
 clean:
 	$(CARGO) clean

@@ -10,10 +10,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod firms;
 pub mod http;
 pub mod ids;
 pub mod store;

@@ -7,6 +7,7 @@
 //! One request per line; a connection may carry several.
 
 pub mod client;
+mod commands;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::{MAX_LINE, PROTOCOL_VERSION, Request, Response};
+use super::{MAX_LINE, PROTOCOL_VERSION, Request, Response, commands};
 use crate::daemon::Shared;
 
 /// An idle admin connection is closed after this long.
@@ -217,9 +217,17 @@ async fn write_response(
 
 async fn dispatch(shared: &Arc<Shared>, caller: Caller, req: Request) -> Response {
     tracing::info!(target: "strongroom::admin", uid = caller.uid, cmd = %req.cmd, "admin command");
-    match req.cmd.as_str() {
-        "status" => Response::ok(status(shared)),
-        other => Response::err("unknown_command", format!("unknown command {other:?}")),
+    if req.cmd == "status" {
+        return Response::ok(status(shared));
+    }
+    let shared = shared.clone();
+    // Commands touch SQLite and the disk: never on the async worker threads.
+    match tokio::task::spawn_blocking(move || commands::run(&shared, caller, &req.cmd, &req.args))
+        .await
+    {
+        Ok(Ok(v)) => Response::ok(v),
+        Ok(Err(e)) => Response::err(e.code, e.message),
+        Err(_) => Response::err("internal", "the command failed unexpectedly"),
     }
 }
 
@@ -235,5 +243,10 @@ fn status(shared: &Shared) -> serde_json::Value {
         "state_dir": shared.config.storage.state_dir,
         "tls_fingerprint_sha256": shared.certs.fingerprint(),
         "dev_mode": shared.dev,
+        "master_key_source": shared.key_source,
+        "master_key_generation": shared.firms.generation(),
+        "appliance_id": shared.firms.appliance_id(),
+        "firms_open": shared.firms.open_count(),
+        "sqlcipher": crate::store::sqlcipher_version(),
     })
 }

@@ -34,6 +34,48 @@ struct Cli {
 enum Command {
     /// Daemon status: version, uptime, FIPS mode, listeners.
     Status,
+    /// Firm (tenant) lifecycle.
+    #[command(subcommand)]
+    Firm(FirmCmd),
+    /// Master key management.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum FirmCmd {
+    /// Create a firm; prints its id and a first owner API key (shown once).
+    Create { name: String },
+    /// List every firm, deleted ones included.
+    List,
+    /// Show one firm: state, key versions, database size.
+    Show { id: String },
+    /// Freeze a firm: the API refuses writes (423); reads still work.
+    Freeze { id: String },
+    /// Unfreeze a firm.
+    Unfreeze { id: String },
+    /// Delete a firm for good: its keys are destroyed (crypto-shred) and its
+    /// database removed. The id is never reused.
+    Delete {
+        id: String,
+        /// Repeat the firm id to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
+    /// Break-glass: print the firm's raw SQLCipher key (root only).
+    ExportKey { id: String },
+    /// Re-encrypt the firm's database under a new SQLCipher key.
+    Rekey { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Re-wrap every firm key under a new master key read by the daemon from
+    /// FILE (32 bytes or 64 hex; mode 0400/0600, owned by the service user).
+    RotateMaster {
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+    },
 }
 
 /// sysexits.h codes so scripts can tell failures apart.
@@ -42,9 +84,7 @@ const EX_NOPERM: u8 = 77;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (cmd, args) = match &cli.command {
-        Command::Status => ("status", serde_json::json!({})),
-    };
+    let (cmd, args) = request(&cli.command);
     let resp = match client::call(&cli.socket, cmd, args, Duration::from_secs(120)) {
         Ok(r) => r,
         Err(e) => {
@@ -75,6 +115,29 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
+    use serde_json::json;
+    match cmd {
+        Command::Status => ("status", json!({})),
+        Command::Firm(f) => match f {
+            FirmCmd::Create { name } => ("firm.create", json!({ "name": name })),
+            FirmCmd::List => ("firm.list", json!({})),
+            FirmCmd::Show { id } => ("firm.show", json!({ "id": id })),
+            FirmCmd::Freeze { id } => ("firm.freeze", json!({ "id": id })),
+            FirmCmd::Unfreeze { id } => ("firm.unfreeze", json!({ "id": id })),
+            FirmCmd::Delete { id, confirm } => {
+                ("firm.delete", json!({ "id": id, "confirm": confirm }))
+            }
+            FirmCmd::ExportKey { id } => ("firm.export_key", json!({ "id": id })),
+            FirmCmd::Rekey { id } => ("firm.rekey", json!({ "id": id })),
+        },
+        Command::Keys(KeysCmd::RotateMaster { new_key_file }) => {
+            let path = std::fs::canonicalize(new_key_file).unwrap_or_else(|_| new_key_file.clone());
+            ("keys.rotate_master", json!({ "new_key_file": path }))
+        }
+    }
+}
+
 fn print_human(cmd: &Command, v: &serde_json::Value) {
     let s = |k: &str| v.get(k).map(display).unwrap_or_default();
     match cmd {
@@ -86,8 +149,74 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
             println!("  API:          {}", s("listen"));
             println!("  TLS cert:     SHA-256 {}", s("tls_fingerprint_sha256"));
             println!("  state dir:    {}", s("state_dir"));
+            println!(
+                "  master key:   {} (generation {})",
+                s("master_key_source"),
+                s("master_key_generation")
+            );
+            println!("  SQLCipher:    {}", s("sqlcipher"));
+            println!("  firms open:   {}", s("firms_open"));
             if v.get("dev_mode").and_then(|d| d.as_bool()) == Some(true) {
                 println!("  mode:         development");
+            }
+        }
+        Command::Firm(FirmCmd::Create { .. }) => {
+            let f = &v["firm"];
+            let k = &v["api_key"];
+            println!(
+                "firm created: {} ({})",
+                display(&f["id"]),
+                display(&f["name"])
+            );
+            println!(
+                "owner API key {} (shown once; store it now):",
+                display(&k["id"])
+            );
+            println!("{}", display(&k["secret"]));
+        }
+        Command::Firm(FirmCmd::List) => {
+            let empty = Vec::new();
+            let firms = v["firms"].as_array().unwrap_or(&empty);
+            println!("{:<28} {:<8} {:<20} NAME", "ID", "STATE", "CREATED");
+            for f in firms {
+                println!(
+                    "{:<28} {:<8} {:<20} {}",
+                    display(&f["id"]),
+                    display(&f["state"]),
+                    display(&f["created_at"]),
+                    display(&f["name"])
+                );
+            }
+        }
+        Command::Firm(FirmCmd::ExportKey { .. }) => {
+            println!("{}", s("sqlcipher_key"));
+            eprintln!(
+                "break-glass export recorded. Open with stock SQLCipher 4: PRAGMA key = \"<key above>\"; PRAGMA fast_kdf_iter = 1000;"
+            );
+        }
+        Command::Firm(FirmCmd::Rekey { .. }) => {
+            println!(
+                "{}: database key is now version {}",
+                s("firm_id"),
+                s("db_key_version")
+            );
+        }
+        Command::Keys(_) => {
+            println!(
+                "master key rotated (generation {}).",
+                s("master_key_generation")
+            );
+            println!("{}", s("next"));
+        }
+        Command::Firm(_) => {
+            let f = if v.get("firm").is_some() {
+                &v["firm"]
+            } else {
+                v
+            };
+            match serde_json::to_string_pretty(f) {
+                Ok(t) => println!("{t}"),
+                Err(_) => println!("{f}"),
             }
         }
     }

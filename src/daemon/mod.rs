@@ -21,9 +21,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::crypto::fips::ModuleInfo;
+use crate::crypto::keyring::{KeyError, MasterKey};
 use crate::crypto::{self, CryptoError};
+use crate::firms::{FirmError, Firms};
 use crate::tls::{self, CertStore, TlsError};
 
 /// State every part of the running daemon can see.
@@ -35,6 +38,9 @@ pub struct Shared {
     pub listen: SocketAddr,
     pub certs: Arc<CertStore>,
     pub dev: bool,
+    pub firms: Arc<Firms>,
+    /// Where the master key came from (for status; never the key).
+    pub key_source: String,
 }
 
 /// Why the daemon refused to start. Every variant exits 78 (EX_CONFIG).
@@ -62,6 +68,10 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Admin(#[from] admin::server::BindError),
+    #[error("refusing to start: {0}")]
+    Key(#[from] KeyError),
+    #[error("refusing to start: cannot open the registry: {0}")]
+    Firms(#[from] FirmError),
 }
 
 /// Entry point of `strongroomd`.
@@ -165,6 +175,8 @@ struct Prepared {
     module: ModuleInfo,
     certs: Arc<CertStore>,
     server_config: Arc<rustls::ServerConfig>,
+    firms: Option<Arc<Firms>>,
+    key_source: String,
 }
 
 /// The real startup checks; `--check-config` stops after these.
@@ -219,12 +231,53 @@ fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
         }
     };
     let server_config = Arc::new(tls::server_config(provider, certs.clone())?);
+    let (firms, key_source) = open_firms(&config, args.check_config)?;
     Ok(Prepared {
         config,
         module,
         certs,
         server_config,
+        firms,
+        key_source,
     })
+}
+
+/// Loads the master key and opens the registry with it. Missing, malformed or
+/// wrong key: an error (exit 78), never a fallback.
+fn open_firms(
+    config: &Config,
+    check_only: bool,
+) -> Result<(Option<Arc<Firms>>, String), StartupError> {
+    let key_file = config.keys.master_key_file.as_deref();
+    if check_only && std::env::var_os("CREDENTIALS_DIRECTORY").is_none() && key_file.is_none() {
+        tracing::info!(
+            "master key not checked: it comes from the systemd credential at service start"
+        );
+        return Ok((None, String::new()));
+    }
+    let (master, source) = MasterKey::load(key_file)?;
+    let registry = config.storage.state_dir.join("registry.db");
+    if check_only {
+        if registry.exists() {
+            crate::store::registry::Registry::check_key(
+                &registry,
+                &master.derive()?.registry_db_key(),
+            )
+            .map_err(FirmError::from)?;
+        }
+        tracing::info!(source = %source, "master key OK");
+        return Ok((None, source.to_string()));
+    }
+    ensure_dir(&config.storage.state_dir)?;
+    let firms = Firms::open(
+        &config.storage.state_dir,
+        &master,
+        Arc::new(SystemClock),
+        Duration::from_secs(config.storage.firm_idle_secs),
+    )?;
+    drop(master);
+    tracing::info!(source = %source, "master key loaded; registry open");
+    Ok((Some(Arc::new(firms)), source.to_string()))
 }
 
 fn tempdir_for_check() -> Result<PathBuf, StartupError> {
@@ -306,6 +359,10 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     let admin_path = p.config.admin.socket.clone();
     let admin_listener = admin::server::bind(&admin_path, &policy)?;
 
+    let firms = p.firms.ok_or_else(|| StartupError::Io {
+        path: PathBuf::from("registry"),
+        source: std::io::Error::other("registry not opened"),
+    })?;
     let shared = Arc::new(Shared {
         config: p.config,
         started: Instant::now(),
@@ -313,6 +370,8 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         listen: bound,
         certs: p.certs.clone(),
         dev,
+        firms: firms.clone(),
+        key_source: p.key_source,
     });
     let drain = Duration::from_secs(shared.config.server.shutdown_timeout_secs);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -340,6 +399,30 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
             )),
         },
     ];
+    {
+        let mut stop = stop_rx.clone();
+        let firms = firms.clone();
+        let every = Duration::from_secs((shared.config.storage.firm_idle_secs / 2).clamp(1, 30));
+        tasks.push(NamedTask {
+            name: "firm-reaper",
+            handle: tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick() => {
+                            let f = firms.clone();
+                            if let Ok(n) = tokio::task::spawn_blocking(move || f.reap_idle()).await {
+                                if n > 0 {
+                                    tracing::debug!(closed = n, "closed idle firm databases");
+                                }
+                            }
+                        }
+                    }
+                }
+            }),
+        });
+    }
     if let Some(interval) = notify::watchdog_interval() {
         let mut stop = stop_rx.clone();
         tasks.push(NamedTask {
@@ -399,6 +482,8 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         }
     }
     let _ = fs::remove_file(&admin_path);
+    // Every queued write finishes and every database closes before exit.
+    let _ = tokio::task::spawn_blocking(move || firms.close_all()).await;
     Ok(())
 }
 

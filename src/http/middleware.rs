@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use super::problem::REQUEST_ID;
+use super::problem::{PROBLEM_JSON, Problem, REQUEST_ID};
 
 /// The TCP peer of the connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +42,30 @@ fn new_request_id() -> String {
     }
 }
 
+fn needs_problem_body(resp: &Response) -> bool {
+    let status = resp.status();
+    (status.is_client_error() || status.is_server_error())
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|ct| ct.as_bytes() != PROBLEM_JSON.as_bytes())
+}
+
+fn framework_problem(status: StatusCode) -> Problem {
+    let (code, detail) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
+        StatusCode::BAD_REQUEST => ("bad_request", "the request could not be parsed"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_body", "the request body is invalid"),
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
+        s if s.is_server_error() => ("internal", "internal error"),
+        _ => ("error", "the request failed"),
+    };
+    Problem::new(status, code, detail)
+}
+
 pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = new_request_id();
@@ -58,6 +82,19 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .unwrap_or_default();
 
     let mut resp = REQUEST_ID.scope(request_id.clone(), next.run(req)).await;
+    if needs_problem_body(&resp) {
+        // An error produced by the framework (e.g. a body over the size limit):
+        // give it the house format too.
+        let status = resp.status();
+        let problem = framework_problem(status);
+        let mut replaced = REQUEST_ID.sync_scope(request_id.clone(), || problem.into_response());
+        for name in [header::ALLOW, header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+            if let Some(v) = resp.headers().get(&name) {
+                replaced.headers_mut().insert(name, v.clone());
+            }
+        }
+        resp = replaced;
+    }
 
     let headers = resp.headers_mut();
     for (name, value) in SECURITY_HEADERS {

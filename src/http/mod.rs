@@ -2,6 +2,7 @@
 //! are thin (extract, call a service, map the error) and never touch SQL or
 //! key bytes.
 
+mod api;
 mod middleware;
 pub mod problem;
 mod routes;
@@ -23,6 +24,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/status", get(routes::status))
         .route("/healthz", get(routes::healthz))
+        .route(
+            "/api/v1/firms/{firm_id}",
+            get(api::get_firm).patch(api::patch_firm),
+        )
         // Must come after every route: it installs the 405 handler on each.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)

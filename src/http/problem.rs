@@ -92,3 +92,35 @@ impl IntoResponse for Problem {
         resp
     }
 }
+
+impl From<crate::firms::FirmError> for Problem {
+    fn from(e: crate::firms::FirmError) -> Self {
+        use crate::firms::FirmError as E;
+        use crate::store::StoreError;
+        match e {
+            // Inside one's own firm (the scope check already passed).
+            E::NotFound => Problem::not_found(),
+            E::Frozen => Problem::new(
+                StatusCode::LOCKED,
+                "firm_frozen",
+                "the firm is frozen: writes are refused, reads still work",
+            ),
+            E::Maintenance => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "firm_maintenance",
+                "the firm is under maintenance; retry shortly",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("2")),
+            E::Store(StoreError::Busy) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the write queue is full; retry shortly",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            E::InvalidName(_) | E::Invalid(_) | E::ConfirmMismatch(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
+            }
+            other => Problem::internal(&other),
+        }
+    }
+}

@@ -84,6 +84,11 @@ impl Registry {
         })
     }
 
+    /// Proves `key` opens the registry, read-only, changing nothing.
+    pub fn check_key(path: &Path, key: &SqlcipherKey) -> Result<(), StoreError> {
+        open_encrypted(path, key, OpenFlags::SQLITE_OPEN_READ_ONLY).map(drop)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         match self.conn.lock() {
             Ok(g) => g,

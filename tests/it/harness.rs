@@ -58,8 +58,53 @@ impl Daemon {
 
     pub fn start_with(opts: Options) -> Self {
         let dir = tempfile::Builder::new().prefix("sr-it-").tempdir().unwrap();
+        Self::spawn_in(dir, opts)
+    }
+
+    /// Stops this daemon (asserting exit 0) and starts a new one on the same
+    /// state directory with `opts`.
+    pub fn restart(mut self, opts: Options) -> Self {
+        if !self.stopped {
+            let status = self.stop();
+            assert_eq!(status.code(), Some(0), "{}", self.logs());
+        }
+        let dir = self.take_dir();
+        Self::spawn_in(dir, opts)
+    }
+
+    fn take_dir(&mut self) -> tempfile::TempDir {
+        let placeholder = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, placeholder)
+    }
+
+    /// Starts the daemon on an existing temp dir and expects it to exit with a
+    /// startup failure; returns (exit code, logs).
+    pub fn expect_startup_failure(dir: &Path, opts: Options) -> (Option<i32>, String) {
+        let mut args: Vec<String> = vec![
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--log-target".into(),
+            "stderr".into(),
+        ];
+        if opts.dev {
+            args.push("--dev".into());
+        }
+        if let Some(cfg) = &opts.config {
+            let path = dir.join("strongroom-fail.toml");
+            fs::write(&path, cfg(dir)).unwrap();
+            args.push("--config".into());
+            args.push(path.display().to_string());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_daemon(&refs, Duration::from_secs(60))
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, opts: Options) -> Self {
         let state_dir = dir.path().join("state");
         let notify_path = dir.path().join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -86,9 +131,10 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &notify_path)
             .env_remove("WATCHDOG_USEC")
             .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("STRONGROOM_ADMIN_SOCKET")
             .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap());
+            .stdout(log_file(dir.path(), "stdout.log"))
+            .stderr(log_file(dir.path(), "stderr.log"));
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -217,6 +263,15 @@ impl Daemon {
     }
 }
 
+/// Appends, so a restarted daemon's logs follow the first one's.
+fn log_file(dir: &Path, name: &str) -> fs::File {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .unwrap()
+}
+
 pub fn ctl(socket: &Path, args: &[&str]) -> Output {
     Command::new(CTL)
         .arg("--socket")
@@ -292,11 +347,49 @@ pub fn run_daemon(args: &[&str], timeout: Duration) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-/// A config for a non-dev daemon in `dir` (tests run as root in CI).
+/// A config for a non-dev daemon in `dir` (tests run as root in CI), with a
+/// master key file `dir/master.key` (created, mode 0600, if missing).
 pub fn prod_config(dir: &Path, extra: &str) -> String {
+    let key = dir.join("master.key");
+    if !key.exists() {
+        write_key_file(&key, &[0x5a; 32]);
+    }
     format!(
-        "version = 1\n[storage]\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n[log]\ntarget = \"stderr\"\n[security]\nallow_root = true\n{extra}",
+        "version = 1\n[storage]\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n[keys]\nmaster_key_file = \"{}\"\n[log]\ntarget = \"stderr\"\n[security]\nallow_root = true\n{extra}",
         dir.join("state").display(),
-        dir.join("admin.sock").display()
+        dir.join("admin.sock").display(),
+        key.display()
     )
+}
+
+/// Writes a master key file (hex) with mode 0600.
+pub fn write_key_file(path: &Path, key: &[u8; 32]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{hex}").unwrap();
+}
+
+/// Runs `strongroomctl --json ARGS` and returns the reply's `result`,
+/// panicking with the reply if the command failed.
+pub fn ctl_json(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ctl(socket, &all);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "strongroomctl {args:?}: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "strongroomctl {args:?} failed: {v}");
+    v["result"].clone()
 }

@@ -1,0 +1,170 @@
+//! Admin commands (blocking; run off the async runtime).
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::server::Caller;
+use crate::crypto::keyring::MasterKey;
+use crate::daemon::Shared;
+use crate::firms::FirmError;
+use crate::ids::FirmId;
+
+/// An admin error: a stable code and a message for the operator.
+pub struct CmdError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl From<FirmError> for CmdError {
+    fn from(e: FirmError) -> Self {
+        let message = match &e {
+            // Internal detail stays in the log.
+            FirmError::Store(_) | FirmError::Crypto(_) => {
+                tracing::error!(error = %e, "admin command failed");
+                "storage or crypto failure; see the daemon log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        CmdError {
+            code: e.code(),
+            message,
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> CmdError {
+    CmdError {
+        code: "bad_request",
+        message: message.into(),
+    }
+}
+
+fn args<T: DeserializeOwned>(v: &Value) -> Result<T, CmdError> {
+    let v = if v.is_null() { json!({}) } else { v.clone() };
+    serde_json::from_value(v).map_err(|e| bad(format!("bad arguments: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameArgs {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdArgs {
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteArgs {
+    id: String,
+    confirm: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateArgs {
+    new_key_file: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+fn firm_id(s: &str) -> Result<FirmId, CmdError> {
+    FirmId::parse(s).ok_or_else(|| CmdError {
+        code: "firm_not_found",
+        message: format!("{s:?} is not a firm id (frm_ + 24 hex)"),
+    })
+}
+
+pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Value, CmdError> {
+    let firms = &shared.firms;
+    match cmd {
+        "firm.create" => {
+            let a: NameArgs = args(raw)?;
+            let (row, key) = firms.create(&a.name)?;
+            tracing::info!(firm = %row.id, uid = caller.uid, "firm created");
+            Ok(json!({
+                "firm": row,
+                "api_key": {
+                    "id": key.id,
+                    "role": key.role,
+                    "secret": key.token.reveal(),
+                },
+            }))
+        }
+        "firm.list" => {
+            let _: Empty = args(raw)?;
+            Ok(json!({ "firms": firms.list()? }))
+        }
+        "firm.show" => {
+            let a: IdArgs = args(raw)?;
+            Ok(json!(firms.show(&firm_id(&a.id)?)?))
+        }
+        "firm.freeze" | "firm.unfreeze" => {
+            let a: IdArgs = args(raw)?;
+            let row = firms.set_frozen(&firm_id(&a.id)?, cmd == "firm.freeze")?;
+            tracing::info!(firm = %row.id, state = %row.state, uid = caller.uid, "firm state changed");
+            Ok(json!({ "firm": row }))
+        }
+        "firm.delete" => {
+            let a: DeleteArgs = args(raw)?;
+            let row = firms.delete(&firm_id(&a.id)?, &a.confirm)?;
+            tracing::warn!(firm = %row.id, uid = caller.uid, "firm deleted: keys destroyed (crypto-shred)");
+            Ok(json!({ "firm": row }))
+        }
+        "firm.export_key" => {
+            let a: IdArgs = args(raw)?;
+            // Security invariant: the break-glass key export is for root only.
+            if !caller.is_root() {
+                return Err(CmdError {
+                    code: "permission_denied",
+                    message: "firm export-key is for root only".to_owned(),
+                });
+            }
+            let id = firm_id(&a.id)?;
+            let key = firms.export_key(&id)?;
+            tracing::warn!(firm = %id, uid = caller.uid, pid = ?caller.pid, "break-glass: raw SQLCipher key exported");
+            Ok(json!({
+                "firm_id": id,
+                "sqlcipher_key": key.as_pragma_value(),
+                "open_with": "PRAGMA key = \"<sqlcipher_key>\"; PRAGMA fast_kdf_iter = 1000;",
+            }))
+        }
+        "firm.rekey" => {
+            let a: IdArgs = args(raw)?;
+            let id = firm_id(&a.id)?;
+            let version = firms.rekey(&id)?;
+            tracing::info!(firm = %id, version, uid = caller.uid, "firm database rekeyed");
+            Ok(json!({ "firm_id": id, "db_key_version": version }))
+        }
+        "keys.rotate_master" => {
+            let a: RotateArgs = args(raw)?;
+            let new_master =
+                MasterKey::read(std::path::Path::new(&a.new_key_file), true).map_err(|e| {
+                    CmdError {
+                        code: "key_error",
+                        message: e.to_string(),
+                    }
+                })?;
+            let generation = firms.rotate_master(&new_master)?;
+            tracing::warn!(
+                generation,
+                uid = caller.uid,
+                "master key rotated; install the new key before the next restart"
+            );
+            Ok(json!({
+                "master_key_generation": generation,
+                "next": "replace the master key (credential or key file) with the new one before the daemon restarts; the old key no longer opens the registry",
+            }))
+        }
+        other => Err(CmdError {
+            code: "unknown_command",
+            message: format!("unknown command {other:?}"),
+        }),
+    }
+}

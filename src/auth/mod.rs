@@ -1,0 +1,183 @@
+//! Credentials: API keys (`Authorization: Bearer sr_…`) and the principals
+//! they authenticate.
+//!
+//! Token format: `sr_<firm hex>_<key hex>_<secret>` where the secret is 32
+//! random bytes (256 bits) from the FIPS DRBG as 64 hex characters. The daemon
+//! stores only HMAC-SHA256(firm auth key, key id | secret); the secret is shown
+//! once, at minting, and never again.
+
+use std::fmt;
+
+use zeroize::Zeroize;
+
+use crate::crypto::{self, CryptoError};
+use crate::ids::{ApiKeyId, FirmId};
+
+pub const TOKEN_PREFIX: &str = "sr_";
+const SECRET_HEX: usize = 64;
+
+/// Roles, most powerful first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Operator,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Role::Owner, Role::Admin, Role::Operator, Role::Viewer]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// Who is making a request, after the credential checked out.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub firm: FirmId,
+    pub key_id: ApiKeyId,
+    pub role: Role,
+}
+
+/// An API key's secret part. Redacted in `Debug`, zeroized on drop; shown
+/// to a human exactly once, when minted.
+pub struct ApiKeySecret(String);
+
+impl ApiKeySecret {
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut b: [u8; 32] = crypto::random_array()?;
+        let s = crypto::hex(&b);
+        b.zeroize();
+        Ok(Self(s))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The full bearer token for this secret. The one place a secret is revealed.
+    pub fn token(&self, firm: &FirmId, key: &ApiKeyId) -> String {
+        format!("{TOKEN_PREFIX}{}_{}_{}", firm.hex(), key.hex(), self.0)
+    }
+}
+
+impl Drop for ApiKeySecret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for ApiKeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKeySecret(<redacted>)")
+    }
+}
+
+/// A bearer token split into its parts (the secret still unverified).
+#[derive(Debug)]
+pub struct ParsedToken {
+    pub firm: FirmId,
+    pub key: ApiKeyId,
+    pub secret: ApiKeySecret,
+}
+
+/// Parses `sr_<firm>_<key>_<secret>`; `None` for anything malformed.
+pub fn parse_token(token: &str) -> Option<ParsedToken> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let mut parts = rest.split('_');
+    let firm = FirmId::from_hex(parts.next()?)?;
+    let key = ApiKeyId::from_hex(parts.next()?)?;
+    let secret = parts.next()?;
+    if parts.next().is_some()
+        || secret.len() != SECRET_HEX
+        || !secret
+            .bytes()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    Some(ParsedToken {
+        firm,
+        key,
+        secret: ApiKeySecret(secret.to_owned()),
+    })
+}
+
+/// Extracts the token from an `Authorization` header value.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip() {
+        let f = FirmId::generate().unwrap();
+        let k = ApiKeyId::generate().unwrap();
+        let s = ApiKeySecret::generate().unwrap();
+        let t = s.token(&f, &k);
+        assert!(t.starts_with("sr_"));
+        let p = parse_token(&t).unwrap();
+        assert_eq!(p.firm, f);
+        assert_eq!(p.key, k);
+        assert_eq!(p.secret.as_bytes(), s.as_bytes());
+        assert_eq!(format!("{:?}", p.secret), "ApiKeySecret(<redacted>)");
+    }
+
+    #[test]
+    fn malformed_tokens_rejected() {
+        for t in [
+            "",
+            "sr_",
+            "sr_abc_def_ghi",
+            "Bearer x",
+            &format!(
+                "sr_{}_{}_{}",
+                "a".repeat(24),
+                "b".repeat(16),
+                "c".repeat(63)
+            ),
+            &format!(
+                "sr_{}_{}_{}_x",
+                "a".repeat(24),
+                "b".repeat(16),
+                "c".repeat(64)
+            ),
+            &format!(
+                "sr_{}_{}_{}",
+                "A".repeat(24),
+                "b".repeat(16),
+                "c".repeat(64)
+            ),
+        ] {
+            assert!(parse_token(t).is_none(), "{t}");
+        }
+        assert!(
+            parse_token(&format!(
+                "sr_{}_{}_{}",
+                "a".repeat(24),
+                "b".repeat(16),
+                "c".repeat(64)
+            ))
+            .is_some()
+        );
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+    }
+}
