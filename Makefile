@@ -10,12 +10,13 @@ DENY_VER   := 0.20.2
 STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
 STOCK_PY   := $(STOCK_VENV)/bin/python
 
-.PHONY: help deps build run test lint deny clean
+.PHONY: help deps build run test lint deny bench clean
 
 help:
 	@echo "make run     build and run strongroomd in dev mode (STATE_DIR=$(STATE_DIR), LISTEN=$(LISTEN))"
 	@echo "make test    every check and test: fmt, clippy, cargo deny, cargo test"
 	@echo "make build   release binaries in target/release/"
+	@echo "make bench   durable commits/s through the group-commit writer vs a plain loop (BENCH_DIR=disk to measure)"
 
 deps:
 	@bash packaging/build-deps.sh
@@ -41,6 +42,11 @@ $(STOCK_PY):
 test: lint deny $(STOCK_PY)
 	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \
 		$(CARGO) test --locked
+
+BENCH_DIR ?= $(CURDIR)/target/bench-tmp
+
+bench: build
+	./target/release/strongroom-bench --dir "$(BENCH_DIR)"
 
 clean:
 	$(CARGO) clean
