@@ -6,6 +6,8 @@
 //! stores only HMAC-SHA256(firm auth key, key id | secret); the secret is shown
 //! once, at minting, and never again.
 
+pub mod policy;
+
 use std::fmt;
 
 use zeroize::Zeroize;
@@ -49,6 +51,7 @@ pub struct Principal {
     pub firm: FirmId,
     pub key_id: ApiKeyId,
     pub role: Role,
+    pub overrides: policy::Overrides,
 }
 
 /// An API key's secret part. Redacted in `Debug`, zeroized on drop; shown

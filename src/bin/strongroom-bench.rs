@@ -79,6 +79,8 @@ fn row(id: String) -> ApiKeyRow {
         created_by: None,
         expires_at: None,
         revoked_at: None,
+        last_used_at: None,
+        replaced_by: None,
     }
 }
 

@@ -15,15 +15,19 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::auth::{self, ApiKeySecret, Principal, Role};
+use crate::auth::{self, Principal, Role};
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::keyring::{self, KeyError, Keyring, MasterKey, Purpose, SqlcipherKey};
 use crate::crypto::secret::SecretKey;
 use crate::crypto::{CryptoError, hex, random_array};
 use crate::ids::{ApiKeyId, FirmId};
 use crate::store::StoreError;
-use crate::store::firm::{ApiKeyRow, FirmDb};
+use crate::store::firm::FirmDb;
 use crate::store::registry::{FirmRow, Registry, WrappedKey};
+
+mod keys;
+
+pub use keys::{KeyView, Minted, NewKey};
 
 /// Longest firm name accepted.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -42,6 +46,14 @@ pub enum FirmError {
     ConfirmMismatch(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error("no such API key")]
+    KeyNotFound,
+    #[error("the API key is revoked")]
+    KeyRevoked,
+    #[error("the firm's last owner key cannot be revoked; rotate it instead")]
+    LastOwnerKey,
+    #[error("a key cannot create or take over a key with more power than its own")]
+    Escalation,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -59,7 +71,11 @@ impl FirmError {
             FirmError::Maintenance => "firm_maintenance",
             FirmError::InvalidName(_) => "invalid_name",
             FirmError::ConfirmMismatch(_) => "confirm_mismatch",
-            FirmError::Invalid(_) => "invalid_input",
+            FirmError::Invalid(_) => "invalid_field",
+            FirmError::KeyNotFound => "key_not_found",
+            FirmError::KeyRevoked => "key_revoked",
+            FirmError::LastOwnerKey => "last_owner_key",
+            FirmError::Escalation => "forbidden_escalation",
             FirmError::Store(StoreError::Busy) => "busy",
             FirmError::Store(_) => "storage_error",
             FirmError::Key(_) => "key_error",
@@ -337,7 +353,7 @@ impl Firms {
             db,
             auth_key,
         };
-        let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner, None) {
+        let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,
             Err(e) => {
                 handle.db.close();
@@ -364,38 +380,26 @@ impl Firms {
         Ok((row, minted))
     }
 
-    /// Mints an API key in the firm's database (through its writer).
+    /// Mints the first owner key in a new firm's database (through its writer).
     fn mint_key_blocking(
         &self,
         handle: &FirmHandle,
         name: &str,
         role: Role,
-        created_by: Option<&ApiKeyId>,
     ) -> Result<MintedKey, FirmError> {
-        let key_id = ApiKeyId::generate()?;
-        let secret = ApiKeySecret::generate()?;
-        let mac = keyring::api_key_mac(&handle.auth_key, key_id.as_str(), secret.as_bytes());
-        let row = ApiKeyRow {
-            id: key_id.to_string(),
+        let new = keys::NewKey {
             name: name.to_owned(),
-            role: role.as_str().to_owned(),
-            mac: mac.to_vec(),
-            allow: "[]".to_owned(),
-            deny: "[]".to_owned(),
-            created_at: self.now(),
-            created_by: created_by.map(|k| k.to_string()),
+            role,
+            overrides: Default::default(),
             expires_at: None,
-            revoked_at: None,
         };
+        let (row, token) = self.new_key_row(&handle.auth_key, &handle.id, &new, None)?;
+        let id = ApiKeyId::parse(&row.id)
+            .ok_or_else(|| StoreError::Corrupt("generated key id".into()))?;
         handle
             .db
             .write_blocking(move |tx| tx.insert_api_key(&row))?;
-        let token = ApiKeySecretToken(secret.token(&handle.id, &key_id));
-        Ok(MintedKey {
-            id: key_id,
-            role,
-            token,
-        })
+        Ok(MintedKey { id, role, token })
     }
 
     /// The open handle for a firm, opening its database on first use.
@@ -673,13 +677,13 @@ impl Firms {
                 return Err(AuthError::Expired);
             }
         }
-        let role = Role::parse(&row.role).ok_or_else(|| {
-            FirmError::from(StoreError::Corrupt(format!("bad role {}", row.role)))
-        })?;
+        let (role, overrides) = keys::grants_of(&row)?;
+        self.note_key_use(&handle, &row);
         Ok(Principal {
             firm: parsed.firm,
             key_id: parsed.key,
             role,
+            overrides,
         })
     }
 

@@ -8,6 +8,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::authz::RequestActor;
 use super::problem::{PROBLEM_JSON, Problem, REQUEST_ID};
 
 /// The TCP peer of the connection a request came in on.
@@ -105,15 +106,31 @@ pub async fn observe(req: Request, next: Next) -> Response {
     }
     let status = resp.status().as_u16();
     let latency_us = started.elapsed().as_micros() as u64;
-    tracing::info!(
-        target: "strongroom::request",
-        request_id = %request_id,
-        method = %method,
-        route = %route,
-        status,
-        latency_us,
-        peer = %peer,
-        "request"
-    );
+    match resp.extensions().get::<RequestActor>() {
+        Some(a) => tracing::info!(
+            target: "strongroom::request",
+            request_id = %request_id,
+            method = %method,
+            route = %route,
+            status,
+            latency_us,
+            peer = %peer,
+            firm = %a.firm,
+            actor = %a.key,
+            permission = %a.permission,
+            decision = %a.rule,
+            "request"
+        ),
+        None => tracing::info!(
+            target: "strongroom::request",
+            request_id = %request_id,
+            method = %method,
+            route = %route,
+            status,
+            latency_us,
+            peer = %peer,
+            "request"
+        ),
+    }
     resp
 }

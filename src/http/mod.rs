@@ -3,6 +3,8 @@
 //! key bytes.
 
 mod api;
+mod authz;
+mod keys;
 mod middleware;
 pub mod problem;
 mod routes;
@@ -12,26 +14,202 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::http::Method;
+use axum::routing::{MethodRouter, delete, get, patch, post};
 
 pub use middleware::PeerAddr;
 
+use crate::auth::policy::Permission;
 use crate::daemon::Shared;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (status and health only).
+    Public,
+    /// A key of the firm in the URL whose policy grants this permission.
+    Firm(Permission),
+}
+
+/// One row of the route table.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+type Handler = MethodRouter<Arc<Shared>>;
+
+/// The route table: every route the daemon serves, with who may call it.
+/// The router is built from this table and nothing else, so the permission
+/// map cannot drift from what is served (a test walks it).
+fn table() -> Vec<(RouteSpec, Handler)> {
+    use Access::{Firm, Public};
+    use Permission as P;
+    let r = |method, path, access, h: Handler| {
+        (
+            RouteSpec {
+                method,
+                path,
+                access,
+            },
+            h,
+        )
+    };
+    vec![
+        r(Method::GET, "/status", Public, get(routes::status)),
+        r(Method::GET, "/healthz", Public, get(routes::healthz)),
+        r(
+            Method::GET,
+            "/api/v1/firms/{firm_id}",
+            Firm(P::FirmRead),
+            get(api::get_firm),
+        ),
+        r(
+            Method::PATCH,
+            "/api/v1/firms/{firm_id}",
+            Firm(P::FirmUpdate),
+            patch(api::patch_firm),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/keys/{firm_id}",
+            Firm(P::KeysCreate),
+            post(keys::mint),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/keys/{firm_id}",
+            Firm(P::KeysRead),
+            get(keys::list),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/keys/{firm_id}/{key_id}",
+            Firm(P::KeysRead),
+            get(keys::show),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/keys/{firm_id}/{key_id}",
+            Firm(P::KeysRevoke),
+            delete(keys::revoke),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/keys/{firm_id}/{key_id}/rotate",
+            Firm(P::KeysRotate),
+            post(keys::rotate),
+        ),
+    ]
+}
+
+/// The route table without its handlers (for tests and documentation).
+pub fn route_table() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
 
 /// Builds the API router over the daemon's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
     let body_limit = shared.config.server.max_body_bytes;
-    Router::new()
-        .route("/status", get(routes::status))
-        .route("/healthz", get(routes::healthz))
-        .route(
-            "/api/v1/firms/{firm_id}",
-            get(api::get_firm).patch(api::patch_firm),
-        )
+    let mut router = Router::new();
+    for (spec, handler) in table() {
+        let handler = match spec.access {
+            Access::Public => handler,
+            // Security invariant: every firm route runs authentication and the policy first.
+            Access::Firm(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
+                (shared.clone(), permission),
+                authz::enforce,
+            )),
+        };
+        router = router.route(spec.path, handler);
+    }
+    router
         // Must come after every route: it installs the 405 handler on each.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use crate::auth::policy::role_grants;
+
+    /// The drift guard: every route is in the permission map, every API
+    /// route is tenant-scoped, and nothing that changes state is public.
+    #[test]
+    fn every_route_has_a_policy_entry() {
+        let table = route_table();
+        let mut seen = std::collections::HashSet::new();
+        for r in &table {
+            assert!(
+                seen.insert((r.method.clone(), r.path)),
+                "{} {} twice",
+                r.method,
+                r.path
+            );
+            match r.access {
+                Access::Public => {
+                    assert_eq!(r.method, Method::GET, "{} {} is public", r.method, r.path);
+                    assert!(!r.path.starts_with("/api/"), "{} is public", r.path);
+                }
+                Access::Firm(p) => {
+                    let rest = r.path.strip_prefix("/api/v1/").unwrap_or("");
+                    let mut segs = rest.split('/');
+                    let resource = segs.next().unwrap_or("");
+                    assert!(!resource.is_empty(), "{} is not under /api/v1/", r.path);
+                    assert_eq!(
+                        segs.next(),
+                        Some("{firm_id}"),
+                        "{} is not tenant-scoped",
+                        r.path
+                    );
+                    if r.method != Method::GET {
+                        assert!(
+                            !p.as_str().ends_with(":read"),
+                            "{} {} writes with {p}",
+                            r.method,
+                            r.path
+                        );
+                    }
+                }
+            }
+        }
+        // Every permission guards some route: no dead entries in the matrix.
+        for p in Permission::ALL {
+            assert!(
+                table.iter().any(|r| r.access == Access::Firm(*p)),
+                "{p} guards no route"
+            );
+        }
+    }
+
+    /// README's permission matrix is the code's.
+    #[test]
+    fn readme_documents_the_matrix_and_routes() {
+        let readme = include_str!("../../README.md");
+        for p in Permission::ALL {
+            let marks: Vec<&str> = [Role::Owner, Role::Admin, Role::Operator, Role::Viewer]
+                .iter()
+                .map(|r| {
+                    if role_grants(*r).contains(p) {
+                        "✓"
+                    } else {
+                        "–"
+                    }
+                })
+                .collect();
+            let row = format!("| `{}` | {} |", p.as_str(), marks.join(" | "));
+            assert!(readme.contains(&row), "README lacks the row: {row}");
+        }
+        for r in route_table() {
+            let needle = format!("`{} {}`", r.method, r.path);
+            assert!(readme.contains(&needle), "README lacks the route {needle}");
+        }
+    }
 }

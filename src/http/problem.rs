@@ -117,6 +117,15 @@ impl From<crate::firms::FirmError> for Problem {
                 "the write queue is full; retry shortly",
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            E::KeyNotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+                "no API key with that id in this firm",
+            ),
+            E::KeyRevoked | E::LastOwnerKey => {
+                Problem::new(StatusCode::CONFLICT, e.code(), e.to_string())
+            }
+            E::Escalation => Problem::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
             E::InvalidName(_) | E::Invalid(_) | E::ConfirmMismatch(_) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
             }

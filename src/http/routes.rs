@@ -19,6 +19,8 @@ pub struct StatusBody {
     pub uptime_seconds: u64,
     pub fips: bool,
     pub crypto_module: String,
+    /// Hash of the role matrix and rule order: equal versions decide alike.
+    pub policy_version: &'static str,
 }
 
 pub async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusBody> {
@@ -28,6 +30,7 @@ pub async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusBody> {
         uptime_seconds: shared.started.elapsed().as_secs(),
         fips: shared.module.fips,
         crypto_module: shared.module.module.clone(),
+        policy_version: crate::auth::policy::policy_version(),
     })
 }
 

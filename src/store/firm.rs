@@ -15,7 +15,8 @@ use super::writer::Writer;
 use super::{StoreError, migrate, open_encrypted};
 use crate::crypto::keyring::SqlcipherKey;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE profile (
     k           TEXT PRIMARY KEY,
@@ -34,7 +35,13 @@ CREATE TABLE api_keys (
     expires_at    TEXT,
     revoked_at    TEXT
 )
-"#];
+"#,
+    r#"
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+ALTER TABLE api_keys ADD COLUMN replaced_by TEXT;
+CREATE INDEX api_keys_by_creation ON api_keys (created_at, id)
+"#,
+];
 
 /// Read-only connections kept open per firm.
 const MAX_IDLE_READERS: usize = 4;
@@ -52,6 +59,10 @@ pub struct ApiKeyRow {
     pub created_by: Option<String>,
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
+    /// To the minute: refreshed at most once a minute per key.
+    pub last_used_at: Option<String>,
+    /// The key that replaced this one by rotation.
+    pub replaced_by: Option<String>,
 }
 
 /// The write side handed to commands, inside the writer's transaction.
@@ -96,6 +107,35 @@ impl<'c> WriteTx<'c> {
         Ok(())
     }
 
+    /// Revokes a key that is not yet revoked; false if it was already (or is unknown).
+    pub fn revoke_api_key(
+        &self,
+        id: &str,
+        now: &str,
+        replaced_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE api_keys SET revoked_at = ?2, replaced_by = ?3
+                 WHERE id = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![id, now, replaced_by])?;
+        Ok(n == 1)
+    }
+
+    pub fn touch_api_key(&self, id: &str, now: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1")?
+            .execute(params![id, now])?;
+        Ok(())
+    }
+
+    /// Reads inside the write transaction (for checks that must see it).
+    pub fn read(&self) -> ReadTx<'_> {
+        ReadTx { conn: self.conn }
+    }
+
     pub fn set_meta(&self, k: &str, v: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
@@ -103,6 +143,26 @@ impl<'c> WriteTx<'c> {
         )?;
         Ok(())
     }
+}
+
+const API_KEY_COLUMNS: &str = "id, name, role, mac, allow, deny, created_at, created_by, \
+     expires_at, revoked_at, last_used_at, replaced_by";
+
+fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        mac: r.get(3)?,
+        allow: r.get(4)?,
+        deny: r.get(5)?,
+        created_at: r.get(6)?,
+        created_by: r.get(7)?,
+        expires_at: r.get(8)?,
+        revoked_at: r.get(9)?,
+        last_used_at: r.get(10)?,
+        replaced_by: r.get(11)?,
+    })
 }
 
 /// The read side, on a read-only connection.
@@ -122,26 +182,29 @@ impl ReadTx<'_> {
     }
 
     pub fn api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, name, role, mac, allow, deny, created_at, created_by, expires_at, revoked_at
-             FROM api_keys WHERE id = ?1",
-        )?;
-        Ok(st
-            .query_row([id], |r| {
-                Ok(ApiKeyRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    role: r.get(2)?,
-                    mac: r.get(3)?,
-                    allow: r.get(4)?,
-                    deny: r.get(5)?,
-                    created_at: r.get(6)?,
-                    created_by: r.get(7)?,
-                    expires_at: r.get(8)?,
-                    revoked_at: r.get(9)?,
-                })
-            })
-            .optional()?)
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = ?1"
+        ))?;
+        Ok(st.query_row([id], api_key_row).optional()?)
+    }
+
+    /// Every key, oldest first, revoked ones included.
+    pub fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+        ))?;
+        let rows = st.query_map([], api_key_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Keys of this role that are neither revoked nor expired at `now`.
+    pub fn count_live_keys_with_role(&self, role: &str, now: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM api_keys WHERE role = ?1 AND revoked_at IS NULL
+             AND (expires_at IS NULL OR expires_at > ?2)",
+            params![role, now],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     pub fn count_api_keys(&self) -> Result<u64, StoreError> {
@@ -319,6 +382,18 @@ impl FirmDb {
             .ok_or(StoreError::WriterGone)?
             .submit(f)?;
         wait_reply(rx)
+    }
+
+    /// Queues a best-effort write nobody waits for (metadata such as a key's
+    /// last use). Never acknowledged, so never reported as lost; dropped if
+    /// the queue is full.
+    pub fn write_detached<F>(&self, f: F)
+    where
+        F: Fn(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        if let Some(w) = self.writer.as_ref() {
+            let _ = w.submit(f);
+        }
     }
 
     /// Runs `f` on a pooled read-only connection. Blocking.

@@ -38,10 +38,11 @@ fn status_reports_fips_over_tls13_with_post_quantum_kx() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert!(v["uptime_seconds"].is_u64());
     assert!(v["commit"].is_string());
+    assert!(v["policy_version"].as_str().unwrap().starts_with("sha256:"));
     let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
     assert_eq!(
         keys.len(),
-        5,
+        6,
         "status says nothing beyond its documented fields: {keys:?}"
     );
 

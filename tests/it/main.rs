@@ -5,4 +5,5 @@ mod client;
 mod firms;
 mod foundation;
 mod harness;
+mod keys;
 mod raw_tls;

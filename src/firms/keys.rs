@@ -1,0 +1,315 @@
+//! API key lifecycle (mint, list, show, rotate, revoke) and the firm's own
+//! profile writes. Every method takes the policy's proof of authorization
+//! for exactly what it does, and works on the firm that proof names.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::{ApiKeySecretToken, FirmError, Firms, validate_name};
+use crate::auth::policy::{self, Authorized, Overrides, perm};
+use crate::auth::{ApiKeySecret, Principal, Role};
+use crate::clock::{parse_rfc3339, rfc3339};
+use crate::crypto::keyring;
+use crate::ids::ApiKeyId;
+use crate::store::firm::ApiKeyRow;
+
+/// How stale `last_used_at` may get before a request refreshes it.
+const LAST_USED_GRANULARITY_SECS: i64 = 60;
+
+/// A key's metadata, as the API shows it. Never the secret or its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub allow: Vec<&'static str>,
+    pub deny: Vec<&'static str>,
+    /// `active`, `revoked` or `expired`.
+    pub state: &'static str,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub replaced_by: Option<String>,
+}
+
+/// What a new key should be.
+#[derive(Debug)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+    pub overrides: Overrides,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A freshly minted key: its metadata and the token, shown once.
+#[derive(Debug)]
+pub struct Minted {
+    pub view: KeyView,
+    pub token: ApiKeySecretToken,
+}
+
+/// The role and overrides stored on a row.
+pub(super) fn grants_of(row: &ApiKeyRow) -> Result<(Role, Overrides), FirmError> {
+    let corrupt = |what: &str| {
+        FirmError::Store(crate::store::StoreError::Corrupt(format!(
+            "api key {}: {what}",
+            row.id
+        )))
+    };
+    let role = Role::parse(&row.role).ok_or_else(|| corrupt("bad role"))?;
+    let list = |s: &str| serde_json::from_str::<Vec<String>>(s).map_err(|_| corrupt("bad list"));
+    let (allow, deny) = (list(&row.allow)?, list(&row.deny)?);
+    let overrides = Overrides::parse(
+        allow.iter().map(String::as_str),
+        deny.iter().map(String::as_str),
+    )
+    .map_err(|p| corrupt(&format!("unknown permission {p}")))?;
+    Ok((role, overrides))
+}
+
+fn list_json(names: &[&str]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| "[]".to_owned())
+}
+
+impl Firms {
+    fn view(&self, row: &ApiKeyRow) -> Result<KeyView, FirmError> {
+        let (role, overrides) = grants_of(row)?;
+        let expired = row
+            .expires_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .is_some_and(|t| t <= self.clock.now());
+        Ok(KeyView {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            role,
+            allow: overrides.allow_names(),
+            deny: overrides.deny_names(),
+            state: if row.revoked_at.is_some() {
+                "revoked"
+            } else if expired {
+                "expired"
+            } else {
+                "active"
+            },
+            created_at: row.created_at.clone(),
+            created_by: row.created_by.clone(),
+            expires_at: row.expires_at.clone(),
+            revoked_at: row.revoked_at.clone(),
+            last_used_at: row.last_used_at.clone(),
+            replaced_by: row.replaced_by.clone(),
+        })
+    }
+
+    /// Builds the stored row and the token for a new key.
+    pub(super) fn new_key_row(
+        &self,
+        auth_key: &crate::crypto::secret::SecretKey,
+        firm: &crate::ids::FirmId,
+        new: &NewKey,
+        created_by: Option<&ApiKeyId>,
+    ) -> Result<(ApiKeyRow, ApiKeySecretToken), FirmError> {
+        let key_id = ApiKeyId::generate()?;
+        let secret = ApiKeySecret::generate()?;
+        let mac = keyring::api_key_mac(auth_key, key_id.as_str(), secret.as_bytes());
+        let row = ApiKeyRow {
+            id: key_id.to_string(),
+            name: new.name.clone(),
+            role: new.role.as_str().to_owned(),
+            mac: mac.to_vec(),
+            allow: list_json(&new.overrides.allow_names()),
+            deny: list_json(&new.overrides.deny_names()),
+            created_at: self.now(),
+            created_by: created_by.map(ToString::to_string),
+            expires_at: new.expires_at.map(rfc3339),
+            revoked_at: None,
+            last_used_at: None,
+            replaced_by: None,
+        };
+        Ok((row, ApiKeySecretToken(secret.token(firm, &key_id))))
+    }
+
+    /// Mints a key in the firm's database (the admin plane's first owner key
+    /// comes through here too, with no creator).
+    pub(super) fn insert_key(
+        &self,
+        firm: &crate::ids::FirmId,
+        new: &NewKey,
+        created_by: Option<&ApiKeyId>,
+    ) -> Result<Minted, FirmError> {
+        let h = self.handle(firm)?;
+        let (row, token) = self.new_key_row(&h.auth_key, firm, new, created_by)?;
+        let view = self.view(&row)?;
+        h.db.write_blocking(move |tx| tx.insert_api_key(&row))?;
+        Ok(Minted { view, token })
+    }
+
+    pub fn mint_key(
+        &self,
+        auth: &Authorized<perm::KeysCreate>,
+        mut new: NewKey,
+    ) -> Result<Minted, FirmError> {
+        new.name = validate_name(&new.name)?.to_owned();
+        if let Some(t) = new.expires_at {
+            if t <= self.clock.now() {
+                return Err(FirmError::Invalid(
+                    "expires_at must be in the future".into(),
+                ));
+            }
+        }
+        escalation_check(auth.principal(), new.role, &new.overrides)?;
+        self.require_writable(auth.firm())?;
+        self.insert_key(auth.firm(), &new, Some(&auth.principal().key_id))
+    }
+
+    pub fn list_keys(&self, auth: &Authorized<perm::KeysRead>) -> Result<Vec<KeyView>, FirmError> {
+        let h = self.handle(auth.firm())?;
+        let rows = h.db.read_blocking(|r| r.api_keys())?;
+        rows.iter().map(|r| self.view(r)).collect()
+    }
+
+    fn key_row(&self, firm: &crate::ids::FirmId, key: &str) -> Result<ApiKeyRow, FirmError> {
+        let id = ApiKeyId::parse(key).ok_or(FirmError::KeyNotFound)?;
+        let h = self.handle(firm)?;
+        h.db.read_blocking(|r| r.api_key(id.as_str()))?
+            .ok_or(FirmError::KeyNotFound)
+    }
+
+    pub fn show_key(
+        &self,
+        auth: &Authorized<perm::KeysRead>,
+        key: &str,
+    ) -> Result<KeyView, FirmError> {
+        self.view(&self.key_row(auth.firm(), key)?)
+    }
+
+    /// Replaces a key by a new one with the same name, role, overrides and
+    /// expiry; the old key is revoked in the same transaction, so it fails
+    /// on the very next request.
+    pub fn rotate_key(
+        &self,
+        auth: &Authorized<perm::KeysRotate>,
+        key: &str,
+    ) -> Result<Minted, FirmError> {
+        self.require_writable(auth.firm())?;
+        let old = self.key_row(auth.firm(), key)?;
+        let (role, overrides) = grants_of(&old)?;
+        // Rotating hands the caller the key's power: same rule as minting.
+        escalation_check(auth.principal(), role, &overrides)?;
+        if old.revoked_at.is_some() {
+            return Err(FirmError::KeyRevoked);
+        }
+        let new = NewKey {
+            name: old.name.clone(),
+            role,
+            overrides,
+            expires_at: old.expires_at.as_deref().and_then(parse_rfc3339),
+        };
+        let h = self.handle(auth.firm())?;
+        let (row, token) = self.new_key_row(
+            &h.auth_key,
+            auth.firm(),
+            &new,
+            Some(&auth.principal().key_id),
+        )?;
+        let view = self.view(&row)?;
+        let now = self.now();
+        let replaced = h.db.write_blocking(move |tx| {
+            if !tx.revoke_api_key(&old.id, &now, Some(&row.id))? {
+                return Ok(false);
+            }
+            tx.insert_api_key(&row)?;
+            Ok(true)
+        })?;
+        if !replaced {
+            return Err(FirmError::KeyRevoked);
+        }
+        Ok(Minted { view, token })
+    }
+
+    /// Revokes a key; it fails on the very next request. Revoking a revoked
+    /// key changes nothing and answers the same. The firm's last live owner
+    /// key cannot be revoked (rotate it instead).
+    pub fn revoke_key(
+        &self,
+        auth: &Authorized<perm::KeysRevoke>,
+        key: &str,
+    ) -> Result<KeyView, FirmError> {
+        self.require_writable(auth.firm())?;
+        let row = self.key_row(auth.firm(), key)?;
+        let (role, overrides) = grants_of(&row)?;
+        escalation_check(auth.principal(), role, &overrides)?;
+        if row.revoked_at.is_some() {
+            return self.view(&row);
+        }
+        let h = self.handle(auth.firm())?;
+        let now = self.now();
+        let id = row.id.clone();
+        let (n, id2) = (now.clone(), id.clone());
+        let outcome = h.db.write_blocking(move |tx| {
+            if role == Role::Owner && tx.read().count_live_keys_with_role("owner", &n)? <= 1 {
+                return Ok(RevokeOutcome::LastOwner);
+            }
+            Ok(if tx.revoke_api_key(&id2, &n, None)? {
+                RevokeOutcome::Revoked
+            } else {
+                RevokeOutcome::AlreadyRevoked
+            })
+        })?;
+        if outcome == RevokeOutcome::LastOwner {
+            return Err(FirmError::LastOwnerKey);
+        }
+        self.view(&self.key_row(auth.firm(), &id)?)
+    }
+
+    /// Sets the firm's own profile fields.
+    pub fn set_profile(
+        &self,
+        auth: &Authorized<perm::FirmUpdate>,
+        changes: Vec<(&'static str, String)>,
+    ) -> Result<(), FirmError> {
+        self.require_writable(auth.firm())?;
+        let h = self.handle(auth.firm())?;
+        let now = self.now();
+        h.db.write_blocking(move |tx| {
+            for (k, v) in &changes {
+                tx.set_profile(k, v, &now)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Records (to the minute, best effort, never blocking the request) that
+    /// a key was used. Skipped on frozen firms: they take no writes.
+    pub(super) fn note_key_use(&self, h: &super::FirmHandle, row: &ApiKeyRow) {
+        let now = self.clock.now();
+        let fresh = row
+            .last_used_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .is_some_and(|t| (now - t).whole_seconds() < LAST_USED_GRANULARITY_SECS);
+        if fresh || self.require_writable(&h.id).is_err() {
+            return;
+        }
+        let (id, at) = (row.id.clone(), rfc3339(now));
+        h.db.write_detached(move |tx| tx.touch_api_key(&id, &at));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RevokeOutcome {
+    Revoked,
+    AlreadyRevoked,
+    LastOwner,
+}
+
+fn escalation_check(p: &Principal, role: Role, overrides: &Overrides) -> Result<(), FirmError> {
+    if policy::may_manage(p, role, overrides).allowed {
+        Ok(())
+    } else {
+        Err(FirmError::Escalation)
+    }
+}

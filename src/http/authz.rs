@@ -1,0 +1,160 @@
+//! Authentication and authorization for `/api/v1/<resource>/{firm_id}/...`.
+//!
+//! The route table gives every API route its permission; [`enforce`] runs on
+//! each of them before the handler: it checks the bearer token, then asks the
+//! policy (tenant scope first, then overrides, then the role). Handlers take
+//! [`Authz<P>`], which yields the policy's `Authorized<P>` proof that the
+//! services require, and refuses to run if the table gave the route a
+//! different permission than the handler's type names.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::problem::Problem;
+use crate::auth::policy::{self, Authorized, Decision, Permission, perm};
+use crate::auth::{self, Principal};
+use crate::daemon::Shared;
+use crate::firms::{AuthError, FirmError};
+use crate::ids::FirmId;
+
+/// Who asked and what the policy said: put on the response for the request
+/// log line (and, later, the audit log).
+#[derive(Debug, Clone)]
+pub struct RequestActor {
+    pub firm: String,
+    pub key: String,
+    pub permission: Permission,
+    pub rule: String,
+}
+
+/// The policy's grant for this request, left for the handler.
+#[derive(Debug, Clone)]
+struct Granted {
+    principal: Principal,
+    permission: Permission,
+    firm: FirmId,
+}
+
+fn unauthenticated(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail).with_header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"strongroom\""),
+    )
+}
+
+fn denied(decision: Decision) -> Problem {
+    let detail = match decision.rule.denial_code() {
+        "forbidden_firm" => "this credential does not grant access to that firm",
+        "forbidden_override" => "this key's deny list forbids this action",
+        _ => "this key's role does not allow this action",
+    };
+    Problem::new(StatusCode::FORBIDDEN, decision.rule.denial_code(), detail)
+}
+
+async fn authenticate(shared: &Arc<Shared>, parts: &Parts) -> Result<Principal, Problem> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(unauthenticated(
+            "an API key is required (Authorization: Bearer sr_...)",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(auth::bearer)
+        .ok_or_else(|| unauthenticated("malformed Authorization header"))?
+        .to_owned();
+    let firms = shared.firms.clone();
+    let result = tokio::task::spawn_blocking(move || firms.authenticate(&token))
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    match result {
+        Ok(p) => Ok(p),
+        Err(AuthError::Firm(
+            e @ (FirmError::Store(_)
+            | FirmError::Key(_)
+            | FirmError::Crypto(_)
+            | FirmError::Maintenance),
+        )) => Err(Problem::from(e)),
+        Err(e) => {
+            tracing::info!(reason = %e, "authentication failed");
+            Err(unauthenticated("invalid, revoked or expired API key"))
+        }
+    }
+}
+
+/// The route layer for an API route needing `permission`.
+pub async fn enforce(
+    State((shared, permission)): State<(Arc<Shared>, Permission)>,
+    params: RawPathParams,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let principal = match authenticate(&shared, &parts).await {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    // Unknown and foreign firm ids decide alike (tenant scope), so the API is
+    // no existence oracle.
+    let url_firm = params
+        .iter()
+        .find(|(k, _)| *k == "firm_id")
+        .and_then(|(_, v)| FirmId::parse(v));
+    let decision = match &url_firm {
+        Some(f) => policy::decide(&principal, permission, f),
+        None => Decision {
+            allowed: false,
+            rule: policy::Rule::TenantScope,
+        },
+    };
+    let actor = RequestActor {
+        firm: principal.firm.to_string(),
+        key: principal.key_id.to_string(),
+        permission,
+        rule: decision.rule.name(),
+    };
+    let mut resp = match url_firm {
+        Some(firm) if decision.allowed => {
+            parts.extensions.insert(Granted {
+                principal,
+                permission,
+                firm,
+            });
+            next.run(Request::from_parts(parts, body)).await
+        }
+        _ => denied(decision).into_response(),
+    };
+    resp.extensions_mut().insert(actor);
+    resp
+}
+
+/// A handler's proof of authorization for `P`.
+pub struct Authz<P: perm::Marker>(pub Authorized<P>);
+
+impl<P: perm::Marker> FromRequestParts<Arc<Shared>> for Authz<P> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(g) = parts.extensions.remove::<Granted>() else {
+            return Err(Problem::internal(&"route has no policy layer"));
+        };
+        if g.permission != P::PERMISSION {
+            return Err(Problem::internal(&format!(
+                "route table grants {} but the handler needs {}",
+                g.permission,
+                P::PERMISSION
+            )));
+        }
+        policy::authorize::<P>(g.principal, &g.firm)
+            .map(Authz)
+            .map_err(denied)
+    }
+}

@@ -1,0 +1,673 @@
+//! API keys and access control through the real daemon: the route ×
+//! credential matrix, rotation and revocation, overrides and escalation.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::client::Response;
+use crate::firms::{Firm, create_firm};
+use crate::harness::{Daemon, ctl};
+
+fn call(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = auth.as_deref() {
+        headers.push(("Authorization", a));
+    }
+    let body = body.map(|b| b.to_string());
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    d.client()
+        .request(method, path, &headers, body.as_deref().map(str::as_bytes))
+}
+
+struct Key {
+    id: String,
+    token: String,
+}
+
+fn mint(d: &Daemon, firm: &Firm, token: &str, body: Value) -> Key {
+    let r = call(
+        d,
+        "POST",
+        &format!("/api/v1/keys/{}", firm.id),
+        Some(token),
+        Some(&body),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    Key {
+        id: v["id"].as_str().unwrap().to_owned(),
+        token: v["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn mint_role(d: &Daemon, firm: &Firm, role: &str) -> Key {
+    mint(
+        d,
+        firm,
+        &firm.token,
+        json!({"name": format!("{role} key"), "role": role}),
+    )
+}
+
+fn code(r: &Response) -> String {
+    r.json()["code"].as_str().unwrap_or("").to_owned()
+}
+
+fn without_request_id(r: &Response) -> Value {
+    let mut v = r.json();
+    v.as_object_mut().unwrap().remove("request_id");
+    v
+}
+
+/// The API routes, as the README documents them.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    GetFirm,
+    PatchFirm,
+    MintKey,
+    ListKeys,
+    ShowKey,
+    RotateKey,
+    RevokeKey,
+}
+
+const ROUTES: [Route; 7] = [
+    Route::GetFirm,
+    Route::PatchFirm,
+    Route::MintKey,
+    Route::ListKeys,
+    Route::ShowKey,
+    Route::RotateKey,
+    Route::RevokeKey,
+];
+
+impl Route {
+    fn method(self) -> &'static str {
+        match self {
+            Route::GetFirm | Route::ListKeys | Route::ShowKey => "GET",
+            Route::PatchFirm => "PATCH",
+            Route::MintKey | Route::RotateKey => "POST",
+            Route::RevokeKey => "DELETE",
+        }
+    }
+
+    fn path(self, firm: &str, key: &str) -> String {
+        match self {
+            Route::GetFirm | Route::PatchFirm => format!("/api/v1/firms/{firm}"),
+            Route::MintKey | Route::ListKeys => format!("/api/v1/keys/{firm}"),
+            Route::ShowKey | Route::RevokeKey => format!("/api/v1/keys/{firm}/{key}"),
+            Route::RotateKey => format!("/api/v1/keys/{firm}/{key}/rotate"),
+        }
+    }
+
+    fn body(self) -> Option<Value> {
+        match self {
+            Route::PatchFirm => Some(json!({"display_name": "Matrix"})),
+            Route::MintKey => Some(json!({"name": "minted", "role": "viewer"})),
+            _ => None,
+        }
+    }
+
+    /// The documented success status, for a role the matrix allows.
+    fn ok_status(self) -> u16 {
+        match self {
+            Route::MintKey | Route::RotateKey => 201,
+            _ => 200,
+        }
+    }
+
+    /// The documented matrix: does `role` get this route?
+    fn allowed(self, role: &str) -> bool {
+        match self {
+            Route::GetFirm => true,
+            _ => matches!(role, "owner" | "admin"),
+        }
+    }
+}
+
+#[test]
+fn route_by_credential_matrix_gives_the_documented_answers() {
+    let d = Daemon::start();
+    let a = create_firm(&d, "Matrix Firm A");
+    let b = create_firm(&d, "Matrix Firm B");
+
+    // The expired key is minted first so that it has lapsed by the time it is used.
+    let expires = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+    let expires = expires
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let expired = mint(
+        &d,
+        &a,
+        &a.token,
+        json!({"name": "short", "role": "owner", "expires_at": expires}),
+    );
+    assert_eq!(
+        call(
+            &d,
+            "GET",
+            &format!("/api/v1/firms/{}", a.id),
+            Some(&expired.token),
+            None
+        )
+        .status,
+        200
+    );
+
+    let revoked = mint_role(&d, &a, "owner");
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("/api/v1/keys/{}/{}", a.id, revoked.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let rotated_out = mint_role(&d, &a, "owner");
+    let r = call(
+        &d,
+        "POST",
+        &format!("/api/v1/keys/{}/{}/rotate", a.id, rotated_out.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(r.status, 201);
+    let roles: Vec<(&str, Key)> = ["owner", "admin", "operator", "viewer"]
+        .into_iter()
+        .map(|role| (role, mint_role(&d, &a, role)))
+        .collect();
+    let malformed = format!("{}x", a.token);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(
+        &d,
+        "GET",
+        &format!("/api/v1/firms/{}", a.id),
+        Some(&expired.token),
+        None,
+    )
+    .status
+        != 401
+    {
+        assert!(Instant::now() < deadline, "the expiring key never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut cells = 0;
+    for route in ROUTES {
+        // A target key nobody cares about, fresh for each route that uses one.
+        let target = mint_role(&d, &a, "viewer");
+        let path = route.path(&a.id, &target.id);
+        let body = route.body();
+        let unauth: [(&str, Option<&str>); 5] = [
+            ("no key", None),
+            ("malformed key", Some(&malformed)),
+            ("revoked key", Some(&revoked.token)),
+            ("rotated-out key", Some(&rotated_out.token)),
+            ("expired key", Some(&expired.token)),
+        ];
+        for (what, token) in unauth {
+            let r = call(&d, route.method(), &path, token, body.as_ref());
+            assert_eq!(r.status, 401, "{route:?} with {what}");
+            assert_eq!(code(&r), "unauthenticated", "{route:?} with {what}");
+            assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+            cells += 1;
+        }
+
+        let r = call(&d, route.method(), &path, Some(&b.token), body.as_ref());
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (403, "forbidden_firm"),
+            "{route:?} with a foreign owner key"
+        );
+        cells += 1;
+
+        for (role, key) in &roles {
+            // Each allowed write gets its own target, so rotate/revoke find it live.
+            let target = mint_role(&d, &a, "viewer");
+            let path = route.path(&a.id, &target.id);
+            let r = call(&d, route.method(), &path, Some(&key.token), body.as_ref());
+            if route.allowed(role) {
+                assert_eq!(
+                    r.status,
+                    route.ok_status(),
+                    "{route:?} as {role}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+            } else {
+                assert_eq!(
+                    (r.status, code(&r).as_str()),
+                    (403, "forbidden_role"),
+                    "{route:?} as {role}"
+                );
+            }
+            cells += 1;
+        }
+
+        // A foreign firm that exists and one that does not answer alike.
+        let foreign = call(
+            &d,
+            route.method(),
+            &route.path(&a.id, &target.id),
+            Some(&b.token),
+            body.as_ref(),
+        );
+        let nowhere = call(
+            &d,
+            route.method(),
+            &route.path("frm_000000000000000000000000", &target.id),
+            Some(&b.token),
+            body.as_ref(),
+        );
+        assert_eq!(foreign.status, nowhere.status, "{route:?}");
+        assert_eq!(
+            without_request_id(&foreign),
+            without_request_id(&nowhere),
+            "{route:?}"
+        );
+    }
+    assert_eq!(cells, 7 * 10);
+
+    // Inside one's own firm, another firm's key id and a made-up one are both 404.
+    let b_keys = call(
+        &d,
+        "GET",
+        &format!("/api/v1/keys/{}", b.id),
+        Some(&b.token),
+        None,
+    )
+    .json();
+    let b_key = b_keys["keys"][0]["id"].as_str().unwrap().to_owned();
+    let theirs = call(
+        &d,
+        "GET",
+        &format!("/api/v1/keys/{}/{b_key}", a.id),
+        Some(&a.token),
+        None,
+    );
+    let made_up = call(
+        &d,
+        "GET",
+        &format!("/api/v1/keys/{}/key_0123456789abcdef", a.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(theirs.status, 404);
+    assert_eq!(without_request_id(&theirs), without_request_id(&made_up));
+}
+
+#[test]
+fn rotation_and_revocation_take_effect_on_the_very_next_request() {
+    let d = Daemon::start();
+    let a = create_firm(&d, "Rotation LLP");
+    let firm_path = format!("/api/v1/firms/{}", a.id);
+    let k = mint_role(&d, &a, "admin");
+    assert_eq!(
+        call(&d, "GET", &firm_path, Some(&k.token), None).status,
+        200
+    );
+
+    let r = call(
+        &d,
+        "POST",
+        &format!("/api/v1/keys/{}/{}/rotate", a.id, k.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(r.status, 201);
+    let v = r.json();
+    let new_token = v["secret"].as_str().unwrap().to_owned();
+    let new_id = v["id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, k.id, "rotation creates a new key");
+    assert_eq!(v["role"], "admin");
+    assert_eq!(v["name"], "admin key");
+    assert_eq!(
+        call(&d, "GET", &firm_path, Some(&k.token), None).status,
+        401
+    );
+    assert_eq!(
+        call(&d, "GET", &firm_path, Some(&new_token), None).status,
+        200
+    );
+    let old = call(
+        &d,
+        "GET",
+        &format!("/api/v1/keys/{}/{}", a.id, k.id),
+        Some(&a.token),
+        None,
+    )
+    .json();
+    assert_eq!(old["state"], "revoked");
+    assert_eq!(old["replaced_by"], new_id.as_str());
+    // Rotating a rotated-out key again is refused, not a second replacement.
+    let r = call(
+        &d,
+        "POST",
+        &format!("/api/v1/keys/{}/{}/rotate", a.id, k.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (409, "key_revoked"));
+
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("/api/v1/keys/{}/{new_id}", a.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["state"], "revoked");
+    assert_eq!(
+        call(&d, "GET", &firm_path, Some(&new_token), None).status,
+        401
+    );
+    // Revoking again changes nothing and answers the same.
+    let again = call(
+        &d,
+        "DELETE",
+        &format!("/api/v1/keys/{}/{new_id}", a.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["revoked_at"], r.json()["revoked_at"]);
+
+    // The last live owner key cannot be revoked; with a second owner it can.
+    let own = create_owner_id(&d, &a);
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("/api/v1/keys/{}/{own}", a.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (409, "last_owner_key"));
+    let second = mint_role(&d, &a, "owner");
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("/api/v1/keys/{}/{own}", a.id),
+        Some(&second.token),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        call(&d, "GET", &firm_path, Some(&a.token), None).status,
+        401
+    );
+}
+
+/// The id of the firm's first owner key (the one `firm create` printed).
+fn create_owner_id(d: &Daemon, a: &Firm) -> String {
+    let v = call(
+        d,
+        "GET",
+        &format!("/api/v1/keys/{}", a.id),
+        Some(&a.token),
+        None,
+    )
+    .json();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "initial owner key")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn deny_beats_role_and_no_key_exceeds_its_minter() {
+    let d = Daemon::start();
+    let a = create_firm(&d, "Override & Co");
+    let keys_path = format!("/api/v1/keys/{}", a.id);
+
+    // Deny override beats the role's allow.
+    let admin = mint(
+        &d,
+        &a,
+        &a.token,
+        json!({"name": "no reads", "role": "admin", "deny": ["keys:read"]}),
+    );
+    let r = call(&d, "GET", &keys_path, Some(&admin.token), None);
+    assert_eq!((r.status, code(&r).as_str()), (403, "forbidden_override"));
+    assert_eq!(
+        call(
+            &d,
+            "GET",
+            &format!("/api/v1/firms/{}", a.id),
+            Some(&admin.token),
+            None
+        )
+        .status,
+        200
+    );
+
+    // An admin cannot mint an owner, nor hand out what it is denied.
+    for body in [
+        json!({"name": "up", "role": "owner"}),
+        json!({"name": "sneak", "role": "viewer", "allow": ["keys:read"]}),
+        json!({"name": "sneak2", "role": "operator", "deny": ["firm:read"], "allow": ["keys:read"]}),
+    ] {
+        let r = call(&d, "POST", &keys_path, Some(&admin.token), Some(&body));
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (403, "forbidden_escalation"),
+            "{body}"
+        );
+    }
+    // ... nor revoke or rotate (and so take over) an owner key.
+    let owner2 = mint_role(&d, &a, "owner");
+    for (m, p) in [
+        ("DELETE", format!("{keys_path}/{}", owner2.id)),
+        ("POST", format!("{keys_path}/{}/rotate", owner2.id)),
+    ] {
+        let r = call(&d, m, &p, Some(&admin.token), None);
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (403, "forbidden_escalation"),
+            "{m} {p}"
+        );
+    }
+
+    // An allow override grants; the key it mints stays within its own power.
+    let viewer = mint(
+        &d,
+        &a,
+        &a.token,
+        json!({"name": "helper", "role": "viewer", "allow": ["keys:create"]}),
+    );
+    let v = call(
+        &d,
+        "POST",
+        &keys_path,
+        Some(&viewer.token),
+        Some(&json!({"name": "child", "role": "viewer"})),
+    );
+    assert_eq!(v.status, 201, "{}", String::from_utf8_lossy(&v.body));
+    assert_eq!(v.json()["created_by"], viewer.id.as_str());
+    let r = call(
+        &d,
+        "POST",
+        &keys_path,
+        Some(&viewer.token),
+        Some(&json!({"name": "c2", "role": "viewer", "allow": ["firm:update"]})),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (403, "forbidden_escalation"));
+    let r = call(
+        &d,
+        "POST",
+        &keys_path,
+        Some(&viewer.token),
+        Some(&json!({"name": "c3", "role": "admin"})),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (403, "forbidden_escalation"));
+
+    // The decision and its rule are on the request's log line.
+    // The line is written after the response; give it a moment to land.
+    let mut logged = false;
+    for _ in 0..100 {
+        logged = d
+            .stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| {
+                v["decision"] == "deny_override"
+                    && v["permission"] == "keys:read"
+                    && v["actor"] == admin.id.as_str()
+                    && v["firm"] == a.id.as_str()
+                    && v["status"] == 403
+            });
+        if logged {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(logged, "no log line with the deny decision\n{}", d.logs());
+}
+
+#[test]
+fn key_metadata_never_shows_secrets_and_bad_input_changes_nothing() {
+    let d = Daemon::start();
+    let a = create_firm(&d, "Metadata GmbH");
+    let keys_path = format!("/api/v1/keys/{}", a.id);
+    let k = mint(
+        &d,
+        &a,
+        &a.token,
+        json!({"name": "ops", "role": "operator", "deny": ["firm:update"], "allow": []}),
+    );
+    assert!(k.token.starts_with("sr_") && k.token.len() > 64);
+    assert_eq!(
+        call(
+            &d,
+            "GET",
+            &format!("/api/v1/firms/{}", a.id),
+            Some(&k.token),
+            None
+        )
+        .status,
+        200
+    );
+
+    let list = call(&d, "GET", &keys_path, Some(&a.token), None);
+    assert_eq!(list.status, 200);
+    let text = String::from_utf8_lossy(&list.body).to_string();
+    let secret_part = k.token.rsplit('_').next().unwrap();
+    assert!(!text.contains(secret_part), "a secret in the listing");
+    assert!(!text.contains(a.token.rsplit('_').next().unwrap()));
+    assert!(!text.contains("\"mac\""));
+    let v = list.json();
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let ops = keys.iter().find(|x| x["id"] == k.id.as_str()).unwrap();
+    assert_eq!(ops["role"], "operator");
+    assert_eq!(ops["deny"], json!(["firm:update"]));
+    assert_eq!(ops["state"], "active");
+    assert!(ops["last_used_at"].is_string(), "last use recorded: {ops}");
+    let shown = call(
+        &d,
+        "GET",
+        &format!("{keys_path}/{}", k.id),
+        Some(&a.token),
+        None,
+    )
+    .json();
+    assert_eq!(&shown, ops);
+    assert!(shown.get("secret").is_none());
+
+    let count = || {
+        call(&d, "GET", &keys_path, Some(&a.token), None).json()["keys"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let bad: [(Value, u16, &str); 7] = [
+        (json!({"name": "x", "role": "root"}), 422, "invalid_field"),
+        (
+            json!({"name": "x", "role": "viewer", "allow": ["keys:everything"]}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"name": "x", "role": "viewer", "expires_at": "tomorrow"}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"name": "x", "role": "viewer", "expires_at": "2001-01-01T00:00:00Z"}),
+            422,
+            "invalid_field",
+        ),
+        (json!({"name": "", "role": "viewer"}), 422, "invalid_name"),
+        (
+            json!({"name": "x", "role": "viewer", "secret": "mine"}),
+            400,
+            "invalid_body",
+        ),
+        (json!({"role": "viewer"}), 400, "invalid_body"),
+    ];
+    for (body, status, c) in bad {
+        let r = call(&d, "POST", &keys_path, Some(&a.token), Some(&body));
+        assert_eq!((r.status, code(&r).as_str()), (status, c), "{body}");
+    }
+    let auth = format!("Bearer {}", a.token);
+    let r = d.client().request(
+        "POST",
+        &keys_path,
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        Some(b"{}"),
+    );
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (415, "unsupported_media_type")
+    );
+    let r = call(
+        &d,
+        "GET",
+        &format!("{keys_path}/not-a-key"),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (404, "key_not_found"));
+    assert_eq!(count(), 2, "refused requests created nothing");
+
+    // A frozen firm refuses key writes with 423 and still lists keys.
+    assert!(
+        ctl(&d.admin_socket, &["firm", "freeze", &a.id])
+            .status
+            .success()
+    );
+    let r = call(
+        &d,
+        "POST",
+        &keys_path,
+        Some(&a.token),
+        Some(&json!({"name": "x", "role": "viewer"})),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (423, "firm_frozen"));
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("{keys_path}/{}", k.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(r.status, 423);
+    assert_eq!(count(), 2);
+}
