@@ -10,12 +10,14 @@ DENY_VER   := 0.20.2
 STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
 STOCK_PY   := $(STOCK_VENV)/bin/python
 
-.PHONY: help deps build run test lint deny bench clean
+.PHONY: help deps build run test lint deny bench package test-package clean
 
 help:
 	@echo "make run     build and run strongroomd in dev mode (STATE_DIR=$(STATE_DIR), LISTEN=$(LISTEN))"
 	@echo "make test    every check and test: fmt, clippy, cargo deny, cargo test"
 	@echo "make build   release binaries in target/release/"
+	@echo "make package       target/package/strongroom_<ver>-1_amd64.deb and strongroom-<ver>.x86_64.rpm"
+	@echo "make test-package  lint both packages, score the unit, boot the .deb in a Debian 12 container"
 	@echo "make bench   durable commits/s through the group-commit writer vs a plain loop (BENCH_DIR=disk to measure)"
 
 deps:
@@ -42,6 +44,12 @@ $(STOCK_PY):
 test: lint deny $(STOCK_PY)
 	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \
 		$(CARGO) test --locked
+
+package: build
+	bash packaging/build-packages.sh
+
+test-package: build
+	bash packaging/test-package.sh
 
 BENCH_DIR ?= $(CURDIR)/target/bench-tmp
 

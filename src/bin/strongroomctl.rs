@@ -76,14 +76,22 @@ enum KeysCmd {
         #[arg(long, value_name = "FILE")]
         new_key_file: PathBuf,
     },
+    /// Print a new random master key (64 hex characters, from the FIPS DRBG)
+    /// to standard output, for `systemd-creds encrypt` or a key file. Needs
+    /// no daemon; refuses to print to a terminal.
+    GenerateMaster,
 }
 
 /// sysexits.h codes so scripts can tell failures apart.
+const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_NOPERM: u8 = 77;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keys(KeysCmd::GenerateMaster) = cli.command {
+        return generate_master();
+    }
     let (cmd, args) = request(&cli.command);
     let resp = match client::call(&cli.socket, cmd, args, Duration::from_secs(120)) {
         Ok(r) => r,
@@ -115,6 +123,37 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A new master key on stdout, never on a terminal (it would end up in
+/// scrollback and screen recordings).
+fn generate_master() -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let mut out = std::io::stdout();
+    if out.is_terminal() {
+        eprintln!(
+            "strongroomctl: refusing to print a key to a terminal; pipe it (e.g. into systemd-creds encrypt)"
+        );
+        return ExitCode::from(EX_USAGE);
+    }
+    if let Err(e) = strongroom::crypto::fips::require_fips_mode() {
+        eprintln!("strongroomctl: {e}");
+        return ExitCode::FAILURE;
+    }
+    let hex = match strongroom::crypto::keyring::new_master_key_hex() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("strongroomctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match writeln!(out, "{}", hex.as_str()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strongroomctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
     use serde_json::json;
     match cmd {
@@ -131,6 +170,7 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             FirmCmd::ExportKey { id } => ("firm.export_key", json!({ "id": id })),
             FirmCmd::Rekey { id } => ("firm.rekey", json!({ "id": id })),
         },
+        Command::Keys(KeysCmd::GenerateMaster) => ("keys.generate_master", json!({})),
         Command::Keys(KeysCmd::RotateMaster { new_key_file }) => {
             let path = std::fs::canonicalize(new_key_file).unwrap_or_else(|_| new_key_file.clone());
             ("keys.rotate_master", json!({ "new_key_file": path }))

@@ -297,6 +297,13 @@ impl fmt::Debug for SqlcipherKey {
     }
 }
 
+/// A new master key from the FIPS DRBG, as 64 hex characters (the form key
+/// files and credentials accept), zeroized on drop.
+pub fn new_master_key_hex() -> Result<zeroize::Zeroizing<String>, super::CryptoError> {
+    let key = SecretKey::random()?;
+    Ok(zeroize::Zeroizing::new(super::hex(key.expose())))
+}
+
 /// HMAC-SHA256 of an API key's secret under the firm's auth key.
 pub fn api_key_mac(auth_key: &SecretKey, key_id: &str, secret: &[u8]) -> [u8; 32] {
     let k = hmac::Key::new(hmac::HMAC_SHA256, auth_key.expose());

@@ -506,3 +506,44 @@ fn export_key_is_root_only_and_logged() {
     );
     assert!(!logs.contains(&a.token), "API secrets never reach the log");
 }
+
+#[test]
+fn generate_master_prints_a_fresh_key_without_a_daemon() {
+    let generate = || {
+        let out = std::process::Command::new(crate::harness::CTL)
+            .args(["keys", "generate-master"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (generate(), generate());
+    for k in [&a, &b] {
+        let hex = k.strip_suffix('\n').unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+    assert_ne!(a, b);
+    // The printed form is one the daemon accepts as a master key file.
+    let d = Daemon::start_with(Options {
+        dev: false,
+        config: Some(Box::new(move |dir: &Path| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join("master.key"))
+                .unwrap();
+            f.write_all(a.as_bytes()).unwrap();
+            prod_config(dir, "")
+        })),
+        ..Options::default()
+    });
+    assert_eq!(d.client().get("/healthz").status, 200);
+}
