@@ -1,4 +1,10 @@
-//! The tamper-evident audit log. So far: the RFC 9162 Merkle tree over
-//! entry hashes ([`merkle`]), with proofs that cost O(log n) node reads.
+//! The tamper-evident audit log: canonical entries ([`entry`]) linked by a
+//! hash chain, and an RFC 9162 Merkle tree over their leaf hashes
+//! ([`merkle`]) with proofs that cost O(log n) node reads. Entries are
+//! appended by the firm's writer in the same transaction as the change they
+//! record (`store::firm::WriteTx::append_audit`).
 
+pub mod entry;
 pub mod merkle;
+
+pub use entry::Entry;

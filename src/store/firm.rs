@@ -13,6 +13,9 @@ use tokio::sync::oneshot;
 
 use super::writer::Writer;
 use super::{StoreError, migrate, open_encrypted};
+use crate::audit::Entry;
+use crate::audit::entry::{CHAIN_START, chain_next};
+use crate::audit::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::crypto::keyring::SqlcipherKey;
 
 const MIGRATIONS: &[&str] = &[
@@ -38,8 +41,31 @@ CREATE TABLE api_keys (
 "#,
     r#"
 ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
-ALTER TABLE api_keys ADD COLUMN replaced_by TEXT;
-CREATE INDEX api_keys_by_creation ON api_keys (created_at, id)
+ALTER TABLE api_keys ADD COLUMN replaced_by TEXT
+"#,
+    r#"
+CREATE TABLE audit_entries (
+    seq         INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    firm        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    source_ip   TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    leaf        BLOB NOT NULL,
+    chain       BLOB NOT NULL
+);
+CREATE TABLE audit_nodes (
+    level  INTEGER NOT NULL,
+    idx    INTEGER NOT NULL,
+    hash   BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID
 "#,
 ];
 
@@ -131,6 +157,54 @@ impl<'c> WriteTx<'c> {
         Ok(())
     }
 
+    /// Appends an audit entry (its `seq` is assigned here) with its chain
+    /// value and Merkle nodes, inside the caller's transaction: the entry
+    /// commits or rolls back with the change it records.
+    pub fn append_audit(&self, mut e: Entry) -> Result<u64, StoreError> {
+        let last: Option<(i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT seq, chain FROM audit_entries ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (seq, previous) = match last {
+            None => (0u64, CHAIN_START),
+            Some((s, c)) => (s as u64 + 1, to_hash(&c)?),
+        };
+        e.seq = seq;
+        let leaf = e.leaf();
+        let chain = chain_next(&previous, &leaf);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit_entries (seq, at, firm, actor, source_ip, request_id, action,
+                 resource, outcome, decision, rule, payload, leaf, chain)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                seq as i64,
+                e.at,
+                e.firm,
+                e.actor,
+                e.source_ip,
+                e.request_id,
+                e.action,
+                e.resource,
+                e.outcome,
+                e.decision,
+                e.rule,
+                e.payload,
+                &leaf[..],
+                &chain[..]
+            ])?;
+        let nodes = merkle::append_nodes(&ConnNodes(self.conn), seq, leaf).map_err(merkle_err)?;
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+        for (level, idx, h) in nodes {
+            st.execute(params![level, idx as i64, &h[..]])?;
+        }
+        Ok(seq)
+    }
+
     /// Reads inside the write transaction (for checks that must see it).
     pub fn read(&self) -> ReadTx<'_> {
         ReadTx { conn: self.conn }
@@ -143,6 +217,75 @@ impl<'c> WriteTx<'c> {
         )?;
         Ok(())
     }
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, firm, actor, source_ip, request_id, action, resource, \
+     outcome, decision, rule, payload, leaf, chain";
+
+fn to_hash(b: &[u8]) -> Result<Hash, StoreError> {
+    b.try_into()
+        .map_err(|_| StoreError::Corrupt("stored hash is not 32 bytes".into()))
+}
+
+fn merkle_err(e: MerkleError) -> StoreError {
+    StoreError::Corrupt(format!("audit tree: {e}"))
+}
+
+/// The Merkle tree's perfect-subtree hashes, read from `audit_nodes`.
+struct ConnNodes<'c>(&'c Connection);
+
+impl NodeSource for ConnNodes<'_> {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
+        let row: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT hash FROM audit_nodes WHERE level = ?1 AND idx = ?2")
+            .and_then(|mut st| {
+                st.query_row(params![level, index as i64], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| MerkleError::Store(e.to_string()))?;
+        let b = row.ok_or(MerkleError::MissingNode { level, index })?;
+        b.try_into()
+            .map_err(|_| MerkleError::Store("node hash is not 32 bytes".into()))
+    }
+}
+
+/// A stored audit row: the entry and the hashes stored with it.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub entry: Entry,
+    pub leaf: Vec<u8>,
+    pub chain: Vec<u8>,
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        entry: Entry {
+            seq: r.get::<_, i64>(0)? as u64,
+            at: r.get(1)?,
+            firm: r.get(2)?,
+            actor: r.get(3)?,
+            source_ip: r.get(4)?,
+            request_id: r.get(5)?,
+            action: r.get(6)?,
+            resource: r.get(7)?,
+            outcome: r.get(8)?,
+            decision: r.get(9)?,
+            rule: r.get(10)?,
+            payload: r.get(11)?,
+        },
+        leaf: r.get(12)?,
+        chain: r.get(13)?,
+    })
+}
+
+/// What re-verifying a firm's audit log found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    pub size: u64,
+    pub root: Hash,
+    /// The first sequence number that does not check out, and why.
+    pub first_bad: Option<(u64, String)>,
 }
 
 const API_KEY_COLUMNS: &str = "id, name, role, mac, allow, deny, created_at, created_by, \
@@ -195,6 +338,98 @@ impl ReadTx<'_> {
         ))?;
         let rows = st.query_map([], api_key_row)?.collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    pub fn audit_size(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> =
+            self.conn
+                .query_row("SELECT max(seq) FROM audit_entries", [], |r| r.get(0))?;
+        Ok(n.map_or(0, |n| n as u64 + 1))
+    }
+
+    /// Entries with `seq >= from`, oldest first, at most `limit`.
+    pub fn audit_entries(&self, from: u64, limit: u64) -> Result<Vec<AuditRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let rows = st
+            .query_map(params![from as i64, limit as i64], audit_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
+        merkle::root(&ConnNodes(self.conn), size).map_err(merkle_err)
+    }
+
+    pub fn audit_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        merkle::inclusion_proof(&ConnNodes(self.conn), index, size).map_err(merkle_err)
+    }
+
+    pub fn audit_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        merkle::consistency_proof(&ConnNodes(self.conn), old, new).map_err(merkle_err)
+    }
+
+    /// Re-derives every leaf from the stored fields, the chain from the
+    /// leaves and the tree from the leaves, and compares each with what is
+    /// stored: an edited, deleted or reordered entry is named by the first
+    /// sequence number that fails.
+    pub fn audit_verify(&self) -> Result<AuditVerification, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_entries ORDER BY seq"
+        ))?;
+        let mut rows = st.query_map([], audit_row)?;
+        let mut tree = merkle::MemoryTree::new();
+        let mut chain = CHAIN_START;
+        let mut first_bad = None;
+        for (expected, row) in rows.by_ref().enumerate() {
+            let expected = expected as u64;
+            let row = row?;
+            let seq = row.entry.seq;
+            let leaf = row.entry.leaf();
+            chain = chain_next(&chain, &leaf);
+            let problem = if seq != expected {
+                Some((
+                    expected,
+                    format!("entry {expected} is missing (next is {seq})"),
+                ))
+            } else if row.leaf != leaf {
+                Some((
+                    seq,
+                    "the entry's fields do not match its leaf hash".to_owned(),
+                ))
+            } else if row.chain != chain {
+                Some((seq, "the hash chain breaks here".to_owned()))
+            } else if ConnNodes(self.conn).node(0, seq).ok() != Some(leaf) {
+                Some((
+                    seq,
+                    "the Merkle tree's leaf differs from the entry".to_owned(),
+                ))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                first_bad = Some(p);
+                break;
+            }
+            tree.push(leaf).map_err(merkle_err)?;
+        }
+        let size = self.audit_size()?;
+        if first_bad.is_none() {
+            let stored = merkle::root(&ConnNodes(self.conn), size);
+            let rebuilt = merkle::root(&tree, tree.size()).map_err(merkle_err)?;
+            if stored.as_ref().ok() != Some(&rebuilt) {
+                first_bad = Some((
+                    0,
+                    "the stored Merkle tree does not match the entries".to_owned(),
+                ));
+            }
+        }
+        Ok(AuditVerification {
+            size,
+            root: merkle::root(&tree, tree.size()).map_err(merkle_err)?,
+            first_bad,
+        })
     }
 
     /// Keys of this role that are neither revoked nor expired at `now`.
@@ -569,6 +804,89 @@ mod tests {
         assert_eq!(keys.len(), 19);
         assert!(!keys.contains(&"k10".to_owned()));
         db.close();
+    }
+
+    fn audit_entry(i: u64) -> Entry {
+        Entry {
+            seq: 0,
+            at: format!("2026-11-22T10:00:{:02}Z", i % 60),
+            firm: "frm_x".into(),
+            actor: format!("key_{i}"),
+            source_ip: "127.0.0.1".into(),
+            request_id: format!("req{i}"),
+            action: "keys.create".into(),
+            resource: format!("res{i}"),
+            outcome: "success".into(),
+            decision: "allow".into(),
+            rule: "role:owner".into(),
+            payload: vec![i as u8; 5],
+        }
+    }
+
+    #[test]
+    fn audit_log_proves_and_finds_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for i in 0..40u64 {
+            let seq = db
+                .write_blocking(move |tx| tx.append_audit(audit_entry(i)))
+                .unwrap();
+            assert_eq!(seq, i);
+        }
+        let v = db.read_blocking(|r| r.audit_verify()).unwrap();
+        assert_eq!((v.size, v.first_bad.clone()), (40, None));
+        let root = db.read_blocking(|r| r.audit_root(40)).unwrap();
+        assert_eq!(v.root, root);
+        let rows = db.read_blocking(|r| r.audit_entries(0, 100)).unwrap();
+        for size in [1u64, 17, 40] {
+            let root_n = db.read_blocking(move |r| r.audit_root(size)).unwrap();
+            for i in (0..size).step_by(3) {
+                let p = db
+                    .read_blocking(move |r| r.audit_inclusion(i, size))
+                    .unwrap();
+                assert!(merkle::verify_inclusion(
+                    i,
+                    size,
+                    &rows[i as usize].entry.leaf(),
+                    &p,
+                    &root_n
+                ));
+            }
+            let p = db
+                .read_blocking(move |r| r.audit_consistency(size, 40))
+                .unwrap();
+            assert!(merkle::verify_consistency(size, 40, &root_n, &root, &p));
+        }
+        db.close();
+
+        let raw = |sql: &str| {
+            let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
+            c.execute_batch(sql).unwrap();
+        };
+        let verify = || {
+            let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+            let v = db.read_blocking(|r| r.audit_verify()).unwrap();
+            db.close();
+            v.first_bad.map(|(seq, _)| seq)
+        };
+        // One flipped byte in one entry's payload.
+        raw("UPDATE audit_entries SET payload = x'0c0c0c0c0d' WHERE seq = 12");
+        assert_eq!(verify(), Some(12));
+        raw("UPDATE audit_entries SET payload = x'0c0c0c0c0c' WHERE seq = 12");
+        assert_eq!(verify(), None);
+        // Two entries swapped (every column but seq).
+        raw("UPDATE audit_entries SET seq = -1 WHERE seq = 20;
+             UPDATE audit_entries SET seq = 20 WHERE seq = 21;
+             UPDATE audit_entries SET seq = 21 WHERE seq = -1;");
+        assert_eq!(verify(), Some(20));
+        raw("UPDATE audit_entries SET seq = -1 WHERE seq = 20;
+             UPDATE audit_entries SET seq = 20 WHERE seq = 21;
+             UPDATE audit_entries SET seq = 21 WHERE seq = -1;");
+        assert_eq!(verify(), None);
+        // A deleted entry.
+        raw("DELETE FROM audit_entries WHERE seq = 30");
+        assert_eq!(verify(), Some(30));
     }
 
     #[test]
