@@ -141,85 +141,122 @@ impl Conn {
         if let Some(b) = body {
             bytes.extend_from_slice(b);
         }
-        self.stream.write_all(&bytes)?;
-        self.stream.flush()?;
-        self.read_response(method == "HEAD")
-    }
-
-    fn read_response(&mut self, head: bool) -> std::io::Result<Response> {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while !buf.ends_with(b"\r\n\r\n") {
-            if self.stream.read(&mut byte)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
-                ));
+        match self
+            .stream
+            .write_all(&bytes)
+            .and_then(|()| self.stream.flush())
+        {
+            Ok(()) => read_response(&mut self.stream, method == "HEAD"),
+            // The server may answer (e.g. 413) and close before the whole
+            // body is sent: read what it said without writing any more.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                read_response(&mut ReadOnly(&mut self.stream), method == "HEAD").map_err(|_| e)
             }
-            buf.push(byte[0]);
+            Err(e) => Err(e),
         }
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let mut lines = text.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let find = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
-        };
-        let mut body = Vec::new();
-        if !head && status != 204 && status != 304 {
-            if let Some(len) = find("content-length") {
-                let len: usize = len.parse().unwrap();
-                body.resize(len, 0);
-                self.stream.read_exact(&mut body)?;
-            } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-                body = self.read_chunked()?;
-            }
-        }
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
     }
+}
 
-    fn read_line(&mut self) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while !line.ends_with(b"\r\n") {
-            self.stream.read_exact(&mut byte)?;
-            line.push(byte[0]);
-        }
-        line.truncate(line.len() - 2);
-        Ok(String::from_utf8_lossy(&line).into_owned())
-    }
+/// Reads decrypted data from a TLS stream without ever writing to it.
+struct ReadOnly<'a>(&'a mut StreamOwned<ClientConnection, TcpStream>);
 
-    fn read_chunked(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut body = Vec::new();
+impl Read for ReadOnly<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            let size_line = self.read_line()?;
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-                .map_err(std::io::Error::other)?;
-            if size == 0 {
-                // trailers until an empty line
-                while !self.read_line()?.is_empty() {}
-                return Ok(body);
+            match self.0.conn.reader().read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.0.conn.read_tls(&mut self.0.sock)? == 0 {
+                        return Ok(0);
+                    }
+                    self.0
+                        .conn
+                        .process_new_packets()
+                        .map_err(std::io::Error::other)?;
+                }
+                other => return other,
             }
-            let start = body.len();
-            body.resize(start + size, 0);
-            self.stream.read_exact(&mut body[start..])?;
-            self.read_line()?;
         }
+    }
+}
+
+fn read_response(r: &mut dyn Read, head: bool) -> std::io::Result<Response> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if r.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        buf.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if !head && status != 204 && status != 304 {
+        if let Some(len) = find("content-length") {
+            let len: usize = len.parse().unwrap();
+            body.resize(len, 0);
+            r.read_exact(&mut body)?;
+        } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            body = read_chunked(r)?;
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn read_line(r: &mut dyn Read) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        r.read_exact(&mut byte)?;
+        line.push(byte[0]);
+    }
+    line.truncate(line.len() - 2);
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+fn read_chunked(r: &mut dyn Read) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let size_line = read_line(r)?;
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+            .map_err(std::io::Error::other)?;
+        if size == 0 {
+            // trailers until an empty line
+            while !read_line(r)?.is_empty() {}
+            return Ok(body);
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..])?;
+        read_line(r)?;
     }
 }
