@@ -52,6 +52,15 @@ pub struct Principal {
     pub key_id: ApiKeyId,
     pub role: Role,
     pub overrides: policy::Overrides,
+    /// Where the request came from (for the audit log).
+    pub origin: Origin,
+}
+
+/// The request a principal is acting in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub request_id: String,
+    pub source_ip: String,
 }
 
 /// An API key's secret part. Redacted in `Debug`, zeroized on drop; shown

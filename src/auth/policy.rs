@@ -65,6 +65,7 @@ permissions! {
     KeysCreate => KeysCreate, "keys:create", "mint API keys (never more powerful than one's own)";
     KeysRotate => KeysRotate, "keys:rotate", "rotate an API key (a new key replaces it)";
     KeysRevoke => KeysRevoke, "keys:revoke", "revoke an API key";
+    AuditRead => AuditRead, "audit:read", "read and verify the firm's audit log";
 }
 
 impl fmt::Display for Permission {
@@ -84,7 +85,7 @@ pub fn role_grants(role: Role) -> &'static [Permission] {
     use Permission::*;
     match role {
         Role::Owner | Role::Admin => &[
-            FirmRead, FirmUpdate, KeysRead, KeysCreate, KeysRotate, KeysRevoke,
+            FirmRead, FirmUpdate, KeysRead, KeysCreate, KeysRotate, KeysRevoke, AuditRead,
         ],
         Role::Operator | Role::Viewer => &[FirmRead],
     }
@@ -304,6 +305,7 @@ mod tests {
             key_id: ApiKeyId::parse("key_0000000000000001").unwrap(),
             role,
             overrides,
+            origin: Default::default(),
         }
     }
 

@@ -3,8 +3,10 @@
 //! for exactly what it does, and works on the firm that proof names.
 
 use serde::Serialize;
+use serde_json::json;
 use time::OffsetDateTime;
 
+use super::audit::Outcome;
 use super::{ApiKeySecretToken, FirmError, Firms, validate_name};
 use crate::auth::policy::{self, Authorized, Overrides, perm};
 use crate::auth::{ApiKeySecret, Principal, Role};
@@ -131,21 +133,6 @@ impl Firms {
         Ok((row, ApiKeySecretToken(secret.token(firm, &key_id))))
     }
 
-    /// Mints a key in the firm's database (the admin plane's first owner key
-    /// comes through here too, with no creator).
-    pub(super) fn insert_key(
-        &self,
-        firm: &crate::ids::FirmId,
-        new: &NewKey,
-        created_by: Option<&ApiKeyId>,
-    ) -> Result<Minted, FirmError> {
-        let h = self.handle(firm)?;
-        let (row, token) = self.new_key_row(&h.auth_key, firm, new, created_by)?;
-        let view = self.view(&row)?;
-        h.db.write_blocking(move |tx| tx.insert_api_key(&row))?;
-        Ok(Minted { view, token })
-    }
-
     pub fn mint_key(
         &self,
         auth: &Authorized<perm::KeysCreate>,
@@ -159,9 +146,83 @@ impl Firms {
                 ));
             }
         }
-        escalation_check(auth.principal(), new.role, &new.overrides)?;
-        self.require_writable(auth.firm())?;
-        self.insert_key(auth.firm(), &new, Some(&auth.principal().key_id))
+        let details = json!({
+            "name": new.name,
+            "role": new.role,
+            "allow": new.overrides.allow_names(),
+            "deny": new.overrides.deny_names(),
+        });
+        self.audited(auth, "keys.create", "", details.clone(), || {
+            escalation_check(auth.principal(), new.role, &new.overrides)?;
+            self.require_writable(auth.firm())?;
+            let h = self.handle(auth.firm())?;
+            let (row, token) = self.new_key_row(
+                &h.auth_key,
+                auth.firm(),
+                &new,
+                Some(&auth.principal().key_id),
+            )?;
+            let view = self.view(&row)?;
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                "keys.create",
+                &row.id,
+                Outcome::Success,
+                details.clone(),
+            )?;
+            h.db.write_blocking(move |tx| {
+                tx.insert_api_key(&row)?;
+                tx.append_audit(entry.clone())?;
+                Ok(())
+            })?;
+            Ok(Minted { view, token })
+        })
+    }
+
+    /// Runs a state-changing service call; if it is refused (escalation) or
+    /// fails on the firm's state, records that in the audit log, since
+    /// nothing else will. Successes record themselves, in their own write.
+    fn audited<P: perm::Marker, R>(
+        &self,
+        auth: &Authorized<P>,
+        action: &str,
+        resource: &str,
+        details: serde_json::Value,
+        f: impl FnOnce() -> Result<R, FirmError>,
+    ) -> Result<R, FirmError> {
+        let result = f();
+        if let Err(e) = &result {
+            let (outcome, decision) = match e {
+                FirmError::Escalation => (
+                    Outcome::Denied,
+                    policy::Decision {
+                        allowed: false,
+                        rule: policy::Rule::Escalation,
+                    },
+                ),
+                FirmError::KeyRevoked
+                | FirmError::LastOwnerKey
+                | FirmError::KeyNotFound
+                | FirmError::Frozen
+                | FirmError::InvalidName(_)
+                | FirmError::Invalid(_) => (Outcome::Failure, auth.decision()),
+                _ => return result,
+            };
+            let details = json!({ "error": e.code(), "request": details });
+            if let Err(log_err) = self.audit_refusal(
+                auth.principal(),
+                decision,
+                action,
+                resource,
+                outcome,
+                details,
+            ) {
+                tracing::error!(error = %log_err, action, "could not audit a refused request");
+            }
+        }
+        result
     }
 
     pub fn list_keys(&self, auth: &Authorized<perm::KeysRead>) -> Result<Vec<KeyView>, FirmError> {
@@ -193,40 +254,52 @@ impl Firms {
         auth: &Authorized<perm::KeysRotate>,
         key: &str,
     ) -> Result<Minted, FirmError> {
-        self.require_writable(auth.firm())?;
-        let old = self.key_row(auth.firm(), key)?;
-        let (role, overrides) = grants_of(&old)?;
-        // Rotating hands the caller the key's power: same rule as minting.
-        escalation_check(auth.principal(), role, &overrides)?;
-        if old.revoked_at.is_some() {
-            return Err(FirmError::KeyRevoked);
-        }
-        let new = NewKey {
-            name: old.name.clone(),
-            role,
-            overrides,
-            expires_at: old.expires_at.as_deref().and_then(parse_rfc3339),
-        };
-        let h = self.handle(auth.firm())?;
-        let (row, token) = self.new_key_row(
-            &h.auth_key,
-            auth.firm(),
-            &new,
-            Some(&auth.principal().key_id),
-        )?;
-        let view = self.view(&row)?;
-        let now = self.now();
-        let replaced = h.db.write_blocking(move |tx| {
-            if !tx.revoke_api_key(&old.id, &now, Some(&row.id))? {
-                return Ok(false);
+        self.audited(auth, "keys.rotate", key, json!({}), || {
+            self.require_writable(auth.firm())?;
+            let old = self.key_row(auth.firm(), key)?;
+            let (role, overrides) = grants_of(&old)?;
+            // Rotating hands the caller the key's power: same rule as minting.
+            escalation_check(auth.principal(), role, &overrides)?;
+            if old.revoked_at.is_some() {
+                return Err(FirmError::KeyRevoked);
             }
-            tx.insert_api_key(&row)?;
-            Ok(true)
-        })?;
-        if !replaced {
-            return Err(FirmError::KeyRevoked);
-        }
-        Ok(Minted { view, token })
+            let new = NewKey {
+                name: old.name.clone(),
+                role,
+                overrides,
+                expires_at: old.expires_at.as_deref().and_then(parse_rfc3339),
+            };
+            let h = self.handle(auth.firm())?;
+            let (row, token) = self.new_key_row(
+                &h.auth_key,
+                auth.firm(),
+                &new,
+                Some(&auth.principal().key_id),
+            )?;
+            let view = self.view(&row)?;
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                "keys.rotate",
+                &old.id,
+                Outcome::Success,
+                json!({ "replaced_by": row.id }),
+            )?;
+            let now = self.now();
+            let replaced = h.db.write_blocking(move |tx| {
+                if !tx.revoke_api_key(&old.id, &now, Some(&row.id))? {
+                    return Ok(false);
+                }
+                tx.insert_api_key(&row)?;
+                tx.append_audit(entry.clone())?;
+                Ok(true)
+            })?;
+            if !replaced {
+                return Err(FirmError::KeyRevoked);
+            }
+            Ok(Minted { view, token })
+        })
     }
 
     /// Revokes a key; it fails on the very next request. Revoking a revoked
@@ -237,31 +310,47 @@ impl Firms {
         auth: &Authorized<perm::KeysRevoke>,
         key: &str,
     ) -> Result<KeyView, FirmError> {
-        self.require_writable(auth.firm())?;
-        let row = self.key_row(auth.firm(), key)?;
-        let (role, overrides) = grants_of(&row)?;
-        escalation_check(auth.principal(), role, &overrides)?;
-        if row.revoked_at.is_some() {
-            return self.view(&row);
-        }
-        let h = self.handle(auth.firm())?;
-        let now = self.now();
-        let id = row.id.clone();
-        let (n, id2) = (now.clone(), id.clone());
-        let outcome = h.db.write_blocking(move |tx| {
-            if role == Role::Owner && tx.read().count_live_keys_with_role("owner", &n)? <= 1 {
-                return Ok(RevokeOutcome::LastOwner);
+        self.audited(auth, "keys.revoke", key, json!({}), || {
+            self.require_writable(auth.firm())?;
+            let row = self.key_row(auth.firm(), key)?;
+            let (role, overrides) = grants_of(&row)?;
+            escalation_check(auth.principal(), role, &overrides)?;
+            let h = self.handle(auth.firm())?;
+            let now = self.now();
+            let id = row.id.clone();
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                "keys.revoke",
+                &id,
+                Outcome::Success,
+                json!({ "already_revoked": row.revoked_at.is_some() }),
+            )?;
+            let (n, id2) = (now.clone(), id.clone());
+            let outcome = h.db.write_blocking(move |tx| {
+                if role == Role::Owner && tx.read().count_live_keys_with_role("owner", &n)? <= 1 {
+                    let live = tx
+                        .read()
+                        .api_key(&id2)?
+                        .is_some_and(|k| k.revoked_at.is_none());
+                    if live {
+                        return Ok(RevokeOutcome::LastOwner);
+                    }
+                }
+                let changed = tx.revoke_api_key(&id2, &n, None)?;
+                tx.append_audit(entry.clone())?;
+                Ok(if changed {
+                    RevokeOutcome::Revoked
+                } else {
+                    RevokeOutcome::AlreadyRevoked
+                })
+            })?;
+            if outcome == RevokeOutcome::LastOwner {
+                return Err(FirmError::LastOwnerKey);
             }
-            Ok(if tx.revoke_api_key(&id2, &n, None)? {
-                RevokeOutcome::Revoked
-            } else {
-                RevokeOutcome::AlreadyRevoked
-            })
-        })?;
-        if outcome == RevokeOutcome::LastOwner {
-            return Err(FirmError::LastOwnerKey);
-        }
-        self.view(&self.key_row(auth.firm(), &id)?)
+            self.view(&self.key_row(auth.firm(), &id)?)
+        })
     }
 
     /// Sets the firm's own profile fields.
@@ -270,16 +359,33 @@ impl Firms {
         auth: &Authorized<perm::FirmUpdate>,
         changes: Vec<(&'static str, String)>,
     ) -> Result<(), FirmError> {
-        self.require_writable(auth.firm())?;
-        let h = self.handle(auth.firm())?;
-        let now = self.now();
-        h.db.write_blocking(move |tx| {
-            for (k, v) in &changes {
-                tx.set_profile(k, v, &now)?;
-            }
+        let details: serde_json::Map<String, serde_json::Value> = changes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let firm = auth.firm().to_string();
+        self.audited(auth, "firm.update", &firm, json!(details), || {
+            self.require_writable(auth.firm())?;
+            let h = self.handle(auth.firm())?;
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                "firm.update",
+                &firm,
+                Outcome::Success,
+                json!(details),
+            )?;
+            let now = self.now();
+            h.db.write_blocking(move |tx| {
+                for (k, v) in &changes {
+                    tx.set_profile(k, v, &now)?;
+                }
+                tx.append_audit(entry.clone())?;
+                Ok(())
+            })?;
             Ok(())
-        })?;
-        Ok(())
+        })
     }
 
     /// Records (to the minute, best effort, never blocking the request) that

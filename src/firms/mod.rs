@@ -25,8 +25,10 @@ use crate::store::StoreError;
 use crate::store::firm::FirmDb;
 use crate::store::registry::{FirmRow, Registry, WrappedKey};
 
+mod audit;
 mod keys;
 
+pub use audit::{AuditEntryView, AuditPage, AuditVerifyView, MAX_PAGE, Outcome};
 pub use keys::{KeyView, Minted, NewKey};
 
 /// Longest firm name accepted.
@@ -138,6 +140,8 @@ pub struct FirmHandle {
     pub id: FirmId,
     pub db: FirmDb,
     auth_key: SecretKey,
+    /// Seals audit payloads.
+    audit_key: SecretKey,
 }
 
 /// What `firm show` reports.
@@ -184,6 +188,8 @@ pub struct Firms {
     idle: Duration,
     generation: AtomicU64,
     appliance_id: String,
+    /// Recently audited reads, for coalescing.
+    reads: audit::ReadLog,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,6 +243,7 @@ impl Firms {
             idle,
             generation: AtomicU64::new(generation),
             appliance_id,
+            reads: audit::ReadLog::default(),
         };
         firms.sweep_files();
         Ok(firms)
@@ -346,12 +353,16 @@ impl Firms {
         let auth_key = plain
             .remove(&Purpose::Auth)
             .ok_or_else(|| StoreError::Corrupt("no auth key".into()))?;
+        let audit_key = plain
+            .remove(&Purpose::Audit)
+            .ok_or_else(|| StoreError::Corrupt("no audit key".into()))?;
         let path = self.path(&id);
         let db = FirmDb::open(id.as_str(), &path, SqlcipherKey::from_secret(&db_key), true)?;
         let handle = FirmHandle {
             id: id.clone(),
             db,
             auth_key,
+            audit_key,
         };
         let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,
@@ -418,11 +429,13 @@ impl Firms {
         let keys = self.registry.keys(id.as_str())?;
         let db_key = self.resolve_db_key(id, &keys)?;
         let auth_key = self.active_key(id, &keys, Purpose::Auth)?;
+        let audit_key = self.active_key(id, &keys, Purpose::Audit)?;
         let db = FirmDb::open(id.as_str(), &self.path(id), db_key, false)?;
         let handle = Arc::new(FirmHandle {
             id: id.clone(),
             db,
             auth_key,
+            audit_key,
         });
         let mut open = lock(&self.open);
         // Another thread may have opened it meanwhile; keep one.
@@ -684,6 +697,7 @@ impl Firms {
             key_id: parsed.key,
             role,
             overrides,
+            origin: Default::default(),
         })
     }
 

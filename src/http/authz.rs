@@ -15,11 +15,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::middleware::PeerAddr;
 use super::problem::Problem;
 use crate::auth::policy::{self, Authorized, Decision, Permission, perm};
-use crate::auth::{self, Principal};
+use crate::auth::{self, Origin, Principal};
 use crate::daemon::Shared;
-use crate::firms::{AuthError, FirmError};
+use crate::firms::{AuthError, FirmError, Outcome};
 use crate::ids::FirmId;
 
 /// Who asked and what the policy said: put on the response for the request
@@ -82,8 +83,47 @@ async fn authenticate(shared: &Arc<Shared>, parts: &Parts) -> Result<Principal, 
         )) => Err(Problem::from(e)),
         Err(e) => {
             tracing::info!(reason = %e, "authentication failed");
+            // A key of an existing firm that failed: that firm's log records it.
+            if matches!(
+                e,
+                AuthError::UnknownKey
+                    | AuthError::BadSecret
+                    | AuthError::Revoked
+                    | AuthError::Expired
+            ) {
+                if let Some(t) = token_ids(parts) {
+                    let firms = shared.firms.clone();
+                    let origin = origin(parts);
+                    let reason = e.to_string();
+                    let logged = tokio::task::spawn_blocking(move || {
+                        firms.audit_auth_failure(&t.0, &t.1, &origin, &reason)
+                    })
+                    .await;
+                    if let Ok(Err(err)) = logged {
+                        tracing::error!(error = %err, "could not audit a failed authentication");
+                    }
+                }
+            }
             Err(unauthenticated("invalid, revoked or expired API key"))
         }
+    }
+}
+
+/// The firm and key ids named by the request's token (never its secret).
+fn token_ids(parts: &Parts) -> Option<(FirmId, String)> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let t = auth::parse_token(auth::bearer(value)?)?;
+    Some((t.firm, t.key.to_string()))
+}
+
+fn origin(parts: &Parts) -> Origin {
+    Origin {
+        request_id: super::problem::current_request_id(),
+        source_ip: parts
+            .extensions
+            .get::<PeerAddr>()
+            .map(|p| p.0.ip().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -95,10 +135,11 @@ pub async fn enforce(
     next: Next,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
-    let principal = match authenticate(&shared, &parts).await {
+    let mut principal = match authenticate(&shared, &parts).await {
         Ok(p) => p,
         Err(problem) => return problem.into_response(),
     };
+    principal.origin = origin(&parts);
     // Unknown and foreign firm ids decide alike (tenant scope), so the API is
     // no existence oracle.
     let url_firm = params
@@ -127,7 +168,27 @@ pub async fn enforce(
             });
             next.run(Request::from_parts(parts, body)).await
         }
-        _ => denied(decision).into_response(),
+        _ => {
+            // Every denial is audited, in the caller's own firm's log.
+            let firms = shared.firms.clone();
+            let resource = parts.uri.path().to_owned();
+            let details = serde_json::json!({ "method": parts.method.as_str(), "path": resource });
+            let logged = tokio::task::spawn_blocking(move || {
+                firms.audit_refusal(
+                    &principal,
+                    decision,
+                    permission.as_str(),
+                    &resource,
+                    Outcome::Denied,
+                    details,
+                )
+            })
+            .await;
+            if let Ok(Err(err)) = logged {
+                tracing::error!(error = %err, "could not audit a denied request");
+            }
+            denied(decision).into_response()
+        }
     };
     resp.extensions_mut().insert(actor);
     resp

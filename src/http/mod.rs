@@ -3,6 +3,7 @@
 //! key bytes.
 
 mod api;
+mod audit;
 mod authz;
 mod keys;
 mod middleware;
@@ -95,6 +96,18 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             "/api/v1/keys/{firm_id}/{key_id}",
             Firm(P::KeysRevoke),
             delete(keys::revoke),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/audit/{firm_id}",
+            Firm(P::AuditRead),
+            get(audit::list),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/audit/{firm_id}/verify",
+            Firm(P::AuditRead),
+            get(audit::verify),
         ),
         r(
             Method::POST,

@@ -79,9 +79,11 @@ enum Route {
     ShowKey,
     RotateKey,
     RevokeKey,
+    ListAudit,
+    VerifyAudit,
 }
 
-const ROUTES: [Route; 7] = [
+const ROUTES: [Route; 9] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -89,12 +91,18 @@ const ROUTES: [Route; 7] = [
     Route::ShowKey,
     Route::RotateKey,
     Route::RevokeKey,
+    Route::ListAudit,
+    Route::VerifyAudit,
 ];
 
 impl Route {
     fn method(self) -> &'static str {
         match self {
-            Route::GetFirm | Route::ListKeys | Route::ShowKey => "GET",
+            Route::GetFirm
+            | Route::ListKeys
+            | Route::ShowKey
+            | Route::ListAudit
+            | Route::VerifyAudit => "GET",
             Route::PatchFirm => "PATCH",
             Route::MintKey | Route::RotateKey => "POST",
             Route::RevokeKey => "DELETE",
@@ -107,6 +115,8 @@ impl Route {
             Route::MintKey | Route::ListKeys => format!("/api/v1/keys/{firm}"),
             Route::ShowKey | Route::RevokeKey => format!("/api/v1/keys/{firm}/{key}"),
             Route::RotateKey => format!("/api/v1/keys/{firm}/{key}/rotate"),
+            Route::ListAudit => format!("/api/v1/audit/{firm}"),
+            Route::VerifyAudit => format!("/api/v1/audit/{firm}/verify"),
         }
     }
 
@@ -278,7 +288,13 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
             "{route:?}"
         );
     }
-    assert_eq!(cells, 7 * 10);
+    assert_eq!(cells, ROUTES.len() * 10);
+    // Every API route in the daemon's table is in this matrix.
+    let api_routes = strongroom::http::route_table()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .count();
+    assert_eq!(api_routes, ROUTES.len());
 
     // Inside one's own firm, another firm's key id and a made-up one are both 404.
     let b_keys = call(

@@ -1,6 +1,7 @@
 //! The one integration test binary: every test spawns the real `strongroomd`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod client;
 mod firms;
 mod foundation;

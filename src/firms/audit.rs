@@ -1,0 +1,277 @@
+//! Writing and reading a firm's audit log.
+//!
+//! Changes append their entry inside the write command that makes the
+//! change (see `keys.rs`), so both commit or neither does. Denials and
+//! failed authentications change nothing, so their entry is a write of its
+//! own. Details are sealed under the firm's audit key; the AAD binds them to
+//! the entry's firm, time, request id and action.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{FirmError, FirmHandle, Firms, lock};
+use crate::audit::Entry;
+use crate::auth::Principal;
+use crate::auth::policy::{Authorized, Decision, perm};
+use crate::crypto::envelope;
+use crate::ids::FirmId;
+use crate::store::firm::AuditRow;
+
+/// Reads of sensitive data are audited once per (actor, action, resource)
+/// in this window.
+const READ_COALESCE: Duration = Duration::from_secs(60);
+/// Largest page of entries returned at once.
+pub const MAX_PAGE: u64 = 500;
+
+/// How an audited action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Refused by the policy or by authentication.
+    Denied,
+    /// Allowed, but failed (conflict, invalid state); nothing changed.
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+fn payload_aad(firm: &str, at: &str, request_id: &str, action: &str) -> Vec<u8> {
+    format!("strongroom/audit/v1|{firm}|{at}|{request_id}|{action}").into_bytes()
+}
+
+/// One entry as the API shows it, details decrypted.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntryView {
+    pub seq: u64,
+    pub at: String,
+    pub actor: String,
+    pub source_ip: String,
+    pub request_id: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub decision: String,
+    pub rule: String,
+    /// The decrypted details; `null` if the audit key was destroyed.
+    pub details: Value,
+    pub leaf_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    pub tree_size: u64,
+    pub entries: Vec<AuditEntryView>,
+    /// Pass as `from` for the next page; absent on the last page.
+    pub next: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditVerifyView {
+    pub ok: bool,
+    pub tree_size: u64,
+    pub root_hash: String,
+    pub first_bad_seq: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// The coalescing memory for audited reads.
+#[derive(Debug, Default)]
+pub struct ReadLog(std::sync::Mutex<HashMap<(String, String, String), Instant>>);
+
+impl Firms {
+    /// Builds an entry for `principal`'s request; `seq` is set at append.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn audit_entry(
+        &self,
+        h: &FirmHandle,
+        principal: &Principal,
+        decision: Decision,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        details: Value,
+    ) -> Result<Entry, FirmError> {
+        let at = self.now();
+        let aad = payload_aad(h.id.as_str(), &at, &principal.origin.request_id, action);
+        let payload = envelope::seal(&h.audit_key, 1, &aad, details.to_string().as_bytes())
+            .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
+        Ok(Entry {
+            seq: 0,
+            at,
+            firm: h.id.to_string(),
+            actor: principal.key_id.to_string(),
+            source_ip: principal.origin.source_ip.clone(),
+            request_id: principal.origin.request_id.clone(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            outcome: outcome.as_str().to_owned(),
+            decision: if decision.allowed { "allow" } else { "deny" }.to_owned(),
+            rule: decision.rule.name(),
+            payload,
+        })
+    }
+
+    /// Records an action that changed nothing (a denial or a failure) in
+    /// the principal's own firm's log.
+    pub fn audit_refusal(
+        &self,
+        principal: &Principal,
+        decision: Decision,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        details: Value,
+    ) -> Result<(), FirmError> {
+        let h = self.handle(&principal.firm)?;
+        let e = self.audit_entry(&h, principal, decision, action, resource, outcome, details)?;
+        h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+        Ok(())
+    }
+
+    /// Records a failed authentication with a key of an existing firm.
+    pub fn audit_auth_failure(
+        &self,
+        firm: &FirmId,
+        key_id: &str,
+        origin: &crate::auth::Origin,
+        reason: &str,
+    ) -> Result<(), FirmError> {
+        let h = self.handle(firm)?;
+        let at = self.now();
+        let aad = payload_aad(firm.as_str(), &at, &origin.request_id, "auth.authenticate");
+        let details = serde_json::json!({ "reason": reason }).to_string();
+        let payload = envelope::seal(&h.audit_key, 1, &aad, details.as_bytes())
+            .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
+        let e = Entry {
+            seq: 0,
+            at,
+            firm: firm.to_string(),
+            actor: key_id.to_owned(),
+            source_ip: origin.source_ip.clone(),
+            request_id: origin.request_id.clone(),
+            action: "auth.authenticate".to_owned(),
+            resource: key_id.to_owned(),
+            outcome: Outcome::Denied.as_str().to_owned(),
+            decision: "deny".to_owned(),
+            rule: "authentication".to_owned(),
+            payload,
+        };
+        h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+        Ok(())
+    }
+
+    fn view_entry(&self, h: &FirmHandle, row: &AuditRow) -> AuditEntryView {
+        let e = &row.entry;
+        let aad = payload_aad(&e.firm, &e.at, &e.request_id, &e.action);
+        let details = envelope::open(&h.audit_key, &aad, &e.payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        AuditEntryView {
+            seq: e.seq,
+            at: e.at.clone(),
+            actor: e.actor.clone(),
+            source_ip: e.source_ip.clone(),
+            request_id: e.request_id.clone(),
+            action: e.action.clone(),
+            resource: e.resource.clone(),
+            outcome: e.outcome.clone(),
+            decision: e.decision.clone(),
+            rule: e.rule.clone(),
+            details,
+            leaf_hash: crate::crypto::hex(&row.leaf),
+        }
+    }
+
+    /// A page of entries from `from`. Reading the log is itself audited,
+    /// once per reader per minute.
+    pub fn audit_page(
+        &self,
+        auth: &Authorized<perm::AuditRead>,
+        from: u64,
+        limit: u64,
+    ) -> Result<AuditPage, FirmError> {
+        let h = self.handle(auth.firm())?;
+        self.audit_read(&h, auth.principal(), auth.decision(), "audit.read", "log")?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let (size, rows) = h.db.read_blocking(|r| {
+            let size = r.audit_size()?;
+            Ok((size, r.audit_entries(from, limit)?))
+        })?;
+        let entries: Vec<AuditEntryView> = rows.iter().map(|r| self.view_entry(&h, r)).collect();
+        let next = entries
+            .last()
+            .map(|e| e.seq + 1)
+            .filter(|n| *n < size && entries.len() as u64 == limit);
+        Ok(AuditPage {
+            tree_size: size,
+            entries,
+            next,
+        })
+    }
+
+    /// Re-verifies the firm's whole log (leaves, chain, tree).
+    pub fn audit_verify(
+        &self,
+        auth: &Authorized<perm::AuditRead>,
+    ) -> Result<AuditVerifyView, FirmError> {
+        let h = self.handle(auth.firm())?;
+        self.audit_read(&h, auth.principal(), auth.decision(), "audit.verify", "log")?;
+        let v = h.db.read_blocking(|r| r.audit_verify())?;
+        Ok(AuditVerifyView {
+            ok: v.first_bad.is_none(),
+            tree_size: v.size,
+            root_hash: crate::crypto::hex(&v.root),
+            first_bad_seq: v.first_bad.as_ref().map(|(s, _)| *s),
+            reason: v.first_bad.map(|(_, r)| r),
+        })
+    }
+
+    /// Audits a read of sensitive data, coalesced per (actor, action,
+    /// resource) within a minute.
+    fn audit_read(
+        &self,
+        h: &FirmHandle,
+        principal: &Principal,
+        decision: Decision,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), FirmError> {
+        let key = (
+            principal.key_id.to_string(),
+            action.to_owned(),
+            format!("{}/{resource}", h.id),
+        );
+        {
+            let mut seen = lock(&self.reads.0);
+            let now = Instant::now();
+            seen.retain(|_, t| now.duration_since(*t) < READ_COALESCE);
+            if seen.contains_key(&key) {
+                return Ok(());
+            }
+            seen.insert(key, now);
+        }
+        let e = self.audit_entry(
+            h,
+            principal,
+            decision,
+            action,
+            resource,
+            Outcome::Success,
+            Value::Null,
+        )?;
+        h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! `/api/v1/audit/{firm_id}`: reading and verifying the firm's audit log.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+
+use super::api::blocking;
+use super::authz::Authz;
+use super::problem::Problem;
+use crate::auth::policy::perm;
+use crate::daemon::Shared;
+use crate::firms::{AuditPage, AuditVerifyView, MAX_PAGE};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<u64>,
+}
+
+/// `GET /api/v1/audit/{firm_id}?from=SEQ&limit=N`: entries in sequence
+/// order, details decrypted; `next` is the cursor for the following page.
+pub async fn list(
+    State(shared): State<Arc<Shared>>,
+    Authz(auth): Authz<perm::AuditRead>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<AuditPage>, Problem> {
+    let firms = shared.firms.clone();
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    Ok(Json(
+        blocking(move || firms.audit_page(&auth, q.from, limit)).await?,
+    ))
+}
+
+/// `GET /api/v1/audit/{firm_id}/verify`: re-derives every leaf, the chain
+/// and the tree; names the first sequence number that fails.
+pub async fn verify(
+    State(shared): State<Arc<Shared>>,
+    Authz(auth): Authz<perm::AuditRead>,
+) -> Result<Json<AuditVerifyView>, Problem> {
+    let firms = shared.firms.clone();
+    Ok(Json(blocking(move || firms.audit_verify(&auth)).await?))
+}
