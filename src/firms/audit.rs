@@ -85,6 +85,30 @@ pub struct AuditVerifyView {
     pub reason: Option<String>,
 }
 
+/// An RFC 9162 inclusion proof, hashes in lowercase hex.
+#[derive(Debug, Clone, Serialize)]
+pub struct InclusionView {
+    pub tree_size: u64,
+    pub leaf_index: u64,
+    pub leaf_hash: String,
+    pub root_hash: String,
+    pub hashes: Vec<String>,
+}
+
+/// An RFC 9162 consistency proof, hashes in lowercase hex.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsistencyView {
+    pub from_size: u64,
+    pub to_size: u64,
+    pub from_root: String,
+    pub to_root: String,
+    pub hashes: Vec<String>,
+}
+
+fn hexes(hs: &[crate::audit::merkle::Hash]) -> Vec<String> {
+    hs.iter().map(|h| crate::crypto::hex(h)).collect()
+}
+
 /// The coalescing memory for audited reads.
 #[derive(Debug, Default)]
 pub struct ReadLog(std::sync::Mutex<HashMap<(String, String, String), Instant>>);
@@ -236,6 +260,65 @@ impl Firms {
             first_bad_seq: v.first_bad.as_ref().map(|(s, _)| *s),
             reason: v.first_bad.map(|(_, r)| r),
         })
+    }
+
+    /// The proof that entry `seq` is in the tree of `size` entries (`size`
+    /// defaults to the current size).
+    pub fn audit_inclusion(
+        &self,
+        auth: &Authorized<perm::AuditRead>,
+        seq: u64,
+        size: Option<u64>,
+    ) -> Result<InclusionView, FirmError> {
+        let h = self.handle(auth.firm())?;
+        h.db.read_blocking(|r| {
+            let current = r.audit_size()?;
+            let size = size.unwrap_or(current);
+            if size > current || seq >= size {
+                return Ok(Err(FirmError::Invalid(format!(
+                    "need seq < size <= {current}; got seq {seq}, size {size}"
+                ))));
+            }
+            let leaf = r
+                .audit_entries(seq, 1)?
+                .pop()
+                .map(|row| row.leaf)
+                .unwrap_or_default();
+            Ok(Ok(InclusionView {
+                tree_size: size,
+                leaf_index: seq,
+                leaf_hash: crate::crypto::hex(&leaf),
+                root_hash: crate::crypto::hex(&r.audit_root(size)?),
+                hashes: hexes(&r.audit_inclusion(seq, size)?),
+            }))
+        })?
+    }
+
+    /// The proof that the tree of `from` entries is a prefix of the tree of
+    /// `to` entries (`to` defaults to the current size).
+    pub fn audit_consistency(
+        &self,
+        auth: &Authorized<perm::AuditRead>,
+        from: u64,
+        to: Option<u64>,
+    ) -> Result<ConsistencyView, FirmError> {
+        let h = self.handle(auth.firm())?;
+        h.db.read_blocking(|r| {
+            let current = r.audit_size()?;
+            let to = to.unwrap_or(current);
+            if from == 0 || from > to || to > current {
+                return Ok(Err(FirmError::Invalid(format!(
+                    "need 0 < from <= to <= {current}; got from {from}, to {to}"
+                ))));
+            }
+            Ok(Ok(ConsistencyView {
+                from_size: from,
+                to_size: to,
+                from_root: crate::crypto::hex(&r.audit_root(from)?),
+                to_root: crate::crypto::hex(&r.audit_root(to)?),
+                hashes: hexes(&r.audit_consistency(from, to)?),
+            }))
+        })?
     }
 
     /// Audits a read of sensitive data, coalesced per (actor, action,

@@ -28,7 +28,9 @@ use crate::store::registry::{FirmRow, Registry, WrappedKey};
 mod audit;
 mod keys;
 
-pub use audit::{AuditEntryView, AuditPage, AuditVerifyView, MAX_PAGE, Outcome};
+pub use audit::{
+    AuditEntryView, AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE, Outcome,
+};
 pub use keys::{KeyView, Minted, NewKey};
 
 /// Longest firm name accepted.

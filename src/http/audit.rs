@@ -11,7 +11,7 @@ use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::policy::perm;
 use crate::daemon::Shared;
-use crate::firms::{AuditPage, AuditVerifyView, MAX_PAGE};
+use crate::firms::{AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,4 +43,42 @@ pub async fn verify(
 ) -> Result<Json<AuditVerifyView>, Problem> {
     let firms = shared.firms.clone();
     Ok(Json(blocking(move || firms.audit_verify(&auth)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    seq: u64,
+    size: Option<u64>,
+}
+
+/// `GET /api/v1/audit/{firm_id}/proof/inclusion?seq=N&size=M`
+pub async fn inclusion(
+    State(shared): State<Arc<Shared>>,
+    Authz(auth): Authz<perm::AuditRead>,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Json<InclusionView>, Problem> {
+    let firms = shared.firms.clone();
+    Ok(Json(
+        blocking(move || firms.audit_inclusion(&auth, q.seq, q.size)).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+/// `GET /api/v1/audit/{firm_id}/proof/consistency?from=A&to=B`
+pub async fn consistency(
+    State(shared): State<Arc<Shared>>,
+    Authz(auth): Authz<perm::AuditRead>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<ConsistencyView>, Problem> {
+    let firms = shared.firms.clone();
+    Ok(Json(
+        blocking(move || firms.audit_consistency(&auth, q.from, q.to)).await?,
+    ))
 }

@@ -110,6 +110,18 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             get(audit::verify),
         ),
         r(
+            Method::GET,
+            "/api/v1/audit/{firm_id}/proof/inclusion",
+            Firm(P::AuditRead),
+            get(audit::inclusion),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/audit/{firm_id}/proof/consistency",
+            Firm(P::AuditRead),
+            get(audit::consistency),
+        ),
+        r(
             Method::POST,
             "/api/v1/keys/{firm_id}/{key_id}/rotate",
             Firm(P::KeysRotate),

@@ -81,9 +81,11 @@ enum Route {
     RevokeKey,
     ListAudit,
     VerifyAudit,
+    InclusionProof,
+    ConsistencyProof,
 }
 
-const ROUTES: [Route; 9] = [
+const ROUTES: [Route; 11] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -93,6 +95,8 @@ const ROUTES: [Route; 9] = [
     Route::RevokeKey,
     Route::ListAudit,
     Route::VerifyAudit,
+    Route::InclusionProof,
+    Route::ConsistencyProof,
 ];
 
 impl Route {
@@ -102,7 +106,9 @@ impl Route {
             | Route::ListKeys
             | Route::ShowKey
             | Route::ListAudit
-            | Route::VerifyAudit => "GET",
+            | Route::VerifyAudit
+            | Route::InclusionProof
+            | Route::ConsistencyProof => "GET",
             Route::PatchFirm => "PATCH",
             Route::MintKey | Route::RotateKey => "POST",
             Route::RevokeKey => "DELETE",
@@ -117,6 +123,8 @@ impl Route {
             Route::RotateKey => format!("/api/v1/keys/{firm}/{key}/rotate"),
             Route::ListAudit => format!("/api/v1/audit/{firm}"),
             Route::VerifyAudit => format!("/api/v1/audit/{firm}/verify"),
+            Route::InclusionProof => format!("/api/v1/audit/{firm}/proof/inclusion?seq=0"),
+            Route::ConsistencyProof => format!("/api/v1/audit/{firm}/proof/consistency?from=1"),
         }
     }
 
