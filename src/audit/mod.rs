@@ -6,5 +6,6 @@
 
 pub mod entry;
 pub mod merkle;
+pub mod note;
 
 pub use entry::Entry;

@@ -34,6 +34,9 @@ pub enum Purpose {
     Data,
     Audit,
     Auth,
+    /// The appliance's Ed25519 seed for audit checkpoints and receipts
+    /// (wrapped under the appliance id, not a firm's).
+    Signing,
 }
 
 impl Purpose {
@@ -45,11 +48,15 @@ impl Purpose {
             Purpose::Data => "data",
             Purpose::Audit => "audit",
             Purpose::Auth => "auth",
+            Purpose::Signing => "signing",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .chain([Purpose::Signing])
+            .find(|p| p.as_str() == s)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod fips;
 pub mod keyring;
 pub mod secret;
+pub mod sign;
 pub mod sqlcipher;
 
 use aws_lc_rs::{digest, rand};
@@ -18,6 +19,8 @@ pub enum CryptoError {
     NotFips(&'static str),
     #[error("random number generator failure")]
     Rng,
+    #[error("cryptographic operation failed: {0}")]
+    Failed(&'static str),
 }
 
 /// Fills `buf` from the FIPS module's DRBG.
