@@ -114,7 +114,10 @@ pub fn checkpoint_body(origin: &str, size: u64, root: &[u8; 32]) -> String {
 /// Origin, size and root of a checkpoint body (extension lines ignored).
 pub fn parse_checkpoint(text: &str) -> Result<(String, u64, [u8; 32]), NoteError> {
     let mut lines = text.lines();
-    let origin = lines.next().filter(|o| !o.is_empty()).ok_or(NoteError::Checkpoint)?;
+    let origin = lines
+        .next()
+        .filter(|o| !o.is_empty())
+        .ok_or(NoteError::Checkpoint)?;
     let size = lines
         .next()
         .and_then(|s| s.parse::<u64>().ok())
@@ -144,7 +147,12 @@ mod tests {
         for case in vectors() {
             let v = parse_verifier_key(case["vkey"].as_str().unwrap()).unwrap();
             let ok = open(case["note"].as_str().unwrap(), &v).is_ok();
-            assert_eq!(ok, case["want_verified"].as_bool().unwrap(), "{}", case["source"]);
+            assert_eq!(
+                ok,
+                case["want_verified"].as_bool().unwrap(),
+                "{}",
+                case["source"]
+            );
         }
     }
 
@@ -161,7 +169,10 @@ mod tests {
         let seed: [u8; 32] = typed[1..].try_into().unwrap();
         let key = SigningKey::from_seed(&SecretKey::from_bytes(seed)).unwrap();
         let name = parts[2];
-        assert_eq!(verifier_key(name, &key.public()), case["vkey"].as_str().unwrap());
+        assert_eq!(
+            verifier_key(name, &key.public()),
+            case["vkey"].as_str().unwrap()
+        );
         let note = case["note"].as_str().unwrap();
         let text = &note[..note.rfind("\n\n").unwrap() + 1];
         assert_eq!(sign(name, &key, text), note);
