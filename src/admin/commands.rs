@@ -84,6 +84,7 @@ fn firm_id(s: &str) -> Result<FirmId, CmdError> {
 pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Value, CmdError> {
     let firms = &shared.firms;
     match cmd {
+        "audit.verifier_key" => Ok(json!({ "verifier_key": firms.verifier_key() })),
         "firm.create" => {
             let a: NameArgs = args(raw)?;
             let (row, key) = firms.create(&a.name)?;

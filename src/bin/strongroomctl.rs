@@ -40,6 +40,15 @@ enum Command {
     /// Master key management.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// The appliance's checkpoint verifier key (C2SP `name+hash+base64`).
+    VerifierKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +180,7 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             FirmCmd::Rekey { id } => ("firm.rekey", json!({ "id": id })),
         },
         Command::Keys(KeysCmd::GenerateMaster) => ("keys.generate_master", json!({})),
+        Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
         Command::Keys(KeysCmd::RotateMaster { new_key_file }) => {
             let path = std::fs::canonicalize(new_key_file).unwrap_or_else(|_| new_key_file.clone());
             ("keys.rotate_master", json!({ "new_key_file": path }))
@@ -241,6 +251,7 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
                 s("db_key_version")
             );
         }
+        Command::Audit(AuditCmd::VerifierKey) => println!("{}", s("verifier_key")),
         Command::Keys(_) => {
             println!(
                 "master key rotated (generation {}).",

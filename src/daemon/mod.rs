@@ -423,6 +423,26 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
             }),
         });
     }
+    {
+        // Audit checkpoints: at least once a second while a log grows.
+        let mut stop = stop_rx.clone();
+        let firms = firms.clone();
+        tasks.push(NamedTask {
+            name: "checkpoint-signer",
+            handle: tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick() => {
+                            let f = firms.clone();
+                            let _ = tokio::task::spawn_blocking(move || f.sign_pending_checkpoints()).await;
+                        }
+                    }
+                }
+            }),
+        });
+    }
     if let Some(interval) = notify::watchdog_interval() {
         let mut stop = stop_rx.clone();
         tasks.push(NamedTask {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{FirmError, FirmHandle, Firms, lock};
-use crate::audit::Entry;
+use crate::audit::{Entry, merkle, note};
 use crate::auth::Principal;
 use crate::auth::policy::{Authorized, Decision, perm};
 use crate::crypto::envelope;
@@ -319,6 +319,75 @@ impl Firms {
                 hashes: hexes(&r.audit_consistency(from, to)?),
             }))
         })?
+    }
+
+    /// The note key name and verifier key of the appliance's checkpoint key.
+    pub fn verifier_key(&self) -> String {
+        crate::audit::note::verifier_key(&self.signer_name, &self.signer.public())
+    }
+
+    /// The checkpoint origin for a firm's log.
+    pub fn checkpoint_origin(&self, firm: &FirmId) -> String {
+        format!("strongroom/{}/{firm}", self.appliance_id)
+    }
+
+    /// The latest signed checkpoint of the firm's log, signing a new one
+    /// first if the log grew since. Runs in the firm's writer, so two
+    /// signings never race.
+    pub fn checkpoint(&self, firm: &FirmId) -> Result<String, FirmError> {
+        let h = self.handle(firm)?;
+        let signer = self.signer.clone();
+        let name = self.signer_name.clone();
+        let origin = self.checkpoint_origin(firm);
+        let at = self.now();
+        Ok(h.db.write_blocking(move |tx| {
+            let r = tx.read();
+            let size = r.audit_size()?;
+            let latest = r.latest_checkpoint()?;
+            if let Some((last_size, last_root, note)) = &latest {
+                if *last_size == size {
+                    return Ok(note.clone());
+                }
+                // Security invariant: never sign a tree inconsistent with the last signed one.
+                if *last_size > 0 {
+                    let root = r.audit_root(size)?;
+                    let proof = r.audit_consistency(*last_size, size)?;
+                    if *last_size > size
+                        || !merkle::verify_consistency(*last_size, size, last_root, &root, &proof)
+                    {
+                        return Err(crate::store::StoreError::Corrupt(format!(
+                            "the audit log is not consistent with its checkpoint at size {last_size}; refusing to sign"
+                        )));
+                    }
+                }
+            }
+            let root = r.audit_root(size)?;
+            let note = note::sign(&name, &signer, &note::checkpoint_body(&origin, size, &root));
+            tx.insert_checkpoint(size, &root, &note, &at)?;
+            Ok(note)
+        })?)
+    }
+
+    /// Signs a checkpoint for every open firm whose log grew since its last
+    /// one (the daemon calls this every second).
+    pub fn sign_pending_checkpoints(&self) -> usize {
+        let open: Vec<std::sync::Arc<FirmHandle>> = lock(&self.open).values().cloned().collect();
+        let mut signed = 0;
+        for h in open {
+            let grew = h.db.read_blocking(|r| {
+                let size = r.audit_size()?;
+                Ok(r.latest_checkpoint()?.is_none_or(|(s, _, _)| s < size))
+            });
+            if matches!(grew, Ok(true)) {
+                match self.checkpoint(&h.id) {
+                    Ok(_) => signed += 1,
+                    Err(e) => {
+                        tracing::error!(firm = %h.id, error = %e, "checkpoint signing failed")
+                    }
+                }
+            }
+        }
+        signed
     }
 
     /// Audits a read of sensitive data, coalesced per (actor, action,

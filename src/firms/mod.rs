@@ -19,6 +19,7 @@ use crate::auth::{self, Principal, Role};
 use crate::clock::{Clock, rfc3339};
 use crate::crypto::keyring::{self, KeyError, Keyring, MasterKey, Purpose, SqlcipherKey};
 use crate::crypto::secret::SecretKey;
+use crate::crypto::sign::SigningKey;
 use crate::crypto::{CryptoError, hex, random_array};
 use crate::ids::{ApiKeyId, FirmId};
 use crate::store::StoreError;
@@ -192,6 +193,9 @@ pub struct Firms {
     appliance_id: String,
     /// Recently audited reads, for coalescing.
     reads: audit::ReadLog,
+    /// The appliance's checkpoint signing key and its note key name.
+    signer: Arc<SigningKey>,
+    signer_name: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,6 +231,7 @@ impl Firms {
             .meta_init("master_generation", "1")?
             .parse()
             .unwrap_or(1);
+        let signer = Arc::new(load_or_create_signer(&registry, &ring)?);
         let mut states = HashMap::new();
         for row in registry.firms()? {
             if let Some(id) = FirmId::parse(&row.id) {
@@ -244,8 +249,10 @@ impl Firms {
             clock,
             idle,
             generation: AtomicU64::new(generation),
+            signer_name: format!("strongroom/{appliance_id}"),
             appliance_id,
             reads: audit::ReadLog::default(),
+            signer,
         };
         firms.sweep_files();
         Ok(firms)
@@ -744,6 +751,29 @@ impl Firms {
             self.evict(&id);
         }
     }
+}
+
+/// The appliance's Ed25519 checkpoint key: unwrapped from the registry, or
+/// made on first start (random seed from the FIPS DRBG, wrapped under the
+/// master key like every firm key).
+fn load_or_create_signer(registry: &Registry, ring: &Keyring) -> Result<SigningKey, FirmError> {
+    use crate::store::registry::APPLIANCE;
+    let seed = match registry.appliance_key(Purpose::Signing.as_str())? {
+        Some(w) => ring.unwrap(APPLIANCE, Purpose::Signing, w.version, &w.wrapped)?,
+        None => {
+            let seed = SecretKey::random()?;
+            registry.insert_appliance_key(&WrappedKey {
+                firm_id: APPLIANCE.to_owned(),
+                purpose: Purpose::Signing.as_str().to_owned(),
+                version: 1,
+                state: "active".to_owned(),
+                wrapped: ring.wrap(APPLIANCE, Purpose::Signing, 1, &seed)?,
+                created_at: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
+            })?;
+            seed
+        }
+    };
+    Ok(SigningKey::from_seed(&seed)?)
 }
 
 fn validate_name(name: &str) -> Result<&str, FirmError> {

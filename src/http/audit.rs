@@ -82,3 +82,36 @@ pub async fn consistency(
         blocking(move || firms.audit_consistency(&auth, q.from, q.to)).await?,
     ))
 }
+
+fn text_plain(body: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/audit/{firm_id}/checkpoint`: the latest C2SP checkpoint,
+/// signed now if the log grew since the last one.
+pub async fn checkpoint(
+    State(shared): State<Arc<Shared>>,
+    Authz(auth): Authz<perm::AuditRead>,
+) -> Result<axum::response::Response, Problem> {
+    let firms = shared.firms.clone();
+    let firm = auth.firm().clone();
+    let note = blocking(move || firms.checkpoint(&firm)).await?;
+    Ok(text_plain(note))
+}
+
+/// `GET /api/v1/audit/{firm_id}/verifier-key`: the appliance's checkpoint
+/// verifier key (`name+hash+base64`).
+pub async fn verifier_key(
+    State(shared): State<Arc<Shared>>,
+    Authz(_auth): Authz<perm::AuditRead>,
+) -> axum::response::Response {
+    text_plain(format!("{}\n", shared.firms.verifier_key()))
+}

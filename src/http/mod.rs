@@ -111,6 +111,18 @@ fn table() -> Vec<(RouteSpec, Handler)> {
         ),
         r(
             Method::GET,
+            "/api/v1/audit/{firm_id}/checkpoint",
+            Firm(P::AuditRead),
+            get(audit::checkpoint),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/audit/{firm_id}/verifier-key",
+            Firm(P::AuditRead),
+            get(audit::verifier_key),
+        ),
+        r(
+            Method::GET,
             "/api/v1/audit/{firm_id}/proof/inclusion",
             Firm(P::AuditRead),
             get(audit::inclusion),

@@ -67,6 +67,14 @@ CREATE TABLE audit_nodes (
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID
 "#,
+    r#"
+CREATE TABLE audit_checkpoints (
+    size       INTEGER PRIMARY KEY,
+    root       BLOB NOT NULL,
+    note       TEXT NOT NULL,
+    signed_at  TEXT NOT NULL
+)
+"#,
 ];
 
 /// Read-only connections kept open per firm.
@@ -203,6 +211,21 @@ impl<'c> WriteTx<'c> {
             st.execute(params![level, idx as i64, &h[..]])?;
         }
         Ok(seq)
+    }
+
+    pub fn insert_checkpoint(
+        &self,
+        size: u64,
+        root: &Hash,
+        note: &str,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![size as i64, &root[..], note, at])?;
+        Ok(())
     }
 
     /// Reads inside the write transaction (for checks that must see it).
@@ -356,6 +379,19 @@ impl ReadTx<'_> {
             .query_map(params![from as i64, limit as i64], audit_row)?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// The most recent signed checkpoint: (size, root, note).
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, Hash, String)>, StoreError> {
+        let row: Option<(i64, Vec<u8>, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        row.map(|(s, r, n)| Ok((s as u64, to_hash(&r)?, n)))
+            .transpose()
     }
 
     pub fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {

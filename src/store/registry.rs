@@ -11,7 +11,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{StoreError, migrate, open_encrypted};
 use crate::crypto::keyring::SqlcipherKey;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE firms (
     id          TEXT PRIMARY KEY,
@@ -30,7 +31,21 @@ CREATE TABLE firm_keys (
     created_at  TEXT NOT NULL,
     PRIMARY KEY (firm_id, purpose, version)
 )
-"#];
+"#,
+    r#"
+CREATE TABLE appliance_keys (
+    purpose     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    wrapped     BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (purpose, version)
+)
+"#,
+];
+
+/// The pseudo firm id appliance keys are wrapped under (never a real id:
+/// firm ids start with `frm_`).
+pub const APPLIANCE: &str = "@appliance";
 
 /// A firm as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -231,13 +246,39 @@ impl Registry {
     }
 
     /// Every wrapped key of every firm (for master-key rotation).
+    /// Every wrapped key: the firms' and the appliance's (under [`APPLIANCE`]).
     pub fn all_keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
         let c = self.lock();
         let mut st = c.prepare(
-            "SELECT firm_id, purpose, version, state, wrapped, created_at FROM firm_keys",
+            "SELECT firm_id, purpose, version, state, wrapped, created_at FROM firm_keys
+             UNION ALL
+             SELECT ?1, purpose, version, 'active', wrapped, created_at FROM appliance_keys",
         )?;
-        let rows = st.query_map([], key_row)?.collect::<Result<_, _>>()?;
+        let rows = st
+            .query_map([APPLIANCE], key_row)?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// The appliance's wrapped key for `purpose` (latest version), if any.
+    pub fn appliance_key(&self, purpose: &str) -> Result<Option<WrappedKey>, StoreError> {
+        let c = self.lock();
+        Ok(c.query_row(
+            "SELECT ?1, purpose, version, 'active', wrapped, created_at FROM appliance_keys
+             WHERE purpose = ?2 ORDER BY version DESC LIMIT 1",
+            params![APPLIANCE, purpose],
+            key_row,
+        )
+        .optional()?)
+    }
+
+    pub fn insert_appliance_key(&self, k: &WrappedKey) -> Result<(), StoreError> {
+        let c = self.lock();
+        c.execute(
+            "INSERT INTO appliance_keys (purpose, version, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![k.purpose, k.version, k.wrapped, k.created_at],
+        )?;
+        Ok(())
     }
 
     /// Master-key rotation, atomically: writes a complete copy of the registry
@@ -272,10 +313,17 @@ impl Registry {
             c.query_row("SELECT sqlcipher_export('rotated')", [], |_| Ok(()))?;
             let tx = c.transaction()?;
             for k in rewrapped {
-                let n = tx.execute(
-                    "UPDATE rotated.firm_keys SET wrapped = ?4 WHERE firm_id = ?1 AND purpose = ?2 AND version = ?3",
-                    params![k.firm_id, k.purpose, k.version, k.wrapped],
-                )?;
+                let n = if k.firm_id == APPLIANCE {
+                    tx.execute(
+                        "UPDATE rotated.appliance_keys SET wrapped = ?3 WHERE purpose = ?1 AND version = ?2",
+                        params![k.purpose, k.version, k.wrapped],
+                    )?
+                } else {
+                    tx.execute(
+                        "UPDATE rotated.firm_keys SET wrapped = ?4 WHERE firm_id = ?1 AND purpose = ?2 AND version = ?3",
+                        params![k.firm_id, k.purpose, k.version, k.wrapped],
+                    )?
+                };
                 if n != 1 {
                     return Err(StoreError::Corrupt(format!(
                         "key {}/{}/{} vanished during rotation",

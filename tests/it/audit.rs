@@ -421,3 +421,98 @@ fn proofs_from_the_api_verify_independently() {
     );
     assert_eq!(r.status, 422);
 }
+
+#[test]
+fn checkpoints_are_signed_consistent_and_verify_against_the_published_key() {
+    use strongroom::audit::note;
+    let d = Daemon::start();
+    let f = create_firm(&d, "Checkpoint & Co");
+    let vkey_api = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/verifier-key", f.id),
+        &f.token,
+        None,
+    );
+    assert_eq!(vkey_api.status, 200);
+    assert!(
+        vkey_api
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let vkey = String::from_utf8(vkey_api.body.clone())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = crate::harness::ctl(&d.admin_socket, &["audit", "verifier-key"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), vkey);
+    let v = note::parse_verifier_key(&vkey).unwrap();
+
+    let signed = |d: &Daemon| -> (u64, [u8; 32]) {
+        let r = call(
+            d,
+            "GET",
+            &format!("/api/v1/audit/{}/checkpoint", f.id),
+            &f.token,
+            None,
+        );
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8(r.body).unwrap();
+        let body = note::open(&text, &v).expect("signed by the published key");
+        let (origin, size, root) = note::parse_checkpoint(body).unwrap();
+        assert!(
+            origin.starts_with("strongroom/") && origin.ends_with(&f.id),
+            "{origin}"
+        );
+        (size, root)
+    };
+    mint(&d, &f, "viewer");
+    let (a, root_a) = signed(&d);
+    // The checkpoint covers the whole log as of its signing, with the proof API's root.
+    let p = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/proof/inclusion?seq=0&size={a}", f.id),
+        &f.token,
+        None,
+    )
+    .json();
+    assert_eq!(p["root_hash"].as_str().map(unhex), Some(root_a));
+    for _ in 0..5 {
+        mint(&d, &f, "viewer");
+    }
+    let (b, root_b) = signed(&d);
+    assert!(b > a + 4);
+    let p = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/proof/consistency?from={a}&to={b}", f.id),
+        &f.token,
+        None,
+    )
+    .json();
+    let proof: Vec<[u8; 32]> = p["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| unhex(h.as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rfc9162::roots_from_consistency(a, b, true, &root_a, &proof),
+        Some((root_a, root_b))
+    );
+
+    // The signing key survives a restart: the published key stays valid.
+    let d = d.restart(crate::harness::Options::default());
+    let again = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/verifier-key", f.id),
+        &f.token,
+        None,
+    );
+    assert_eq!(String::from_utf8(again.body).unwrap().trim(), vkey);
+    let (c, _) = signed(&d);
+    assert!(c >= b);
+}

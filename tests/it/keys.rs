@@ -83,9 +83,11 @@ enum Route {
     VerifyAudit,
     InclusionProof,
     ConsistencyProof,
+    Checkpoint,
+    VerifierKey,
 }
 
-const ROUTES: [Route; 11] = [
+const ROUTES: [Route; 13] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -97,6 +99,8 @@ const ROUTES: [Route; 11] = [
     Route::VerifyAudit,
     Route::InclusionProof,
     Route::ConsistencyProof,
+    Route::Checkpoint,
+    Route::VerifierKey,
 ];
 
 impl Route {
@@ -108,7 +112,9 @@ impl Route {
             | Route::ListAudit
             | Route::VerifyAudit
             | Route::InclusionProof
-            | Route::ConsistencyProof => "GET",
+            | Route::ConsistencyProof
+            | Route::Checkpoint
+            | Route::VerifierKey => "GET",
             Route::PatchFirm => "PATCH",
             Route::MintKey | Route::RotateKey => "POST",
             Route::RevokeKey => "DELETE",
@@ -125,6 +131,8 @@ impl Route {
             Route::VerifyAudit => format!("/api/v1/audit/{firm}/verify"),
             Route::InclusionProof => format!("/api/v1/audit/{firm}/proof/inclusion?seq=0"),
             Route::ConsistencyProof => format!("/api/v1/audit/{firm}/proof/consistency?from=1"),
+            Route::Checkpoint => format!("/api/v1/audit/{firm}/checkpoint"),
+            Route::VerifierKey => format!("/api/v1/audit/{firm}/verifier-key"),
         }
     }
 
