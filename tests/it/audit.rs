@@ -516,3 +516,117 @@ fn checkpoints_are_signed_consistent_and_verify_against_the_published_key() {
     let (c, _) = signed(&d);
     assert!(c >= b);
 }
+
+#[test]
+fn kill_9_during_a_burst_loses_no_acknowledged_write_or_entry() {
+    use std::sync::{Arc, Mutex};
+    let mut d = Daemon::start();
+    let f = Arc::new(create_firm(&d, "Crash Test Dummies"));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, cert) = (d.addr, d.state_dir.join("tls/cert.pem"));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (f, acked, stop, cert) = (f.clone(), acked.clone(), stop.clone(), cert.clone());
+            std::thread::spawn(move || {
+                let client = crate::client::Client::new(addr, &cert);
+                let auth = format!("Bearer {}", f.token);
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("w{w}-{i}");
+                    let body = json!({"name": name, "role": "viewer"}).to_string();
+                    let Ok(mut conn) = client.connect() else {
+                        return;
+                    };
+                    let r = conn.request(
+                        "POST",
+                        &format!("/api/v1/keys/{}", f.id),
+                        &[
+                            ("Authorization", &auth),
+                            ("Content-Type", "application/json"),
+                        ],
+                        Some(body.as_bytes()),
+                    );
+                    match r {
+                        Ok(r) if r.status == 201 => acked
+                            .lock()
+                            .unwrap()
+                            .push(r.json()["id"].as_str().unwrap().to_owned()),
+                        Ok(r) => panic!("unexpected status {}", r.status),
+                        Err(_) => return, // the daemon died mid-request: not acknowledged
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let the burst run, then crash the daemon under it.
+    while acked.lock().unwrap().len() < 150 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    d.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 150);
+
+    let d = d.restart(crate::harness::Options::default());
+    let v = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/verify", f.id),
+        &f.token,
+        None,
+    )
+    .json();
+    assert_eq!(v["ok"], true, "{v}");
+    let keys = call(&d, "GET", &format!("/api/v1/keys/{}", f.id), &f.token, None).json();
+    let stored: std::collections::HashSet<String> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut audited = std::collections::HashSet::new();
+    let mut from = 0;
+    loop {
+        let page = call(
+            &d,
+            "GET",
+            &format!("/api/v1/audit/{}?from={from}&limit=500", f.id),
+            &f.token,
+            None,
+        )
+        .json();
+        for e in page["entries"].as_array().unwrap() {
+            if e["action"] == "keys.create" && e["outcome"] == "success" {
+                audited.insert(e["resource"].as_str().unwrap().to_owned());
+            }
+        }
+        match page["next"].as_u64() {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged key {id} lost");
+        assert!(
+            audited.contains(id),
+            "acknowledged key {id} has no audit entry"
+        );
+    }
+    // No change without its entry, either: every stored minted key is audited.
+    for id in stored.iter().filter(|id| !id.is_empty()) {
+        let initial = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == id.as_str() && k["name"] == "initial owner key");
+        assert!(
+            initial || audited.contains(id),
+            "key {id} exists without its entry"
+        );
+    }
+}

@@ -237,6 +237,14 @@ impl Daemon {
         status
     }
 
+    /// SIGKILL: no drain, no clean close (crash tests).
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGKILL);
+        let status = self.wait_exit(Duration::from_secs(30));
+        self.stopped = true;
+        status
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().unwrap();
