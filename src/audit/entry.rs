@@ -45,33 +45,44 @@ pub struct Entry {
 
 impl Entry {
     pub fn canonical(&self) -> Vec<u8> {
-        let fields = [
-            &self.at,
-            &self.firm,
-            &self.actor,
-            &self.source_ip,
-            &self.request_id,
-            &self.action,
-            &self.resource,
-            &self.outcome,
-            &self.decision,
-            &self.rule,
-        ];
-        let len: usize =
-            fields.iter().map(|f| 4 + f.len()).sum::<usize>() + 20 + self.payload.len();
-        let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        for f in fields {
-            put(&mut out, f.as_bytes());
-        }
-        put(&mut out, &self.payload);
+        let mut out = Vec::new();
+        encode_canonical(
+            &mut out,
+            self.seq,
+            [
+                self.at.as_bytes(),
+                self.firm.as_bytes(),
+                self.actor.as_bytes(),
+                self.source_ip.as_bytes(),
+                self.request_id.as_bytes(),
+                self.action.as_bytes(),
+                self.resource.as_bytes(),
+                self.outcome.as_bytes(),
+                self.decision.as_bytes(),
+                self.rule.as_bytes(),
+            ],
+            &self.payload,
+        );
         out
     }
 
     pub fn leaf(&self) -> Hash {
         leaf_hash(&self.canonical())
     }
+}
+
+/// Writes the canonical bytes into `out` (cleared first), from the ten text
+/// fields in their fixed order; lets a verifier encode straight from stored
+/// rows without building an [`Entry`].
+pub fn encode_canonical(out: &mut Vec<u8>, seq: u64, fields: [&[u8]; 10], payload: &[u8]) {
+    out.clear();
+    out.reserve(8 + 8 + fields.iter().map(|f| 4 + f.len()).sum::<usize>() + 4 + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&seq.to_be_bytes());
+    for f in fields {
+        put(out, f);
+    }
+    put(out, payload);
 }
 
 fn put(out: &mut Vec<u8>, b: &[u8]) {

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::writer::Writer;
 use super::{StoreError, migrate, open_encrypted};
 use crate::audit::Entry;
-use crate::audit::entry::{CHAIN_START, chain_next};
+use crate::audit::entry::{CHAIN_START, chain_next, encode_canonical};
 use crate::audit::merkle::{self, Hash, MerkleError, NodeSource};
 use crate::crypto::keyring::SqlcipherKey;
 
@@ -414,29 +414,66 @@ impl ReadTx<'_> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_entries ORDER BY seq"
         ))?;
-        let mut rows = st.query_map([], audit_row)?;
+        // The tree's leaves, read in step with the entries (one range scan).
+        let mut nodes_st = self
+            .conn
+            .prepare_cached("SELECT idx, hash FROM audit_nodes WHERE level = 0 ORDER BY idx")?;
+        let mut nodes = nodes_st.query([])?;
+        let mut rows = st.query([])?;
         let mut tree = merkle::MemoryTree::new();
         let mut chain = CHAIN_START;
         let mut first_bad = None;
-        for (expected, row) in rows.by_ref().enumerate() {
-            let expected = expected as u64;
-            let row = row?;
-            let seq = row.entry.seq;
-            let leaf = row.entry.leaf();
+        let mut buf = Vec::with_capacity(512);
+        let mut expected = 0u64;
+        while let Some(r) = rows.next()? {
+            let seq = r.get::<_, i64>(0)? as u64;
+            let blob = |i: usize| -> Result<&[u8], StoreError> {
+                r.get_ref(i)?
+                    .as_bytes()
+                    .map_err(|e| StoreError::Corrupt(format!("audit entry {seq}: {e}")))
+            };
+            let text = blob;
+            encode_canonical(
+                &mut buf,
+                seq,
+                [
+                    text(1)?,
+                    text(2)?,
+                    text(3)?,
+                    text(4)?,
+                    text(5)?,
+                    text(6)?,
+                    text(7)?,
+                    text(8)?,
+                    text(9)?,
+                    text(10)?,
+                ],
+                blob(11)?,
+            );
+            let leaf = merkle::leaf_hash(&buf);
             chain = chain_next(&chain, &leaf);
+            let node = nodes.next()?.map(|n| {
+                (
+                    n.get::<_, i64>(0).unwrap_or(-1),
+                    n.get_ref(1)
+                        .ok()
+                        .and_then(|v| v.as_blob().ok())
+                        .map(<[u8]>::to_vec),
+                )
+            });
             let problem = if seq != expected {
                 Some((
                     expected,
                     format!("entry {expected} is missing (next is {seq})"),
                 ))
-            } else if row.leaf != leaf {
+            } else if blob(12)? != leaf {
                 Some((
                     seq,
                     "the entry's fields do not match its leaf hash".to_owned(),
                 ))
-            } else if row.chain != chain {
+            } else if blob(13)? != chain {
                 Some((seq, "the hash chain breaks here".to_owned()))
-            } else if ConnNodes(self.conn).node(0, seq).ok() != Some(leaf) {
+            } else if node != Some((seq as i64, Some(leaf.to_vec()))) {
                 Some((
                     seq,
                     "the Merkle tree's leaf differs from the entry".to_owned(),
@@ -449,6 +486,7 @@ impl ReadTx<'_> {
                 break;
             }
             tree.push(leaf).map_err(merkle_err)?;
+            expected += 1;
         }
         let size = self.audit_size()?;
         if first_bad.is_none() {
