@@ -18,7 +18,9 @@ impl Clock for SystemClock {
 }
 
 /// RFC 3339 with seconds precision, UTC (`2026-11-22T15:04:05Z`).
+/// Always UTC, so stored timestamps compare correctly as text.
 pub fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     t.replace_nanosecond(0)
         .unwrap_or(t)
         .format(&Rfc3339)
@@ -27,4 +29,16 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_in_utc_whatever_the_input_offset() {
+        let t = parse_rfc3339("2026-11-22T23:00:00+05:00").unwrap();
+        assert_eq!(rfc3339(t), "2026-11-22T18:00:00Z");
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+    }
 }

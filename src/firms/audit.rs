@@ -171,6 +171,16 @@ impl Firms {
         origin: &crate::auth::Origin,
         reason: &str,
     ) -> Result<(), FirmError> {
+        // Anyone who knows a firm id can fail to log in to it: record each
+        // (key id, source address) once a minute, not every attempt (every
+        // attempt is still on its request's log line).
+        if !self.first_in_window(
+            key_id,
+            "auth.authenticate",
+            &format!("{firm}/{}", origin.source_ip),
+        ) {
+            return Ok(());
+        }
         let h = self.handle(firm)?;
         let at = self.now();
         let aad = payload_aad(firm.as_str(), &at, &origin.request_id, "auth.authenticate");
@@ -390,6 +400,19 @@ impl Firms {
         signed
     }
 
+    /// True the first time (actor, action, resource) is seen in a minute.
+    fn first_in_window(&self, actor: &str, action: &str, resource: &str) -> bool {
+        let key = (actor.to_owned(), action.to_owned(), resource.to_owned());
+        let mut seen = lock(&self.reads.0);
+        let now = Instant::now();
+        seen.retain(|_, t| now.duration_since(*t) < READ_COALESCE);
+        if seen.contains_key(&key) {
+            return false;
+        }
+        seen.insert(key, now);
+        true
+    }
+
     /// Audits a read of sensitive data, coalesced per (actor, action,
     /// resource) within a minute.
     fn audit_read(
@@ -400,19 +423,12 @@ impl Firms {
         action: &str,
         resource: &str,
     ) -> Result<(), FirmError> {
-        let key = (
-            principal.key_id.to_string(),
-            action.to_owned(),
-            format!("{}/{resource}", h.id),
-        );
-        {
-            let mut seen = lock(&self.reads.0);
-            let now = Instant::now();
-            seen.retain(|_, t| now.duration_since(*t) < READ_COALESCE);
-            if seen.contains_key(&key) {
-                return Ok(());
-            }
-            seen.insert(key, now);
+        if !self.first_in_window(
+            principal.key_id.as_str(),
+            action,
+            &format!("{}/{resource}", h.id),
+        ) {
+            return Ok(());
         }
         let e = self.audit_entry(
             h,

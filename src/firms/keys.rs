@@ -254,7 +254,8 @@ impl Firms {
         auth: &Authorized<perm::KeysRotate>,
         key: &str,
     ) -> Result<Minted, FirmError> {
-        self.audited(auth, "keys.rotate", key, json!({}), || {
+        let resource = audit_resource(key);
+        self.audited(auth, "keys.rotate", &resource, json!({}), || {
             self.require_writable(auth.firm())?;
             let old = self.key_row(auth.firm(), key)?;
             let (role, overrides) = grants_of(&old)?;
@@ -262,6 +263,15 @@ impl Firms {
             escalation_check(auth.principal(), role, &overrides)?;
             if old.revoked_at.is_some() {
                 return Err(FirmError::KeyRevoked);
+            }
+            if old
+                .expires_at
+                .as_deref()
+                .is_some_and(|e| parse_rfc3339(e).is_none_or(|t| t <= self.clock.now()))
+            {
+                return Err(FirmError::Invalid(
+                    "the key has expired: mint a new one instead of rotating it".into(),
+                ));
             }
             let new = NewKey {
                 name: old.name.clone(),
@@ -310,7 +320,8 @@ impl Firms {
         auth: &Authorized<perm::KeysRevoke>,
         key: &str,
     ) -> Result<KeyView, FirmError> {
-        self.audited(auth, "keys.revoke", key, json!({}), || {
+        let resource = audit_resource(key);
+        self.audited(auth, "keys.revoke", &resource, json!({}), || {
             self.require_writable(auth.firm())?;
             let row = self.key_row(auth.firm(), key)?;
             let (role, overrides) = grants_of(&row)?;
@@ -328,15 +339,19 @@ impl Firms {
                 json!({ "already_revoked": row.revoked_at.is_some() }),
             )?;
             let (n, id2) = (now.clone(), id.clone());
+            let now_t = self.clock.now();
             let outcome = h.db.write_blocking(move |tx| {
-                if role == Role::Owner && tx.read().count_live_keys_with_role("owner", &n)? <= 1 {
-                    let live = tx
-                        .read()
-                        .api_key(&id2)?
-                        .is_some_and(|k| k.revoked_at.is_none());
-                    if live {
-                        return Ok(RevokeOutcome::LastOwner);
-                    }
+                // Security invariant: the firm keeps at least one live owner key
+                // that can still manage keys; revoking the last one is refused.
+                let r = tx.read();
+                let keys = r.api_keys()?;
+                let managing: Vec<&str> = keys
+                    .iter()
+                    .filter(|k| manages_as_owner(k, now_t))
+                    .map(|k| k.id.as_str())
+                    .collect();
+                if managing == [id2.as_str()] {
+                    return Ok(RevokeOutcome::LastOwner);
                 }
                 let changed = tx.revoke_api_key(&id2, &n, None)?;
                 tx.append_audit(entry.clone())?;
@@ -363,6 +378,10 @@ impl Firms {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), json!(v)))
             .collect();
+        if changes.is_empty() {
+            // Nothing to change, so nothing to record.
+            return Ok(());
+        }
         let firm = auth.firm().to_string();
         self.audited(auth, "firm.update", &firm, json!(details), || {
             self.require_writable(auth.firm())?;
@@ -410,6 +429,29 @@ enum RevokeOutcome {
     Revoked,
     AlreadyRevoked,
     LastOwner,
+}
+
+/// What the audit log records for a key id from a URL: the id if it is one,
+/// never raw client input (which could be anything, a secret included).
+fn audit_resource(key: &str) -> String {
+    ApiKeyId::parse(key).map_or_else(|| "<invalid key id>".to_owned(), |k| k.to_string())
+}
+
+/// A live (not revoked, not expired) owner key that can still mint, rotate
+/// and revoke keys.
+fn manages_as_owner(k: &ApiKeyRow, now: OffsetDateTime) -> bool {
+    use crate::auth::policy::Permission as P;
+    let live = k.revoked_at.is_none()
+        && k.expires_at
+            .as_deref()
+            .is_none_or(|e| parse_rfc3339(e).is_some_and(|t| t > now));
+    live && grants_of(k).is_ok_and(|(role, o)| {
+        let eff = policy::effective(role, &o);
+        role == Role::Owner
+            && [P::KeysCreate, P::KeysRotate, P::KeysRevoke]
+                .iter()
+                .all(|p| eff.contains(p))
+    })
 }
 
 fn escalation_check(p: &Principal, role: Role, overrides: &Overrides) -> Result<(), FirmError> {

@@ -690,13 +690,11 @@ impl Firms {
         if row.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
-        if let Some(exp) = row
-            .expires_at
-            .as_deref()
-            .and_then(crate::clock::parse_rfc3339)
-        {
-            if exp <= self.clock.now() {
-                return Err(AuthError::Expired);
+        if let Some(exp) = row.expires_at.as_deref() {
+            // An expiry that does not parse fails closed.
+            match crate::clock::parse_rfc3339(exp) {
+                Some(t) if t > self.clock.now() => {}
+                _ => return Err(AuthError::Expired),
             }
         }
         let (role, overrides) = keys::grants_of(&row)?;

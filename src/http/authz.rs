@@ -171,8 +171,12 @@ pub async fn enforce(
         _ => {
             // Every denial is audited, in the caller's own firm's log.
             let firms = shared.firms.clone();
-            let resource = parts.uri.path().to_owned();
-            let details = serde_json::json!({ "method": parts.method.as_str(), "path": resource });
+            // The route template, never the raw path (client input, could hold anything).
+            let resource = parts
+                .extensions
+                .get::<axum::extract::MatchedPath>()
+                .map_or_else(|| "<unmatched>".to_owned(), |m| m.as_str().to_owned());
+            let details = serde_json::json!({ "method": parts.method.as_str(), "route": resource });
             let logged = tokio::task::spawn_blocking(move || {
                 firms.audit_refusal(
                     &principal,

@@ -506,16 +506,6 @@ impl ReadTx<'_> {
         })
     }
 
-    /// Keys of this role that are neither revoked nor expired at `now`.
-    pub fn count_live_keys_with_role(&self, role: &str, now: &str) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM api_keys WHERE role = ?1 AND revoked_at IS NULL
-             AND (expires_at IS NULL OR expires_at > ?2)",
-            params![role, now],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
-    }
-
     pub fn count_api_keys(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn

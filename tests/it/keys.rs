@@ -703,3 +703,84 @@ fn key_metadata_never_shows_secrets_and_bad_input_changes_nothing() {
     assert_eq!(r.status, 423);
     assert_eq!(count(), 2);
 }
+
+#[test]
+fn the_last_managing_owner_key_stays_and_expiry_is_stored_in_utc() {
+    let d = Daemon::start();
+    let a = create_firm(&d, "Guard Rails");
+    let keys_path = format!("/api/v1/keys/{}", a.id);
+    let first = call(&d, "GET", &keys_path, Some(&a.token), None).json()["keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An owner key that cannot manage keys does not count as a second owner.
+    let crippled = mint(
+        &d,
+        &a,
+        &a.token,
+        json!({"name": "no revoke", "role": "owner", "deny": ["keys:revoke"]}),
+    );
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("{keys_path}/{first}"),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (409, "last_owner_key"));
+    // The crippled key can be revoked (the first one still manages).
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("{keys_path}/{}", crippled.id),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!(r.status, 200);
+
+    // Expiry with an offset is stored in UTC.
+    let later = time::OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    let in_plus5 = later
+        .to_offset(time::UtcOffset::from_hms(5, 0, 0).unwrap())
+        .replace_nanosecond(0)
+        .unwrap();
+    let text = in_plus5
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert!(text.ends_with("+05:00"), "{text}");
+    let r = call(
+        &d,
+        "POST",
+        &keys_path,
+        Some(&a.token),
+        Some(&json!({"name": "tz", "role": "viewer", "expires_at": text})),
+    );
+    assert_eq!(r.status, 201);
+    let stored = r.json()["expires_at"].as_str().unwrap().to_owned();
+    assert!(stored.ends_with('Z'), "{stored}");
+    assert_eq!(
+        time::OffsetDateTime::parse(&stored, &time::format_description::well_known::Rfc3339)
+            .unwrap(),
+        in_plus5
+    );
+
+    // A token pasted into a key-id path segment never reaches the audit log.
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("{keys_path}/{}", a.token),
+        Some(&a.token),
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (404, "key_not_found"));
+    let log = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}?limit=500", a.id),
+        Some(&a.token),
+        None,
+    );
+    let text = String::from_utf8_lossy(&log.body);
+    assert!(!text.contains(a.token.rsplit('_').next().unwrap()));
+    assert!(text.contains("<invalid key id>"));
+}
