@@ -85,6 +85,19 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
     let firms = &shared.firms;
     match cmd {
         "audit.verifier_key" => Ok(json!({ "verifier_key": firms.verifier_key() })),
+        "audit.shred_payloads" => {
+            let a: DeleteArgs = args(raw)?;
+            let id = firm_id(&a.id)?;
+            let version = firms.shred_audit_payloads(&id, &a.confirm)?;
+            tracing::warn!(firm = %id, uid = caller.uid, version, "audit payloads crypto-shredded");
+            firms.audit_admin(
+                &id,
+                caller.uid,
+                "audit.shred_payloads",
+                json!({ "new_audit_key_version": version }),
+            )?;
+            Ok(json!({ "firm_id": id, "audit_key_version": version }))
+        }
         "firm.create" => {
             let a: NameArgs = args(raw)?;
             let (row, key) = firms.create(&a.name)?;

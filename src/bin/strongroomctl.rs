@@ -49,6 +49,16 @@ enum Command {
 enum AuditCmd {
     /// The appliance's checkpoint verifier key (C2SP `name+hash+base64`).
     VerifierKey,
+    /// Crypto-shred a firm's audit payloads: its audit key is destroyed, so
+    /// old entries' details are gone for good; the chain, tree and
+    /// checkpoints still verify. New entries use a new key.
+    ShredPayloads {
+        #[arg(long)]
+        firm: String,
+        /// Repeat the firm id to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +191,10 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
         },
         Command::Keys(KeysCmd::GenerateMaster) => ("keys.generate_master", json!({})),
         Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
+        Command::Audit(AuditCmd::ShredPayloads { firm, confirm }) => (
+            "audit.shred_payloads",
+            json!({ "id": firm, "confirm": confirm }),
+        ),
         Command::Keys(KeysCmd::RotateMaster { new_key_file }) => {
             let path = std::fs::canonicalize(new_key_file).unwrap_or_else(|_| new_key_file.clone());
             ("keys.rotate_master", json!({ "new_key_file": path }))
@@ -252,6 +266,10 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
             );
         }
         Command::Audit(AuditCmd::VerifierKey) => println!("{}", s("verifier_key")),
+        Command::Audit(AuditCmd::ShredPayloads { .. }) => println!(
+            "audit payloads shredded; new audit key version {}",
+            s("audit_key_version")
+        ),
         Command::Keys(_) => {
             println!(
                 "master key rotated (generation {}).",

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::{FirmError, FirmHandle, Firms, lock};
 use crate::audit::{Entry, merkle, note};
-use crate::auth::Principal;
 use crate::auth::policy::{Authorized, Decision, perm};
+use crate::auth::{Origin, Principal};
 use crate::crypto::envelope;
 use crate::ids::FirmId;
 use crate::store::firm::AuditRow;
@@ -114,6 +114,46 @@ fn hexes(hs: &[crate::audit::merkle::Hash]) -> Vec<String> {
 pub struct ReadLog(std::sync::Mutex<HashMap<(String, String, String), Instant>>);
 
 impl Firms {
+    /// Builds an entry (its `seq` is set at append) with the details sealed
+    /// under the firm's audit key.
+    #[allow(clippy::too_many_arguments)]
+    fn sealed_entry(
+        &self,
+        h: &FirmHandle,
+        actor: &str,
+        origin: &Origin,
+        decision: &str,
+        rule: String,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        details: Value,
+    ) -> Result<Entry, FirmError> {
+        let at = self.now();
+        let aad = payload_aad(h.id.as_str(), &at, &origin.request_id, action);
+        let payload = envelope::seal(
+            &h.audit_key,
+            h.audit_key_version,
+            &aad,
+            details.to_string().as_bytes(),
+        )
+        .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
+        Ok(Entry {
+            seq: 0,
+            at,
+            firm: h.id.to_string(),
+            actor: actor.to_owned(),
+            source_ip: origin.source_ip.clone(),
+            request_id: origin.request_id.clone(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            outcome: outcome.as_str().to_owned(),
+            decision: decision.to_owned(),
+            rule,
+            payload,
+        })
+    }
+
     /// Builds an entry for `principal`'s request; `seq` is set at append.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn audit_entry(
@@ -126,24 +166,45 @@ impl Firms {
         outcome: Outcome,
         details: Value,
     ) -> Result<Entry, FirmError> {
-        let at = self.now();
-        let aad = payload_aad(h.id.as_str(), &at, &principal.origin.request_id, action);
-        let payload = envelope::seal(&h.audit_key, 1, &aad, details.to_string().as_bytes())
-            .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
-        Ok(Entry {
-            seq: 0,
-            at,
-            firm: h.id.to_string(),
-            actor: principal.key_id.to_string(),
-            source_ip: principal.origin.source_ip.clone(),
-            request_id: principal.origin.request_id.clone(),
-            action: action.to_owned(),
-            resource: resource.to_owned(),
-            outcome: outcome.as_str().to_owned(),
-            decision: if decision.allowed { "allow" } else { "deny" }.to_owned(),
-            rule: decision.rule.name(),
-            payload,
-        })
+        self.sealed_entry(
+            h,
+            principal.key_id.as_str(),
+            &principal.origin,
+            if decision.allowed { "allow" } else { "deny" },
+            decision.rule.name(),
+            action,
+            resource,
+            outcome,
+            details,
+        )
+    }
+
+    /// Records an admin-socket action on a firm in the firm's log (actor
+    /// `uid:<n>`).
+    pub fn audit_admin(
+        &self,
+        firm: &FirmId,
+        uid: u32,
+        action: &str,
+        details: Value,
+    ) -> Result<(), FirmError> {
+        let h = self.handle(firm)?;
+        let e = self.sealed_entry(
+            &h,
+            &format!("uid:{uid}"),
+            &Origin {
+                request_id: String::new(),
+                source_ip: "admin-socket".to_owned(),
+            },
+            "allow",
+            "admin_socket".to_owned(),
+            action,
+            firm.as_str(),
+            Outcome::Success,
+            details,
+        )?;
+        h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+        Ok(())
     }
 
     /// Records an action that changed nothing (a denial or a failure) in
@@ -182,25 +243,17 @@ impl Firms {
             return Ok(());
         }
         let h = self.handle(firm)?;
-        let at = self.now();
-        let aad = payload_aad(firm.as_str(), &at, &origin.request_id, "auth.authenticate");
-        let details = serde_json::json!({ "reason": reason }).to_string();
-        let payload = envelope::seal(&h.audit_key, 1, &aad, details.as_bytes())
-            .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
-        let e = Entry {
-            seq: 0,
-            at,
-            firm: firm.to_string(),
-            actor: key_id.to_owned(),
-            source_ip: origin.source_ip.clone(),
-            request_id: origin.request_id.clone(),
-            action: "auth.authenticate".to_owned(),
-            resource: key_id.to_owned(),
-            outcome: Outcome::Denied.as_str().to_owned(),
-            decision: "deny".to_owned(),
-            rule: "authentication".to_owned(),
-            payload,
-        };
+        let e = self.sealed_entry(
+            &h,
+            key_id,
+            origin,
+            "deny",
+            "authentication".to_owned(),
+            "auth.authenticate",
+            key_id,
+            Outcome::Denied,
+            serde_json::json!({ "reason": reason }),
+        )?;
         h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
         Ok(())
     }

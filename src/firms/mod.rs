@@ -143,8 +143,9 @@ pub struct FirmHandle {
     pub id: FirmId,
     pub db: FirmDb,
     auth_key: SecretKey,
-    /// Seals audit payloads.
+    /// Seals audit payloads, and its version (the envelope header's).
     audit_key: SecretKey,
+    audit_key_version: u32,
 }
 
 /// What `firm show` reports.
@@ -372,6 +373,7 @@ impl Firms {
             db,
             auth_key,
             audit_key,
+            audit_key_version: 1,
         };
         let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,
@@ -439,12 +441,17 @@ impl Firms {
         let db_key = self.resolve_db_key(id, &keys)?;
         let auth_key = self.active_key(id, &keys, Purpose::Auth)?;
         let audit_key = self.active_key(id, &keys, Purpose::Audit)?;
+        let audit_key_version = keys
+            .iter()
+            .find(|k| k.purpose == Purpose::Audit.as_str() && k.state == "active")
+            .map_or(1, |k| k.version);
         let db = FirmDb::open(id.as_str(), &self.path(id), db_key, false)?;
         let handle = Arc::new(FirmHandle {
             id: id.clone(),
             db,
             auth_key,
             audit_key,
+            audit_key_version,
         });
         let mut open = lock(&self.open);
         // Another thread may have opened it meanwhile; keep one.
@@ -581,6 +588,46 @@ impl Firms {
             tracing::warn!(firm = %id, error = %e, "database file not removed; it is unreadable without its key and is swept at next start");
         }
         self.row(id)
+    }
+
+    /// Crypto-shreds the firm's audit payloads: a new audit key version
+    /// replaces every old one, which is destroyed. Old entries keep their
+    /// hashes (the chain, tree and checkpoints still verify) but their
+    /// details can never be read again. Returns the new key version.
+    pub fn shred_audit_payloads(&self, id: &FirmId, confirm: &str) -> Result<u32, FirmError> {
+        if confirm != id.as_str() {
+            return Err(FirmError::ConfirmMismatch(confirm.to_owned()));
+        }
+        let _ops = lock(&self.admin_ops);
+        match self.state(id) {
+            None | Some(FirmState::Deleted) => return Err(FirmError::NotFound),
+            _ => {}
+        }
+        let keys = self.registry.keys(id.as_str())?;
+        let version = keys
+            .iter()
+            .filter(|k| k.purpose == Purpose::Audit.as_str())
+            .map(|k| k.version)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let key = SecretKey::random()?;
+        self.registry.add_key(&WrappedKey {
+            firm_id: id.to_string(),
+            purpose: Purpose::Audit.as_str().to_owned(),
+            version,
+            state: "pending".to_owned(),
+            wrapped: self
+                .ring()
+                .wrap(id.as_str(), Purpose::Audit, version, &key)?,
+            created_at: self.now(),
+        })?;
+        // One transaction: the new version becomes active, every older one is deleted.
+        self.registry
+            .activate_key(id.as_str(), Purpose::Audit.as_str(), version)?;
+        // The open handle still holds the old key in memory: drop it.
+        self.evict(id);
+        Ok(version)
     }
 
     /// Break-glass: the firm's raw SQLCipher key for disaster recovery.

@@ -630,3 +630,133 @@ fn kill_9_during_a_burst_loses_no_acknowledged_write_or_entry() {
         );
     }
 }
+
+#[test]
+fn shredding_payloads_keeps_the_log_verifiable_and_its_details_unreadable() {
+    use strongroom::audit::note;
+    let d = Daemon::start();
+    let f = create_firm(&d, "Shred Ltd");
+    mint(&d, &f, "viewer");
+    let before = entries(&d, &f);
+    assert!(
+        before
+            .iter()
+            .all(|e| !e["details"].is_null() || e["action"] == "audit.read")
+    );
+    let old_create = before
+        .iter()
+        .find(|e| e["action"] == "keys.create")
+        .unwrap()
+        .clone();
+    assert_eq!(old_create["details"]["role"], "viewer");
+    let cp = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/checkpoint", f.id),
+        &f.token,
+        None,
+    );
+    let cp_before = String::from_utf8(cp.body).unwrap();
+
+    // A wrong confirmation changes nothing.
+    let out = crate::harness::ctl(
+        &d.admin_socket,
+        &[
+            "audit",
+            "shred-payloads",
+            "--firm",
+            &f.id,
+            "--confirm",
+            "nope",
+        ],
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        entries(&d, &f)[old_create["seq"].as_u64().unwrap() as usize]["details"]["role"],
+        "viewer"
+    );
+
+    let out = crate::harness::ctl(
+        &d.admin_socket,
+        &[
+            "audit",
+            "shred-payloads",
+            "--firm",
+            &f.id,
+            "--confirm",
+            &f.id,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mint(&d, &f, "operator");
+    let after = entries(&d, &f);
+    let old = &after[old_create["seq"].as_u64().unwrap() as usize];
+    assert_eq!(
+        old["leaf_hash"], old_create["leaf_hash"],
+        "hashes unchanged"
+    );
+    assert!(old["details"].is_null(), "old details are gone: {old}");
+    let shred = after
+        .iter()
+        .find(|e| e["action"] == "audit.shred_payloads")
+        .unwrap();
+    assert!(shred["actor"].as_str().unwrap().starts_with("uid:"));
+    let new_create = after
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "keys.create")
+        .unwrap();
+    assert_eq!(
+        new_create["details"]["role"], "operator",
+        "new entries use the new key"
+    );
+
+    let v = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/verify", f.id),
+        &f.token,
+        None,
+    )
+    .json();
+    assert_eq!(v["ok"], true, "{v}");
+    // The checkpoint signed before the shredding is still a prefix of the log.
+    let vkey = String::from_utf8(
+        call(
+            &d,
+            "GET",
+            &format!("/api/v1/audit/{}/verifier-key", f.id),
+            &f.token,
+            None,
+        )
+        .body,
+    )
+    .unwrap();
+    let verifier = note::parse_verifier_key(vkey.trim()).unwrap();
+    let (_, size, root) =
+        note::parse_checkpoint(note::open(&cp_before, &verifier).unwrap()).unwrap();
+    let p = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/proof/consistency?from={size}", f.id),
+        &f.token,
+        None,
+    )
+    .json();
+    let proof: Vec<[u8; 32]> = p["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| unhex(h.as_str().unwrap()))
+        .collect();
+    let to = p["to_size"].as_u64().unwrap();
+    let new_root = unhex(p["to_root"].as_str().unwrap());
+    assert_eq!(
+        rfc9162::roots_from_consistency(size, to, true, &root, &proof),
+        Some((root, new_root))
+    );
+}
