@@ -85,6 +85,11 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
     let firms = &shared.firms;
     match cmd {
         "audit.verifier_key" => Ok(json!({ "verifier_key": firms.verifier_key() })),
+        "audit.verify" => {
+            let a: IdArgs = args(raw)?;
+            let v = firms.audit_verify_admin(&firm_id(&a.id)?)?;
+            Ok(serde_json::to_value(v).unwrap_or_default())
+        }
         "audit.shred_payloads" => {
             let a: DeleteArgs = args(raw)?;
             let id = firm_id(&a.id)?;

@@ -5,6 +5,7 @@
 //! record (`store::firm::WriteTx::append_audit`).
 
 pub mod entry;
+pub mod export;
 pub mod merkle;
 pub mod note;
 

@@ -49,6 +49,19 @@ enum Command {
 enum AuditCmd {
     /// The appliance's checkpoint verifier key (C2SP `name+hash+base64`).
     VerifierKey,
+    /// Re-verify a firm's whole log in the daemon (leaves, chain, tree).
+    Verify {
+        #[arg(long)]
+        firm: String,
+    },
+    /// Check an export offline (no daemon): every leaf from its fields, the
+    /// chain, and the tree root against the export's signed checkpoint.
+    VerifyExport {
+        file: PathBuf,
+        /// The appliance's verifier key, as pinned (`name+hash+base64`).
+        #[arg(long)]
+        verifier_key: String,
+    },
     /// Crypto-shred a firm's audit payloads: its audit key is destroyed, so
     /// old entries' details are gone for good; the chain, tree and
     /// checkpoints still verify. New entries use a new key.
@@ -111,6 +124,9 @@ fn main() -> ExitCode {
     if let Command::Keys(KeysCmd::GenerateMaster) = cli.command {
         return generate_master();
     }
+    if let Command::Audit(AuditCmd::VerifyExport { file, verifier_key }) = &cli.command {
+        return verify_export(file, verifier_key, cli.json);
+    }
     let (cmd, args) = request(&cli.command);
     let resp = match client::call(&cli.socket, cmd, args, Duration::from_secs(120)) {
         Ok(r) => r,
@@ -135,11 +151,58 @@ fn main() -> ExitCode {
             1
         });
     }
+    let result = resp.result.unwrap_or_default();
     if !cli.json {
-        let result = resp.result.unwrap_or_default();
         print_human(&cli.command, &result);
     }
+    // A log that does not verify is a failure for scripts too.
+    if matches!(cli.command, Command::Audit(AuditCmd::Verify { .. })) && result["ok"] != true {
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
+}
+
+/// Offline check of an export (NDJSON or a CloudEvents batch array).
+fn verify_export(file: &std::path::Path, verifier_key: &str, json: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("strongroomctl: {}: {e}", file.display());
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let events: Result<Vec<serde_json::Value>, _> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text)
+    } else {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect()
+    };
+    let result = events
+        .map_err(|e| format!("not an export: {e}"))
+        .and_then(|ev| strongroom::audit::export::verify_export(&ev, verifier_key));
+    match result {
+        Ok(c) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "entries": c.entries, "root_hash": c.root})
+                );
+            } else {
+                println!("OK: {} entries, root {}", c.entries, c.root);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "error": e}));
+            } else {
+                eprintln!("strongroomctl: export does NOT verify: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A new master key on stdout, never on a terminal (it would end up in
@@ -191,6 +254,8 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
         },
         Command::Keys(KeysCmd::GenerateMaster) => ("keys.generate_master", json!({})),
         Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
+        Command::Audit(AuditCmd::Verify { firm }) => ("audit.verify", json!({ "id": firm })),
+        Command::Audit(AuditCmd::VerifyExport { .. }) => ("audit.verify_export", json!({})),
         Command::Audit(AuditCmd::ShredPayloads { firm, confirm }) => (
             "audit.shred_payloads",
             json!({ "id": firm, "confirm": confirm }),
@@ -266,6 +331,14 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
             );
         }
         Command::Audit(AuditCmd::VerifierKey) => println!("{}", s("verifier_key")),
+        Command::Audit(AuditCmd::Verify { .. }) => {
+            if v["ok"] == true {
+                println!("OK: {} entries, root {}", s("tree_size"), s("root_hash"));
+            } else {
+                println!("BROKEN at seq {}: {}", s("first_bad_seq"), s("reason"));
+            }
+        }
+        Command::Audit(AuditCmd::VerifyExport { .. }) => {}
         Command::Audit(AuditCmd::ShredPayloads { .. }) => println!(
             "audit payloads shredded; new audit key version {}",
             s("audit_key_version")

@@ -315,6 +315,16 @@ impl Firms {
     ) -> Result<AuditVerifyView, FirmError> {
         let h = self.handle(auth.firm())?;
         self.audit_read(&h, auth.principal(), auth.decision(), "audit.verify", "log")?;
+        self.verify_log(&h)
+    }
+
+    /// `strongroomctl audit verify`: the same check, from the admin socket.
+    pub fn audit_verify_admin(&self, firm: &FirmId) -> Result<AuditVerifyView, FirmError> {
+        let h = self.handle(firm)?;
+        self.verify_log(&h)
+    }
+
+    fn verify_log(&self, h: &FirmHandle) -> Result<AuditVerifyView, FirmError> {
         let v = h.db.read_blocking(|r| r.audit_verify())?;
         Ok(AuditVerifyView {
             ok: v.first_bad.is_none(),
@@ -494,5 +504,31 @@ impl Firms {
         )?;
         h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
         Ok(())
+    }
+}
+
+impl Firms {
+    /// The whole log as CloudEvents 1.0 (one JSON object per entry), closed
+    /// by a checkpoint event whose signed note covers exactly those entries,
+    /// so `strongroomctl audit verify-export` can check it offline.
+    pub fn audit_export(
+        &self,
+        auth: &Authorized<perm::AuditRead>,
+    ) -> Result<Vec<Value>, FirmError> {
+        let note = self.checkpoint(auth.firm())?;
+        let h = self.handle(auth.firm())?;
+        self.audit_read(&h, auth.principal(), auth.decision(), "audit.export", "log")?;
+        let (_, size, _) = note::parse_checkpoint(&note[..note.find("\n\n").map_or(0, |i| i + 1)])
+            .map_err(|e| FirmError::Invalid(e.to_string()))?;
+        let source = self.checkpoint_origin(auth.firm());
+        let rows = h.db.read_blocking(|r| r.audit_entries(0, size))?;
+        let mut out: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                crate::audit::export::entry_event(&source, &row.entry, &row.leaf, &row.chain)
+            })
+            .collect();
+        out.push(crate::audit::export::checkpoint_event(&source, size, &note));
+        Ok(out)
     }
 }

@@ -115,3 +115,33 @@ pub async fn verifier_key(
 ) -> axum::response::Response {
     text_plain(format!("{}\n", shared.firms.verifier_key()))
 }
+
+/// `GET /api/v1/audit/{firm_id}/export`: CloudEvents 1.0, as NDJSON, or as
+/// a JSON array with `Accept: application/cloudevents-batch+json`.
+pub async fn export(
+    State(shared): State<Arc<Shared>>,
+    Authz(auth): Authz<perm::AuditRead>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse;
+    let firms = shared.firms.clone();
+    let events = blocking(move || firms.audit_export(&auth)).await?;
+    let batch = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/cloudevents-batch+json"));
+    let (ct, body) = if batch {
+        (
+            "application/cloudevents-batch+json",
+            serde_json::to_string(&events).map_err(|e| Problem::internal(&e))?,
+        )
+    } else {
+        let mut out = String::new();
+        for e in &events {
+            out.push_str(&e.to_string());
+            out.push('\n');
+        }
+        ("application/x-ndjson", out)
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, ct)], body).into_response())
+}

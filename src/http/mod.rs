@@ -117,6 +117,12 @@ fn table() -> Vec<(RouteSpec, Handler)> {
         ),
         r(
             Method::GET,
+            "/api/v1/audit/{firm_id}/export",
+            Firm(P::AuditRead),
+            get(audit::export),
+        ),
+        r(
+            Method::GET,
             "/api/v1/audit/{firm_id}/verifier-key",
             Firm(P::AuditRead),
             get(audit::verifier_key),

@@ -760,3 +760,122 @@ fn shredding_payloads_keeps_the_log_verifiable_and_its_details_unreadable() {
         Some((root, new_root))
     );
 }
+
+#[test]
+fn an_export_verifies_offline_and_any_edit_is_caught() {
+    let d = Daemon::start();
+    let f = create_firm(&d, "Export Counsel");
+    for role in ["viewer", "operator", "admin"] {
+        mint(&d, &f, role);
+    }
+    let vkey = String::from_utf8(
+        call(
+            &d,
+            "GET",
+            &format!("/api/v1/audit/{}/verifier-key", f.id),
+            &f.token,
+            None,
+        )
+        .body,
+    )
+    .unwrap();
+    let vkey = vkey.trim();
+    let r = call(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}/export", f.id),
+        &f.token,
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    let ndjson = String::from_utf8(r.body.clone()).unwrap();
+    let events: Vec<Value> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 4, "three entries and a checkpoint");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["specversion"] == "1.0" && e["source"].as_str().unwrap().ends_with(&f.id))
+    );
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "dev.strongroom.audit.checkpoint"
+    );
+    // The batch form carries the same events.
+    let auth = format!("Bearer {}", f.token);
+    let batch = d.client().request(
+        "GET",
+        &format!("/api/v1/audit/{}/export", f.id),
+        &[
+            ("Authorization", &auth),
+            ("Accept", "application/cloudevents-batch+json"),
+        ],
+        None,
+    );
+    assert_eq!(
+        batch.header("content-type"),
+        Some("application/cloudevents-batch+json")
+    );
+    assert!(batch.json().as_array().unwrap().len() >= events.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let path = dir.path().join("export.ndjson");
+        std::fs::write(&path, text).unwrap();
+        // No daemon involved: only the file and the pinned key.
+        std::process::Command::new(crate::harness::CTL)
+            .args(["audit", "verify-export"])
+            .arg(&path)
+            .args(["--verifier-key", vkey])
+            .output()
+            .unwrap()
+    };
+    let ok = check(&ndjson);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("OK: "));
+
+    let lines: Vec<&str> = ndjson.lines().collect();
+    // One changed field, a dropped entry, two entries swapped, another key.
+    let edited = ndjson.replacen("\"outcome\":\"success\"", "\"outcome\":\"failure\"", 1);
+    let dropped = [&lines[..1], &lines[2..]].concat().join("\n");
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    let other_key = "other.example+00000000+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for (what, text) in [
+        ("edited", edited),
+        ("dropped", dropped),
+        ("swapped", swapped.join("\n")),
+    ] {
+        let out = check(&text);
+        assert!(!out.status.success(), "{what} export verified");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does NOT verify"),
+            "{what}"
+        );
+    }
+    let path = dir.path().join("export.ndjson");
+    std::fs::write(&path, &ndjson).unwrap();
+    let out = std::process::Command::new(crate::harness::CTL)
+        .args(["audit", "verify-export"])
+        .arg(&path)
+        .args(["--verifier-key", other_key])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // The daemon-side check, through the admin socket.
+    let out = crate::harness::ctl(&d.admin_socket, &["audit", "verify", "--firm", &f.id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+}

@@ -85,9 +85,10 @@ enum Route {
     ConsistencyProof,
     Checkpoint,
     VerifierKey,
+    Export,
 }
 
-const ROUTES: [Route; 13] = [
+const ROUTES: [Route; 14] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -101,6 +102,7 @@ const ROUTES: [Route; 13] = [
     Route::ConsistencyProof,
     Route::Checkpoint,
     Route::VerifierKey,
+    Route::Export,
 ];
 
 impl Route {
@@ -114,7 +116,8 @@ impl Route {
             | Route::InclusionProof
             | Route::ConsistencyProof
             | Route::Checkpoint
-            | Route::VerifierKey => "GET",
+            | Route::VerifierKey
+            | Route::Export => "GET",
             Route::PatchFirm => "PATCH",
             Route::MintKey | Route::RotateKey => "POST",
             Route::RevokeKey => "DELETE",
@@ -133,6 +136,7 @@ impl Route {
             Route::ConsistencyProof => format!("/api/v1/audit/{firm}/proof/consistency?from=1"),
             Route::Checkpoint => format!("/api/v1/audit/{firm}/checkpoint"),
             Route::VerifierKey => format!("/api/v1/audit/{firm}/verifier-key"),
+            Route::Export => format!("/api/v1/audit/{firm}/export"),
         }
     }
 
