@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -46,6 +47,8 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub security: SecuritySection,
+    #[serde(default)]
+    pub audit: AuditSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +162,53 @@ pub struct SecuritySection {
     pub allow_root: bool,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// How long audit entries are kept before the retention job purges them
+    /// (with a signed receipt), unless a firm has its own: a number and a
+    /// unit, `s`, `m`, `h` or `d`. Default 2557d (seven years).
+    pub retention: String,
+    /// How often the retention job runs.
+    pub purge_interval: String,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            retention: "2557d".to_owned(),
+            purge_interval: "1h".to_owned(),
+        }
+    }
+}
+
+impl AuditSection {
+    pub fn retention(&self) -> Duration {
+        parse_duration(&self.retention).unwrap_or(Duration::from_secs(2557 * 86_400))
+    }
+
+    pub fn purge_interval(&self) -> Duration {
+        parse_duration(&self.purge_interval).unwrap_or(Duration::from_secs(3600))
+    }
+}
+
+/// `<n><unit>` with unit `s`, `m`, `h` or `d`, n ≥ 1 (e.g. `90d`, `12h`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..split].parse().ok().filter(|n| *n >= 1)?;
+    let unit = match &s[split..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+        .filter(|secs| *secs <= 100 * 366 * 86_400)
+        .map(Duration::from_secs)
+}
+
 impl Config {
     /// A configuration with every default, used by dev mode without `--config`.
     pub fn defaults() -> Self {
@@ -171,6 +221,7 @@ impl Config {
             keys: KeysSection::default(),
             log: LogSection::default(),
             security: SecuritySection::default(),
+            audit: AuditSection::default(),
         }
     }
 
@@ -224,6 +275,16 @@ impl Config {
                 "storage.state_dir must be an absolute path".to_owned(),
             ));
         }
+        for (name, v) in [
+            ("audit.retention", &self.audit.retention),
+            ("audit.purge_interval", &self.audit.purge_interval),
+        ] {
+            if parse_duration(v).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} {v:?} is not a duration like 90d, 12h, 30m or 10s (at most 100 years)"
+                )));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::Invalid(format!(
                 "log.level {:?} is not a valid filter",
@@ -259,6 +320,22 @@ mod tests {
         let cfg = Config::parse(text).unwrap();
         assert_eq!(cfg.version, 1);
         assert_eq!(cfg.server.listen.port(), 8443);
+        assert_eq!(cfg.audit.retention(), Duration::from_secs(2557 * 86_400));
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_duration("90d"),
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(parse_duration("12h"), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
+        for bad in ["", "0d", "7y", "d", "-1d", "1.5d", "99999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let err = Config::parse("version = 1\n[audit]\nretention = \"7 years\"\n").unwrap_err();
+        assert!(err.to_string().contains("audit.retention"), "{err}");
     }
 
     #[test]

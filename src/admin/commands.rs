@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::server::Caller;
 use crate::crypto::keyring::MasterKey;
 use crate::daemon::Shared;
-use crate::firms::FirmError;
+use crate::firms::{AdminActor, FirmError, Outcome};
 use crate::ids::FirmId;
 
 /// An admin error: a stable code and a message for the operator.
@@ -81,9 +81,150 @@ fn firm_id(s: &str) -> Result<FirmId, CmdError> {
     })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionArgs {
+    id: String,
+    /// None: back to the configured default.
+    retention: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageArgs {
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "default_limit")]
+    limit: u64,
+}
+
+fn default_limit() -> u64 {
+    100
+}
+
+/// Commands recorded in the system audit log: every change, and the reads
+/// of sensitive data. Their failures and refusals are recorded too.
+const AUDITED: &[&str] = &[
+    "firm.create",
+    "firm.freeze",
+    "firm.unfreeze",
+    "firm.delete",
+    "firm.rekey",
+    "firm.export_key",
+    "firm.set_retention",
+    "keys.rotate_master",
+    "audit.shred_payloads",
+    "audit.verify",
+    "audit.purge_expired",
+];
+
+/// The uid's user name ("?" if it has none).
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| "?".to_owned(), |u| u.name)
+}
+
+/// The admin actor for a peer, with a fresh request id.
+pub fn actor(caller: Caller) -> AdminActor {
+    AdminActor {
+        uid: caller.uid,
+        name: user_name(caller.uid),
+        request_id: format!(
+            "adm_{}",
+            crate::crypto::hex(&crate::crypto::random_array::<8>().unwrap_or_default())
+        ),
+    }
+}
+
 pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Value, CmdError> {
+    let by = actor(caller);
+    tracing::info!(target: "strongroom::admin", uid = by.uid, user = %by.name, request_id = %by.request_id, cmd, "admin command");
+    let result = run_as(shared, &by, caller, cmd, raw);
+    // Changes record their success in the same registry transaction; here
+    // go the reads' successes and everything's failures.
+    if AUDITED.contains(&cmd) {
+        let resource = raw
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(FirmId::parse)
+            .map_or_else(|| "appliance".to_owned(), |id| id.to_string());
+        let recorded = match &result {
+            Ok(_)
+                if matches!(
+                    cmd,
+                    "firm.export_key" | "audit.verify" | "audit.purge_expired"
+                ) =>
+            {
+                let rule = if cmd == "firm.export_key" {
+                    "root_only"
+                } else {
+                    "admin_socket"
+                };
+                shared
+                    .firms
+                    .system_audit(&by, cmd, &resource, Outcome::Success, rule, Value::Null)
+            }
+            Ok(_) => Ok(()),
+            Err(e) => shared.firms.system_audit(
+                &by,
+                cmd,
+                &resource,
+                if e.code == "permission_denied" {
+                    Outcome::Denied
+                } else {
+                    Outcome::Failure
+                },
+                "admin_socket",
+                json!({ "code": e.code }),
+            ),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, cmd, "system audit entry not written");
+        }
+    }
+    result
+}
+
+fn run_as(
+    shared: &Shared,
+    by: &AdminActor,
+    caller: Caller,
+    cmd: &str,
+    raw: &Value,
+) -> Result<Value, CmdError> {
     let firms = &shared.firms;
     match cmd {
+        "audit.system.list" => {
+            let a: PageArgs = args(raw)?;
+            Ok(
+                serde_json::to_value(firms.system_audit_page(by, a.from, a.limit)?)
+                    .unwrap_or_default(),
+            )
+        }
+        "audit.system.verify" => {
+            let _: Empty = args(raw)?;
+            Ok(serde_json::to_value(firms.system_audit_verify(by)?).unwrap_or_default())
+        }
+        "audit.system.checkpoint" => {
+            let _: Empty = args(raw)?;
+            Ok(json!({ "checkpoint": firms.system_checkpoint()? }))
+        }
+        "audit.system.export" => {
+            let _: Empty = args(raw)?;
+            Ok(json!({ "events": firms.system_audit_export(by)? }))
+        }
+        "audit.purge_expired" => {
+            let _: Empty = args(raw)?;
+            Ok(json!({ "purged_entries": firms.purge_expired() }))
+        }
+        "firm.set_retention" => {
+            let a: RetentionArgs = args(raw)?;
+            let row = firms.set_retention(&firm_id(&a.id)?, a.retention.as_deref(), by)?;
+            tracing::info!(firm = %row.id, retention = ?row.audit_retention, uid = by.uid, "firm audit retention set");
+            Ok(json!({ "firm": row }))
+        }
         "audit.verifier_key" => Ok(json!({ "verifier_key": firms.verifier_key() })),
         "audit.verify" => {
             let a: IdArgs = args(raw)?;
@@ -93,11 +234,11 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
         "audit.shred_payloads" => {
             let a: DeleteArgs = args(raw)?;
             let id = firm_id(&a.id)?;
-            let version = firms.shred_audit_payloads(&id, &a.confirm)?;
+            let version = firms.shred_audit_payloads(&id, &a.confirm, by)?;
             tracing::warn!(firm = %id, uid = caller.uid, version, "audit payloads crypto-shredded");
             firms.audit_admin(
                 &id,
-                caller.uid,
+                by,
                 "audit.shred_payloads",
                 json!({ "new_audit_key_version": version }),
             )?;
@@ -105,7 +246,7 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
         }
         "firm.create" => {
             let a: NameArgs = args(raw)?;
-            let (row, key) = firms.create(&a.name)?;
+            let (row, key) = firms.create(&a.name, by)?;
             tracing::info!(firm = %row.id, uid = caller.uid, "firm created");
             Ok(json!({
                 "firm": row,
@@ -126,13 +267,13 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
         }
         "firm.freeze" | "firm.unfreeze" => {
             let a: IdArgs = args(raw)?;
-            let row = firms.set_frozen(&firm_id(&a.id)?, cmd == "firm.freeze")?;
+            let row = firms.set_frozen(&firm_id(&a.id)?, cmd == "firm.freeze", by)?;
             tracing::info!(firm = %row.id, state = %row.state, uid = caller.uid, "firm state changed");
             Ok(json!({ "firm": row }))
         }
         "firm.delete" => {
             let a: DeleteArgs = args(raw)?;
-            let row = firms.delete(&firm_id(&a.id)?, &a.confirm)?;
+            let row = firms.delete(&firm_id(&a.id)?, &a.confirm, by)?;
             tracing::warn!(firm = %row.id, uid = caller.uid, "firm deleted: keys destroyed (crypto-shred)");
             Ok(json!({ "firm": row }))
         }
@@ -157,7 +298,7 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
         "firm.rekey" => {
             let a: IdArgs = args(raw)?;
             let id = firm_id(&a.id)?;
-            let version = firms.rekey(&id)?;
+            let version = firms.rekey(&id, by)?;
             tracing::info!(firm = %id, version, uid = caller.uid, "firm database rekeyed");
             Ok(json!({ "firm_id": id, "db_key_version": version }))
         }
@@ -170,7 +311,7 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
                         message: e.to_string(),
                     }
                 })?;
-            let generation = firms.rotate_master(&new_master)?;
+            let generation = firms.rotate_master(&new_master, by)?;
             tracing::warn!(
                 generation,
                 uid = caller.uid,

@@ -166,6 +166,14 @@ async fn handle(
     let (read, mut write) = stream.into_split();
     if !policy.allows(cred.uid(), cred.gid()) {
         tracing::warn!(uid = caller.uid, pid = ?caller.pid, "admin socket: peer refused");
+        let firms = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let by = super::commands::actor(caller);
+            if let Err(e) = firms.firms.system_audit_refused_peer(&by) {
+                tracing::error!(error = %e, "system audit entry not written");
+            }
+        })
+        .await;
         let resp = Response::err(
             "permission_denied",
             "this user may not use the admin socket (root, the service user or the admin group only)",
@@ -216,7 +224,6 @@ async fn write_response(
 }
 
 async fn dispatch(shared: &Arc<Shared>, caller: Caller, req: Request) -> Response {
-    tracing::info!(target: "strongroom::admin", uid = caller.uid, cmd = %req.cmd, "admin command");
     if req.cmd == "status" {
         return Response::ok(status(shared));
     }

@@ -4,18 +4,60 @@
 //! `<firm>/<seq>`, `data` = every stored field, the payload ciphertext in
 //! base64, `leaf_hash` and `chain` in hex), then one event of type
 //! `dev.strongroom.audit.checkpoint` whose `data.note` is a signed
-//! checkpoint covering exactly the exported entries.
+//! checkpoint covering exactly the exported entries. A log whose oldest
+//! entries were purged by retention starts with one event of type
+//! `dev.strongroom.audit.purge`: the signed purge receipt, the chain value
+//! the retained entries continue from, and the tree nodes covering the
+//! purged prefix, so the checkpoint's root can still be rebuilt.
 
 use serde_json::{Value, json};
 
 use super::entry::{CHAIN_START, Entry, chain_next};
-use super::merkle::{MemoryTree, root};
+use super::merkle::{Hash, MemoryTree, root};
 use super::note;
 use crate::crypto::hex;
 use crate::crypto::sign::{base64, unbase64};
 
 pub const ENTRY_TYPE: &str = "dev.strongroom.audit.entry";
 pub const CHECKPOINT_TYPE: &str = "dev.strongroom.audit.checkpoint";
+pub const PURGE_TYPE: &str = "dev.strongroom.audit.purge";
+
+/// The retained log's starting point after a purge, as exported.
+pub struct Anchor<'a> {
+    pub before: u64,
+    pub chain: &'a [u8; 32],
+    /// The nodes covering `[0, before)`, in `merkle::prefix_ranges` order.
+    pub prefix: &'a [[u8; 32]],
+    /// The signed purge receipt.
+    pub receipt: &'a str,
+}
+
+pub fn purge_event(source: &str, a: &Anchor<'_>) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": format!("{source}/purge/{}", a.before),
+        "source": source,
+        "type": PURGE_TYPE,
+        "datacontenttype": "application/json",
+        "data": {
+            "before": a.before,
+            "chain": hex(a.chain),
+            "prefix": a.prefix.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+            "receipt": a.receipt,
+        },
+    })
+}
+
+fn unhex32(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let b: Option<Vec<u8>> = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    b?.try_into().ok()
+}
 
 pub fn entry_event(source: &str, e: &Entry, leaf: &[u8], chain: &[u8]) -> Value {
     json!({
@@ -50,7 +92,10 @@ pub fn checkpoint_event(source: &str, size: u64, note: &str) -> Value {
 /// What checking an export found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ExportCheck {
+    /// The tree size the checkpoint covers.
     pub entries: u64,
+    /// The first entry in the export (after a retention purge, > 0).
+    pub first: u64,
     pub root: String,
 }
 
@@ -62,8 +107,31 @@ pub fn verify_export(events: &[Value], verifier_key: &str) -> Result<ExportCheck
     let mut tree = MemoryTree::new();
     let mut chain = CHAIN_START;
     let mut checkpoint = None;
-    for ev in events {
+    let mut receipt: Option<note::PurgeReceipt> = None;
+    for (i, ev) in events.iter().enumerate() {
         match ev["type"].as_str() {
+            Some(PURGE_TYPE) if i == 0 => {
+                let d = &ev["data"];
+                let text = d["receipt"].as_str().ok_or("purge event without receipt")?;
+                let body =
+                    note::open(text, &verifier).map_err(|e| format!("purge receipt: {e}"))?;
+                let r = note::parse_purge_receipt(body).map_err(|e| e.to_string())?;
+                let prefix: Vec<Hash> = d["prefix"]
+                    .as_array()
+                    .ok_or("purge event without prefix")?
+                    .iter()
+                    .map(|h| h.as_str().and_then(unhex32))
+                    .collect::<Option<_>>()
+                    .ok_or("purge event: bad prefix hash")?;
+                if d["before"].as_u64() != Some(r.before)
+                    || d["chain"].as_str().and_then(unhex32) != Some(r.chain)
+                {
+                    return Err("the purge event differs from its signed receipt".to_owned());
+                }
+                tree = MemoryTree::with_prefix(r.before, &prefix).map_err(|e| e.to_string())?;
+                chain = r.chain;
+                receipt = Some(r);
+            }
             Some(ENTRY_TYPE) => {
                 let d = &ev["data"];
                 let text = |k: &str| {
@@ -119,7 +187,15 @@ pub fn verify_export(events: &[Value], verifier_key: &str) -> Result<ExportCheck
     if computed != signed_root {
         return Err("the entries' tree root differs from the signed checkpoint".to_owned());
     }
+    if let Some(r) = &receipt
+        && (r.tree_size > size || root(&tree, r.tree_size).ok() != Some(r.root))
+    {
+        return Err(
+            "the retained entries do not rebuild the tree the purge receipt signed".to_owned(),
+        );
+    }
     Ok(ExportCheck {
+        first: receipt.as_ref().map_or(0, |r| r.before),
         entries: size,
         root: hex(&computed),
     })

@@ -248,16 +248,48 @@ pub fn verify_consistency(
     fr == *old_root && sr == *new_root && snode == 0
 }
 
-/// An in-memory node store (tests, and building a tree from an export).
+/// The perfect subtrees `(level, index)` that cover leaves `[0, k)`, largest
+/// first (one per set bit of `k`). They are exactly the left siblings on the
+/// path of leaf `k`, so with them every later node and root can be rebuilt.
+pub fn prefix_ranges(k: u64) -> impl Iterator<Item = (u32, u64)> {
+    (0..64u32)
+        .rev()
+        .filter(move |l| k >> l & 1 == 1)
+        .map(move |l| (l, (k >> l) - 1))
+}
+
+/// An in-memory node store (tests, verification, building a tree from an
+/// export). It may start after a purged prefix, from that prefix's
+/// [`prefix_ranges`] nodes.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTree {
-    levels: Vec<Vec<Hash>>,
+    /// Per level: the index of the first node held, and the nodes from there.
+    levels: Vec<(u64, Vec<Hash>)>,
     size: u64,
 }
 
 impl MemoryTree {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A tree of `k` leaves of which only the prefix nodes are known
+    /// (`nodes` in [`prefix_ranges`] order); leaves from `k` on are pushed.
+    pub fn with_prefix(k: u64, nodes: &[Hash]) -> Result<Self, MerkleError> {
+        let ranges: Vec<(u32, u64)> = prefix_ranges(k).collect();
+        if ranges.len() != nodes.len() {
+            return Err(MerkleError::Range(format!(
+                "a prefix of {k} leaves needs {} nodes, got {}",
+                ranges.len(),
+                nodes.len()
+            )));
+        }
+        let height = 64 - k.leading_zeros() as usize;
+        let mut levels: Vec<(u64, Vec<Hash>)> = (0..height).map(|l| (k >> l, Vec::new())).collect();
+        for ((level, idx), h) in ranges.into_iter().zip(nodes) {
+            levels[level as usize] = (idx, vec![*h]);
+        }
+        Ok(Self { levels, size: k })
     }
 
     pub fn size(&self) -> u64 {
@@ -270,11 +302,12 @@ impl MemoryTree {
         for (level, idx, h) in append_nodes(self, index, leaf)? {
             let level = level as usize;
             if self.levels.len() <= level {
-                self.levels.push(Vec::new());
+                self.levels.push((idx, Vec::new()));
             }
+            let (first, nodes) = &mut self.levels[level];
             // Perfect nodes complete left to right, so `idx` is the next slot.
-            debug_assert_eq!(self.levels[level].len() as u64, idx);
-            self.levels[level].push(h);
+            debug_assert_eq!(*first + nodes.len() as u64, idx);
+            nodes.push(h);
         }
         self.size += 1;
         Ok(index)
@@ -285,7 +318,7 @@ impl NodeSource for MemoryTree {
     fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
         self.levels
             .get(level as usize)
-            .and_then(|l| l.get(index as usize))
+            .and_then(|(first, nodes)| nodes.get(index.checked_sub(*first)? as usize))
             .copied()
             .ok_or(MerkleError::MissingNode { level, index })
     }
@@ -471,5 +504,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_tree_rebuilt_from_a_purged_prefix_gives_the_same_roots_and_proofs() {
+        let leaves: Vec<Hash> = (0..40u8).map(|i| leaf_hash(&[i])).collect();
+        let mut full = MemoryTree::new();
+        for l in &leaves {
+            full.push(*l).unwrap();
+        }
+        for k in 0..=40u64 {
+            let prefix: Vec<Hash> = prefix_ranges(k)
+                .map(|(l, i)| full.node(l, i).unwrap())
+                .collect();
+            let mut t = MemoryTree::with_prefix(k, &prefix).unwrap();
+            for n in k..=40 {
+                if n > 0 {
+                    assert_eq!(root(&t, n), root(&full, n), "k {k} n {n}");
+                }
+                for j in k..n {
+                    assert_eq!(inclusion_proof(&t, j, n), inclusion_proof(&full, j, n));
+                }
+                if n < 40 {
+                    t.push(leaves[n as usize]).unwrap();
+                }
+            }
+        }
+        assert!(MemoryTree::with_prefix(5, &[[0; 32]]).is_err());
     }
 }

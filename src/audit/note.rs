@@ -24,6 +24,8 @@ pub enum NoteError {
     Unverified,
     #[error("malformed checkpoint body")]
     Checkpoint,
+    #[error("malformed purge receipt")]
+    Receipt,
 }
 
 pub fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
@@ -130,6 +132,66 @@ pub fn parse_checkpoint(text: &str) -> Result<(String, u64, [u8; 32]), NoteError
     Ok((origin.to_owned(), size, root))
 }
 
+/// What a signed purge receipt states: entries `seq < before` of `origin`'s
+/// log were purged; `chain` is the chain value of entry `before - 1`, and
+/// the tree then had `tree_size` leaves and root `root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeReceipt {
+    pub origin: String,
+    pub before: u64,
+    pub chain: [u8; 32],
+    pub tree_size: u64,
+    pub root: [u8; 32],
+    /// Entries older than this (RFC 3339) were purged.
+    pub cutoff: String,
+}
+
+/// The receipt's note body. Its second line is not a number, so no
+/// checkpoint parser can take a receipt for a checkpoint.
+pub fn purge_receipt_body(r: &PurgeReceipt) -> String {
+    format!(
+        "{}\npurge-receipt\nbefore {}\nchain {}\ntree {} {}\ncutoff {}\n",
+        r.origin,
+        r.before,
+        base64(&r.chain),
+        r.tree_size,
+        base64(&r.root),
+        r.cutoff
+    )
+}
+
+pub fn parse_purge_receipt(text: &str) -> Result<PurgeReceipt, NoteError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let field = |i: usize, key: &str| -> Result<&str, NoteError> {
+        lines
+            .get(i)
+            .and_then(|l| l.strip_prefix(key))
+            .and_then(|l| l.strip_prefix(' '))
+            .ok_or(NoteError::Receipt)
+    };
+    let hash = |s: &str| -> Result<[u8; 32], NoteError> {
+        unbase64(s)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(NoteError::Receipt)
+    };
+    if lines.len() != 6 || lines[0].is_empty() || lines[1] != "purge-receipt" {
+        return Err(NoteError::Receipt);
+    }
+    let (size, root) = field(4, "tree")?
+        .split_once(' ')
+        .ok_or(NoteError::Receipt)?;
+    Ok(PurgeReceipt {
+        origin: lines[0].to_owned(),
+        before: field(2, "before")?
+            .parse()
+            .map_err(|_| NoteError::Receipt)?,
+        chain: hash(field(3, "chain")?)?,
+        tree_size: size.parse().map_err(|_| NoteError::Receipt)?,
+        root: hash(root)?,
+        cutoff: field(5, "cutoff")?.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +254,22 @@ mod tests {
         let forged = note.replace("\n42\n", "\n43\n");
         assert_eq!(open(&forged, &v), Err(NoteError::Unverified));
         assert!(parse_verifier_key("a+b+c").is_err());
+    }
+
+    #[test]
+    fn purge_receipts_round_trip_and_are_not_checkpoints() {
+        let r = PurgeReceipt {
+            origin: "strongroom/abc/frm_1".into(),
+            before: 12,
+            chain: [1; 32],
+            tree_size: 40,
+            root: [2; 32],
+            cutoff: "2026-11-22T10:00:00Z".into(),
+        };
+        let body = purge_receipt_body(&r);
+        assert_eq!(parse_purge_receipt(&body).unwrap(), r);
+        assert!(parse_checkpoint(&body).is_err());
+        assert!(parse_purge_receipt(&body.replace("before 12", "before x")).is_err());
+        assert!(parse_purge_receipt(&checkpoint_body("o", 1, &[0; 32])).is_err());
     }
 }

@@ -72,6 +72,29 @@ enum AuditCmd {
         #[arg(long)]
         confirm: String,
     },
+    /// Run the retention job now: purge every log's entries older than its
+    /// retention, each purge recorded with a signed receipt.
+    PurgeExpired,
+    /// The system log: admin-socket actions, kept in the registry.
+    #[command(subcommand)]
+    System(SystemCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum SystemCmd {
+    /// List entries, oldest first.
+    List {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Re-verify the system log (leaves, chain, tree, purge receipt).
+    Verify,
+    /// The system log's latest signed checkpoint (a C2SP signed note).
+    Checkpoint,
+    /// Export as CloudEvents NDJSON (check it with `audit verify-export`).
+    Export,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +121,9 @@ enum FirmCmd {
     ExportKey { id: String },
     /// Re-encrypt the firm's database under a new SQLCipher key.
     Rekey { id: String },
+    /// Set the firm's audit retention (e.g. 3650d), or `default` for the
+    /// configured one.
+    Retention { id: String, retention: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,7 +182,11 @@ fn main() -> ExitCode {
         print_human(&cli.command, &result);
     }
     // A log that does not verify is a failure for scripts too.
-    if matches!(cli.command, Command::Audit(AuditCmd::Verify { .. })) && result["ok"] != true {
+    if matches!(
+        cli.command,
+        Command::Audit(AuditCmd::Verify { .. } | AuditCmd::System(SystemCmd::Verify))
+    ) && result["ok"] != true
+    {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
@@ -251,6 +281,19 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             }
             FirmCmd::ExportKey { id } => ("firm.export_key", json!({ "id": id })),
             FirmCmd::Rekey { id } => ("firm.rekey", json!({ "id": id })),
+            FirmCmd::Retention { id, retention } => (
+                "firm.set_retention",
+                json!({ "id": id, "retention": (retention != "default").then_some(retention) }),
+            ),
+        },
+        Command::Audit(AuditCmd::PurgeExpired) => ("audit.purge_expired", json!({})),
+        Command::Audit(AuditCmd::System(c)) => match c {
+            SystemCmd::List { from, limit } => {
+                ("audit.system.list", json!({ "from": from, "limit": limit }))
+            }
+            SystemCmd::Verify => ("audit.system.verify", json!({})),
+            SystemCmd::Checkpoint => ("audit.system.checkpoint", json!({})),
+            SystemCmd::Export => ("audit.system.export", json!({})),
         },
         Command::Keys(KeysCmd::GenerateMaster) => ("keys.generate_master", json!({})),
         Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
@@ -331,9 +374,39 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
             );
         }
         Command::Audit(AuditCmd::VerifierKey) => println!("{}", s("verifier_key")),
-        Command::Audit(AuditCmd::Verify { .. }) => {
+        Command::Audit(AuditCmd::PurgeExpired) => {
+            println!("purged {} audit entries", s("purged_entries"));
+        }
+        Command::Audit(AuditCmd::System(SystemCmd::List { .. })) => {
+            let empty = Vec::new();
+            for e in v["entries"].as_array().unwrap_or(&empty) {
+                println!(
+                    "{:>6} {} {:<8} {:<24} {:<22} {}",
+                    display(&e["seq"]),
+                    display(&e["at"]),
+                    display(&e["outcome"]),
+                    display(&e["actor"]),
+                    display(&e["action"]),
+                    display(&e["resource"]).lines().next().unwrap_or_default()
+                );
+            }
+        }
+        Command::Audit(AuditCmd::System(SystemCmd::Checkpoint)) => print!("{}", s("checkpoint")),
+        Command::Audit(AuditCmd::System(SystemCmd::Export)) => {
+            let empty = Vec::new();
+            for ev in v["events"].as_array().unwrap_or(&empty) {
+                println!("{ev}");
+            }
+        }
+        Command::Audit(AuditCmd::Verify { .. } | AuditCmd::System(SystemCmd::Verify)) => {
             if v["ok"] == true {
                 println!("OK: {} entries, root {}", s("tree_size"), s("root_hash"));
+                if v["first_retained"].as_u64().unwrap_or(0) > 0 {
+                    println!(
+                        "    entries before seq {} were purged by retention (signed receipt checked)",
+                        s("first_retained")
+                    );
+                }
             } else {
                 println!("BROKEN at seq {}: {}", s("first_bad_seq"), s("reason"));
             }

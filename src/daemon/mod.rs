@@ -276,6 +276,7 @@ fn open_firms(
         Duration::from_secs(config.storage.firm_idle_secs),
     )?;
     drop(master);
+    firms.set_default_retention(config.audit.retention());
     tracing::info!(source = %source, "master key loaded; registry open");
     Ok((Some(Arc::new(firms)), source.to_string()))
 }
@@ -437,6 +438,29 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
                         _ = tick.tick() => {
                             let f = firms.clone();
                             let _ = tokio::task::spawn_blocking(move || f.sign_pending_checkpoints()).await;
+                        }
+                    }
+                }
+            }),
+        });
+    }
+    {
+        // Audit retention: purge what is older than each log's retention,
+        // with a signed receipt (at start, then every purge_interval).
+        let mut stop = stop_rx.clone();
+        let firms = firms.clone();
+        let every = shared.config.audit.purge_interval();
+        tasks.push(NamedTask {
+            name: "audit-retention",
+            handle: tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick() => {
+                            let f = firms.clone();
+                            let _ = tokio::task::spawn_blocking(move || f.purge_expired()).await;
                         }
                     }
                 }

@@ -46,7 +46,7 @@ impl Outcome {
     }
 }
 
-fn payload_aad(firm: &str, at: &str, request_id: &str, action: &str) -> Vec<u8> {
+pub(super) fn payload_aad(firm: &str, at: &str, request_id: &str, action: &str) -> Vec<u8> {
     format!("strongroom/audit/v1|{firm}|{at}|{request_id}|{action}").into_bytes()
 }
 
@@ -80,6 +80,9 @@ pub struct AuditPage {
 pub struct AuditVerifyView {
     pub ok: bool,
     pub tree_size: u64,
+    /// The first entry still stored: entries before it were purged by
+    /// retention (their hashes remain in the tree).
+    pub first_retained: u64,
     pub root_hash: String,
     pub first_bad_seq: Option<u64>,
     pub reason: Option<String>,
@@ -107,6 +110,21 @@ pub struct ConsistencyView {
 
 fn hexes(hs: &[crate::audit::merkle::Hash]) -> Vec<String> {
     hs.iter().map(|h| crate::crypto::hex(h)).collect()
+}
+
+impl AuditPage {
+    /// A page of at most `limit` entries of a log of `size`.
+    pub(super) fn new(size: u64, entries: Vec<AuditEntryView>, limit: u64) -> Self {
+        let next = entries
+            .last()
+            .map(|e| e.seq + 1)
+            .filter(|n| *n < size && entries.len() as u64 == limit);
+        AuditPage {
+            tree_size: size,
+            entries,
+            next,
+        }
+    }
 }
 
 /// The coalescing memory for audited reads.
@@ -179,21 +197,21 @@ impl Firms {
         )
     }
 
-    /// Records an admin-socket action on a firm in the firm's log (actor
-    /// `uid:<n>`).
+    /// Records an admin-socket action on a firm in the firm's own log too
+    /// (actor `uid:<n>(<name>)`), so the firm's auditors see it.
     pub fn audit_admin(
         &self,
         firm: &FirmId,
-        uid: u32,
+        by: &super::AdminActor,
         action: &str,
         details: Value,
     ) -> Result<(), FirmError> {
         let h = self.handle(firm)?;
         let e = self.sealed_entry(
             &h,
-            &format!("uid:{uid}"),
+            &by.label(),
             &Origin {
-                request_id: String::new(),
+                request_id: by.request_id.clone(),
                 source_ip: "admin-socket".to_owned(),
             },
             "allow",
@@ -259,9 +277,17 @@ impl Firms {
     }
 
     fn view_entry(&self, h: &FirmHandle, row: &AuditRow) -> AuditEntryView {
+        self.view_entry_with(&h.audit_key, row)
+    }
+
+    pub(super) fn view_entry_with(
+        &self,
+        key: &crate::crypto::secret::SecretKey,
+        row: &AuditRow,
+    ) -> AuditEntryView {
         let e = &row.entry;
         let aad = payload_aad(&e.firm, &e.at, &e.request_id, &e.action);
-        let details = envelope::open(&h.audit_key, &aad, &e.payload)
+        let details = envelope::open(key, &aad, &e.payload)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
@@ -297,15 +323,7 @@ impl Firms {
             Ok((size, r.audit_entries(from, limit)?))
         })?;
         let entries: Vec<AuditEntryView> = rows.iter().map(|r| self.view_entry(&h, r)).collect();
-        let next = entries
-            .last()
-            .map(|e| e.seq + 1)
-            .filter(|n| *n < size && entries.len() as u64 == limit);
-        Ok(AuditPage {
-            tree_size: size,
-            entries,
-            next,
-        })
+        Ok(AuditPage::new(size, entries, limit))
     }
 
     /// Re-verifies the firm's whole log (leaves, chain, tree).
@@ -325,14 +343,49 @@ impl Firms {
     }
 
     fn verify_log(&self, h: &FirmHandle) -> Result<AuditVerifyView, FirmError> {
-        let v = h.db.read_blocking(|r| r.audit_verify())?;
-        Ok(AuditVerifyView {
+        let (v, anchor) =
+            h.db.read_blocking(|r| Ok((r.audit_verify()?, r.audit_anchor()?)))?;
+        Ok(self.verify_view(v, anchor, &self.checkpoint_origin(&h.id)))
+    }
+
+    /// The verification as shown, with the purge receipt (if any) checked
+    /// against the appliance key and the stored purge anchor.
+    pub(super) fn verify_view(
+        &self,
+        mut v: crate::store::audit_log::AuditVerification,
+        anchor: Option<crate::store::audit_log::PurgeAnchor>,
+        origin: &str,
+    ) -> AuditVerifyView {
+        if v.first_bad.is_none()
+            && let Some(a) = anchor
+        {
+            let signed = note::parse_verifier_key(&self.verifier_key())
+                .ok()
+                .and_then(|verifier| note::open(&a.receipt, &verifier).ok().map(str::to_owned))
+                .and_then(|body| note::parse_purge_receipt(&body).ok());
+            let matches = signed.is_some_and(|r| {
+                r.origin == origin
+                    && r.before == a.before
+                    && r.chain == a.chain
+                    && r.tree_size == a.tree_size
+                    && r.root == a.root
+            });
+            if !matches {
+                v.first_bad = Some((
+                    a.before,
+                    "the purge anchor does not match a purge receipt signed by this appliance"
+                        .to_owned(),
+                ));
+            }
+        }
+        AuditVerifyView {
             ok: v.first_bad.is_none(),
             tree_size: v.size,
+            first_retained: v.first_retained,
             root_hash: crate::crypto::hex(&v.root),
             first_bad_seq: v.first_bad.as_ref().map(|(s, _)| *s),
             reason: v.first_bad.map(|(_, r)| r),
-        })
+        }
     }
 
     /// The proof that entry `seq` is in the tree of `size` entries (`size`
@@ -352,11 +405,8 @@ impl Firms {
                     "need seq < size <= {current}; got seq {seq}, size {size}"
                 ))));
             }
-            let leaf = r
-                .audit_entries(seq, 1)?
-                .pop()
-                .map(|row| row.leaf)
-                .unwrap_or_default();
+            // From the tree, so purged entries keep their proofs.
+            let leaf = r.audit_leaf(seq)?;
             Ok(Ok(InclusionView {
                 tree_size: size,
                 leaf_index: seq,
@@ -404,53 +454,33 @@ impl Firms {
         format!("strongroom/{}/{firm}", self.appliance_id)
     }
 
+    /// Makes the signed note for a checkpoint of `origin`'s log.
+    pub(super) fn checkpoint_signer(
+        &self,
+        origin: String,
+    ) -> impl Fn(u64, &merkle::Hash) -> String + Send + use<> {
+        let signer = self.signer.clone();
+        let name = self.signer_name.clone();
+        move |size, root| note::sign(&name, &signer, &note::checkpoint_body(&origin, size, root))
+    }
+
     /// The latest signed checkpoint of the firm's log, signing a new one
     /// first if the log grew since. Runs in the firm's writer, so two
     /// signings never race.
     pub fn checkpoint(&self, firm: &FirmId) -> Result<String, FirmError> {
         let h = self.handle(firm)?;
-        let signer = self.signer.clone();
-        let name = self.signer_name.clone();
-        let origin = self.checkpoint_origin(firm);
+        let sign = self.checkpoint_signer(self.checkpoint_origin(firm));
         let at = self.now();
-        Ok(h.db.write_blocking(move |tx| {
-            let r = tx.read();
-            let size = r.audit_size()?;
-            let latest = r.latest_checkpoint()?;
-            if let Some((last_size, last_root, note)) = &latest {
-                if *last_size == size {
-                    return Ok(note.clone());
-                }
-                // Security invariant: never sign a tree inconsistent with the last signed one.
-                if *last_size > 0 {
-                    let root = r.audit_root(size)?;
-                    let proof = r.audit_consistency(*last_size, size)?;
-                    if *last_size > size
-                        || !merkle::verify_consistency(*last_size, size, last_root, &root, &proof)
-                    {
-                        return Err(crate::store::StoreError::Corrupt(format!(
-                            "the audit log is not consistent with its checkpoint at size {last_size}; refusing to sign"
-                        )));
-                    }
-                }
-            }
-            let root = r.audit_root(size)?;
-            let note = note::sign(&name, &signer, &note::checkpoint_body(&origin, size, &root));
-            tx.insert_checkpoint(size, &root, &note, &at)?;
-            Ok(note)
-        })?)
+        Ok(h.db.write_blocking(move |tx| tx.checkpoint_audit(&at, &sign))?)
     }
 
     /// Signs a checkpoint for every open firm whose log grew since its last
-    /// one (the daemon calls this every second).
+    /// one, and for the system log (the daemon calls this every second).
     pub fn sign_pending_checkpoints(&self) -> usize {
         let open: Vec<std::sync::Arc<FirmHandle>> = lock(&self.open).values().cloned().collect();
         let mut signed = 0;
         for h in open {
-            let grew = h.db.read_blocking(|r| {
-                let size = r.audit_size()?;
-                Ok(r.latest_checkpoint()?.is_none_or(|(s, _, _)| s < size))
-            });
+            let grew = h.db.read_blocking(|r| r.audit_needs_checkpoint());
             if matches!(grew, Ok(true)) {
                 match self.checkpoint(&h.id) {
                     Ok(_) => signed += 1,
@@ -460,11 +490,16 @@ impl Firms {
                 }
             }
         }
+        match self.system_checkpoint_if_grown() {
+            Ok(true) => signed += 1,
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "system log checkpoint signing failed"),
+        }
         signed
     }
 
     /// True the first time (actor, action, resource) is seen in a minute.
-    fn first_in_window(&self, actor: &str, action: &str, resource: &str) -> bool {
+    pub(super) fn first_in_window(&self, actor: &str, action: &str, resource: &str) -> bool {
         let key = (actor.to_owned(), action.to_owned(), resource.to_owned());
         let mut seen = lock(&self.reads.0);
         let now = Instant::now();
@@ -521,14 +556,52 @@ impl Firms {
         let (_, size, _) = note::parse_checkpoint(&note[..note.find("\n\n").map_or(0, |i| i + 1)])
             .map_err(|e| FirmError::Invalid(e.to_string()))?;
         let source = self.checkpoint_origin(auth.firm());
-        let rows = h.db.read_blocking(|r| r.audit_entries(0, size))?;
-        let mut out: Vec<Value> = rows
-            .iter()
-            .map(|row| {
-                crate::audit::export::entry_event(&source, &row.entry, &row.leaf, &row.chain)
-            })
-            .collect();
-        out.push(crate::audit::export::checkpoint_event(&source, size, &note));
-        Ok(out)
+        let (anchor, prefix, rows) = h.db.read_blocking(|r| {
+            let anchor = r.audit_anchor()?;
+            let prefix = match &anchor {
+                Some(a) => r.audit_prefix(a.before)?,
+                None => Vec::new(),
+            };
+            Ok((anchor, prefix, r.audit_entries(0, size)?))
+        })?;
+        Ok(export_events(
+            &source,
+            anchor.as_ref(),
+            &prefix,
+            &rows,
+            size,
+            &note,
+        ))
     }
+}
+
+/// An export's events: the purge anchor if any, the entries, the checkpoint.
+pub(super) fn export_events(
+    source: &str,
+    anchor: Option<&crate::store::audit_log::PurgeAnchor>,
+    prefix: &[merkle::Hash],
+    rows: &[AuditRow],
+    size: u64,
+    note: &str,
+) -> Vec<Value> {
+    use crate::audit::export;
+    let mut out: Vec<Value> = Vec::with_capacity(rows.len() + 2);
+    if let Some(a) = anchor {
+        out.push(export::purge_event(
+            source,
+            &export::Anchor {
+                before: a.before,
+                chain: &a.chain,
+                prefix,
+                receipt: &a.receipt,
+            },
+        ));
+    }
+    out.extend(
+        rows.iter()
+            .filter(|row| row.entry.seq < size)
+            .map(|row| export::entry_event(source, &row.entry, &row.leaf, &row.chain)),
+    );
+    out.push(export::checkpoint_event(source, size, note));
+    out
 }

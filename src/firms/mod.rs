@@ -28,11 +28,13 @@ use crate::store::registry::{FirmRow, Registry, WrappedKey};
 
 mod audit;
 mod keys;
+mod system;
 
 pub use audit::{
     AuditEntryView, AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE, Outcome,
 };
 pub use keys::{KeyView, Minted, NewKey};
+pub use system::{AdminActor, SYSTEM};
 
 /// Longest firm name accepted.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -197,6 +199,10 @@ pub struct Firms {
     /// The appliance's checkpoint signing key and its note key name.
     signer: Arc<SigningKey>,
     signer_name: String,
+    /// Seals the system log's details (an appliance key).
+    system_key: SecretKey,
+    /// The default audit retention, in seconds.
+    retention_secs: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -232,7 +238,12 @@ impl Firms {
             .meta_init("master_generation", "1")?
             .parse()
             .unwrap_or(1);
-        let signer = Arc::new(load_or_create_signer(&registry, &ring)?);
+        let signer = Arc::new(SigningKey::from_seed(&load_or_create_appliance_key(
+            &registry,
+            &ring,
+            Purpose::Signing,
+        )?)?);
+        let system_key = system::system_audit_key(&registry, &ring)?;
         let mut states = HashMap::new();
         for row in registry.firms()? {
             if let Some(id) = FirmId::parse(&row.id) {
@@ -254,6 +265,8 @@ impl Firms {
             appliance_id,
             reads: audit::ReadLog::default(),
             signer,
+            system_key,
+            retention_secs: AtomicU64::new(2557 * 86_400),
         };
         firms.sweep_files();
         Ok(firms)
@@ -337,7 +350,7 @@ impl Firms {
 
     /// Creates a firm: random keys wrapped in the registry, its database, and
     /// a first owner API key (returned once).
-    pub fn create(&self, name: &str) -> Result<(FirmRow, MintedKey), FirmError> {
+    pub fn create(&self, name: &str, by: &AdminActor) -> Result<(FirmRow, MintedKey), FirmError> {
         let name = validate_name(name)?;
         let _ops = lock(&self.admin_ops);
         let id = FirmId::generate()?;
@@ -390,9 +403,18 @@ impl Firms {
             created_at: now.clone(),
             updated_at: now,
             deleted_at: None,
+            audit_retention: None,
         };
+        let entry = self.system_entry(
+            by,
+            "firm.create",
+            id.as_str(),
+            audit::Outcome::Success,
+            "admin_socket",
+            serde_json::json!({ "name": name, "initial_key": minted.id.as_str() }),
+        )?;
         // The registry commit is the point where the firm exists.
-        if let Err(e) = self.registry.insert_firm(&row, &wrapped) {
+        if let Err(e) = self.registry.insert_firm(&row, &wrapped, Some(entry)) {
             handle.db.close();
             let _ = remove_db_files(&path);
             return Err(e.into());
@@ -486,7 +508,7 @@ impl Firms {
         if FirmDb::key_opens(&path, &new_key) {
             tracing::warn!(firm = %id, "completing an interrupted rekey");
             self.registry
-                .activate_key(id.as_str(), "db", pending.version)?;
+                .activate_key(id.as_str(), "db", pending.version, None)?;
             return Ok(new_key);
         }
         Err(StoreError::WrongKey {
@@ -520,9 +542,30 @@ impl Firms {
         })
     }
 
-    pub fn set_frozen(&self, id: &FirmId, frozen: bool) -> Result<FirmRow, FirmError> {
+    pub fn set_frozen(
+        &self,
+        id: &FirmId,
+        frozen: bool,
+        by: &AdminActor,
+    ) -> Result<FirmRow, FirmError> {
         let state = if frozen { "frozen" } else { "active" };
-        match self.registry.set_state(id.as_str(), state, &self.now()) {
+        let action = if frozen {
+            "firm.freeze"
+        } else {
+            "firm.unfreeze"
+        };
+        let e = self.system_entry(
+            by,
+            action,
+            id.as_str(),
+            audit::Outcome::Success,
+            "admin_socket",
+            serde_json::Value::Null,
+        )?;
+        match self
+            .registry
+            .set_state(id.as_str(), state, &self.now(), Some(e))
+        {
             Err(StoreError::NotFound) => return Err(FirmError::NotFound),
             other => other?,
         }
@@ -573,12 +616,25 @@ impl Firms {
 
     /// Crypto-shred: destroys the firm's wrapped keys (the point of no return),
     /// then closes and removes its database. The id is never reused.
-    pub fn delete(&self, id: &FirmId, confirm: &str) -> Result<FirmRow, FirmError> {
+    pub fn delete(
+        &self,
+        id: &FirmId,
+        confirm: &str,
+        by: &AdminActor,
+    ) -> Result<FirmRow, FirmError> {
         if confirm != id.as_str() {
             return Err(FirmError::ConfirmMismatch(confirm.to_owned()));
         }
         let _ops = lock(&self.admin_ops);
-        match self.registry.shred_firm(id.as_str(), &self.now()) {
+        let e = self.system_entry(
+            by,
+            "firm.delete",
+            id.as_str(),
+            audit::Outcome::Success,
+            "admin_socket",
+            serde_json::json!({ "crypto_shred": true }),
+        )?;
+        match self.registry.shred_firm(id.as_str(), &self.now(), Some(e)) {
             Err(StoreError::NotFound) => return Err(FirmError::NotFound),
             other => other?,
         }
@@ -594,7 +650,12 @@ impl Firms {
     /// replaces every old one, which is destroyed. Old entries keep their
     /// hashes (the chain, tree and checkpoints still verify) but their
     /// details can never be read again. Returns the new key version.
-    pub fn shred_audit_payloads(&self, id: &FirmId, confirm: &str) -> Result<u32, FirmError> {
+    pub fn shred_audit_payloads(
+        &self,
+        id: &FirmId,
+        confirm: &str,
+        by: &AdminActor,
+    ) -> Result<u32, FirmError> {
         if confirm != id.as_str() {
             return Err(FirmError::ConfirmMismatch(confirm.to_owned()));
         }
@@ -622,9 +683,17 @@ impl Firms {
                 .wrap(id.as_str(), Purpose::Audit, version, &key)?,
             created_at: self.now(),
         })?;
+        let e = self.system_entry(
+            by,
+            "audit.shred_payloads",
+            id.as_str(),
+            audit::Outcome::Success,
+            "admin_socket",
+            serde_json::json!({ "new_audit_key_version": version }),
+        )?;
         // One transaction: the new version becomes active, every older one is deleted.
         self.registry
-            .activate_key(id.as_str(), Purpose::Audit.as_str(), version)?;
+            .activate_key(id.as_str(), Purpose::Audit.as_str(), version, Some(e))?;
         // The open handle still holds the old key in memory: drop it.
         self.evict(id);
         Ok(version)
@@ -643,7 +712,7 @@ impl Firms {
     /// New SQLCipher key for a firm's database (`PRAGMA rekey`). Crash-safe:
     /// the new key is recorded as pending before the rekey and activated after,
     /// and opening a firm resolves a leftover pending key either way.
-    pub fn rekey(&self, id: &FirmId) -> Result<u32, FirmError> {
+    pub fn rekey(&self, id: &FirmId, by: &AdminActor) -> Result<u32, FirmError> {
         match self.state(id) {
             None | Some(FirmState::Deleted) => return Err(FirmError::NotFound),
             _ => {}
@@ -679,7 +748,16 @@ impl Firms {
                 &old,
                 &SqlcipherKey::from_secret(&new_secret),
             )?;
-            self.registry.activate_key(id.as_str(), "db", version)?;
+            let e = self.system_entry(
+                by,
+                "firm.rekey",
+                id.as_str(),
+                audit::Outcome::Success,
+                "admin_socket",
+                serde_json::json!({ "db_key_version": version }),
+            )?;
+            self.registry
+                .activate_key(id.as_str(), "db", version, Some(e))?;
             Ok(version)
         })();
         lock(&self.maintenance).remove(id);
@@ -688,7 +766,7 @@ impl Firms {
 
     /// Re-wraps every firm key under a new master key and re-keys the
     /// registry, atomically (see `Registry::rotate`). Returns the new generation.
-    pub fn rotate_master(&self, new_master: &MasterKey) -> Result<u64, FirmError> {
+    pub fn rotate_master(&self, new_master: &MasterKey, by: &AdminActor) -> Result<u64, FirmError> {
         let _ops = lock(&self.admin_ops);
         let new_ring = new_master.derive()?;
         let old_ring = self.ring();
@@ -701,8 +779,16 @@ impl Firms {
             rewrapped.push(k);
         }
         let generation = self.generation.load(Ordering::SeqCst) + 1;
+        let e = self.system_entry(
+            by,
+            "keys.rotate_master",
+            "master-key",
+            audit::Outcome::Success,
+            "admin_socket",
+            serde_json::json!({ "generation": generation }),
+        )?;
         self.registry
-            .rotate(&new_ring.registry_db_key(), &rewrapped, generation)?;
+            .rotate(&new_ring.registry_db_key(), &rewrapped, generation, Some(e))?;
         match self.keyring.write() {
             Ok(mut g) => *g = Arc::new(new_ring),
             Err(p) => *p.into_inner() = Arc::new(new_ring),
@@ -801,24 +887,30 @@ impl Firms {
 /// The appliance's Ed25519 checkpoint key: unwrapped from the registry, or
 /// made on first start (random seed from the FIPS DRBG, wrapped under the
 /// master key like every firm key).
-fn load_or_create_signer(registry: &Registry, ring: &Keyring) -> Result<SigningKey, FirmError> {
+/// The appliance's key for `purpose` (the checkpoint signing seed, the
+/// system log's audit key), created and wrapped under the master key on
+/// first start.
+fn load_or_create_appliance_key(
+    registry: &Registry,
+    ring: &Keyring,
+    purpose: Purpose,
+) -> Result<SecretKey, FirmError> {
     use crate::store::registry::APPLIANCE;
-    let seed = match registry.appliance_key(Purpose::Signing.as_str())? {
-        Some(w) => ring.unwrap(APPLIANCE, Purpose::Signing, w.version, &w.wrapped)?,
+    Ok(match registry.appliance_key(purpose.as_str())? {
+        Some(w) => ring.unwrap(APPLIANCE, purpose, w.version, &w.wrapped)?,
         None => {
-            let seed = SecretKey::random()?;
+            let key = SecretKey::random()?;
             registry.insert_appliance_key(&WrappedKey {
                 firm_id: APPLIANCE.to_owned(),
-                purpose: Purpose::Signing.as_str().to_owned(),
+                purpose: purpose.as_str().to_owned(),
                 version: 1,
                 state: "active".to_owned(),
-                wrapped: ring.wrap(APPLIANCE, Purpose::Signing, 1, &seed)?,
+                wrapped: ring.wrap(APPLIANCE, purpose, 1, &key)?,
                 created_at: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
             })?;
-            seed
+            key
         }
-    };
-    Ok(SigningKey::from_seed(&seed)?)
+    })
 }
 
 fn validate_name(name: &str) -> Result<&str, FirmError> {

@@ -11,11 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::audit_log;
+pub use super::audit_log::{AuditRow, AuditVerification};
 use super::writer::Writer;
 use super::{StoreError, migrate, open_encrypted};
 use crate::audit::Entry;
-use crate::audit::entry::{CHAIN_START, chain_next, encode_canonical};
-use crate::audit::merkle::{self, Hash, MerkleError, NodeSource};
+use crate::audit::merkle::Hash;
 use crate::crypto::keyring::SqlcipherKey;
 
 const MIGRATIONS: &[&str] = &[
@@ -75,6 +76,7 @@ CREATE TABLE audit_checkpoints (
     signed_at  TEXT NOT NULL
 )
 "#,
+    audit_log::PURGES_SCHEMA,
 ];
 
 /// Read-only connections kept open per firm.
@@ -168,64 +170,27 @@ impl<'c> WriteTx<'c> {
     /// Appends an audit entry (its `seq` is assigned here) with its chain
     /// value and Merkle nodes, inside the caller's transaction: the entry
     /// commits or rolls back with the change it records.
-    pub fn append_audit(&self, mut e: Entry) -> Result<u64, StoreError> {
-        let last: Option<(i64, Vec<u8>)> = self
-            .conn
-            .prepare_cached("SELECT seq, chain FROM audit_entries ORDER BY seq DESC LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (seq, previous) = match last {
-            None => (0u64, CHAIN_START),
-            Some((s, c)) => (s as u64 + 1, to_hash(&c)?),
-        };
-        e.seq = seq;
-        let leaf = e.leaf();
-        let chain = chain_next(&previous, &leaf);
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit_entries (seq, at, firm, actor, source_ip, request_id, action,
-                 resource, outcome, decision, rule, payload, leaf, chain)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?
-            .execute(params![
-                seq as i64,
-                e.at,
-                e.firm,
-                e.actor,
-                e.source_ip,
-                e.request_id,
-                e.action,
-                e.resource,
-                e.outcome,
-                e.decision,
-                e.rule,
-                e.payload,
-                &leaf[..],
-                &chain[..]
-            ])?;
-        let nodes = merkle::append_nodes(&ConnNodes(self.conn), seq, leaf).map_err(merkle_err)?;
-        let mut st = self
-            .conn
-            .prepare_cached("INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
-        for (level, idx, h) in nodes {
-            st.execute(params![level, idx as i64, &h[..]])?;
-        }
-        Ok(seq)
+    pub fn append_audit(&self, e: Entry) -> Result<u64, StoreError> {
+        audit_log::append(self.conn, e)
     }
 
-    pub fn insert_checkpoint(
+    /// See [`audit_log::checkpoint`].
+    pub fn checkpoint_audit(
         &self,
-        size: u64,
-        root: &Hash,
-        note: &str,
         at: &str,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit_checkpoints (size, root, note, signed_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![size as i64, &root[..], note, at])?;
-        Ok(())
+        sign: &dyn Fn(u64, &Hash) -> String,
+    ) -> Result<String, StoreError> {
+        audit_log::checkpoint(self.conn, at, sign)
+    }
+
+    /// See [`audit_log::purge`].
+    pub fn purge_audit(
+        &self,
+        cutoff: &str,
+        at: &str,
+        receipt: &dyn Fn(&audit_log::PurgePlan) -> (String, Entry),
+    ) -> Result<Option<(audit_log::PurgePlan, u64)>, StoreError> {
+        audit_log::purge(self.conn, cutoff, at, receipt)
     }
 
     /// Reads inside the write transaction (for checks that must see it).
@@ -240,75 +205,6 @@ impl<'c> WriteTx<'c> {
         )?;
         Ok(())
     }
-}
-
-const AUDIT_COLUMNS: &str = "seq, at, firm, actor, source_ip, request_id, action, resource, \
-     outcome, decision, rule, payload, leaf, chain";
-
-fn to_hash(b: &[u8]) -> Result<Hash, StoreError> {
-    b.try_into()
-        .map_err(|_| StoreError::Corrupt("stored hash is not 32 bytes".into()))
-}
-
-fn merkle_err(e: MerkleError) -> StoreError {
-    StoreError::Corrupt(format!("audit tree: {e}"))
-}
-
-/// The Merkle tree's perfect-subtree hashes, read from `audit_nodes`.
-struct ConnNodes<'c>(&'c Connection);
-
-impl NodeSource for ConnNodes<'_> {
-    fn node(&self, level: u32, index: u64) -> Result<Hash, MerkleError> {
-        let row: Option<Vec<u8>> = self
-            .0
-            .prepare_cached("SELECT hash FROM audit_nodes WHERE level = ?1 AND idx = ?2")
-            .and_then(|mut st| {
-                st.query_row(params![level, index as i64], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(|e| MerkleError::Store(e.to_string()))?;
-        let b = row.ok_or(MerkleError::MissingNode { level, index })?;
-        b.try_into()
-            .map_err(|_| MerkleError::Store("node hash is not 32 bytes".into()))
-    }
-}
-
-/// A stored audit row: the entry and the hashes stored with it.
-#[derive(Debug, Clone)]
-pub struct AuditRow {
-    pub entry: Entry,
-    pub leaf: Vec<u8>,
-    pub chain: Vec<u8>,
-}
-
-fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
-    Ok(AuditRow {
-        entry: Entry {
-            seq: r.get::<_, i64>(0)? as u64,
-            at: r.get(1)?,
-            firm: r.get(2)?,
-            actor: r.get(3)?,
-            source_ip: r.get(4)?,
-            request_id: r.get(5)?,
-            action: r.get(6)?,
-            resource: r.get(7)?,
-            outcome: r.get(8)?,
-            decision: r.get(9)?,
-            rule: r.get(10)?,
-            payload: r.get(11)?,
-        },
-        leaf: r.get(12)?,
-        chain: r.get(13)?,
-    })
-}
-
-/// What re-verifying a firm's audit log found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditVerification {
-    pub size: u64,
-    pub root: Hash,
-    /// The first sequence number that does not check out, and why.
-    pub first_bad: Option<(u64, String)>,
 }
 
 const API_KEY_COLUMNS: &str = "id, name, role, mac, allow, deny, created_at, created_by, \
@@ -364,146 +260,53 @@ impl ReadTx<'_> {
     }
 
     pub fn audit_size(&self) -> Result<u64, StoreError> {
-        let n: Option<i64> =
-            self.conn
-                .query_row("SELECT max(seq) FROM audit_entries", [], |r| r.get(0))?;
-        Ok(n.map_or(0, |n| n as u64 + 1))
+        audit_log::size(self.conn)
     }
 
-    /// Entries with `seq >= from`, oldest first, at most `limit`.
+    /// Stored entries with `seq >= from`, oldest first, at most `limit`.
     pub fn audit_entries(&self, from: u64, limit: u64) -> Result<Vec<AuditRow>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
-        ))?;
-        let rows = st
-            .query_map(params![from as i64, limit as i64], audit_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        audit_log::entries(self.conn, from, limit)
+    }
+
+    /// The leaf hash of entry `seq`, kept after a purge.
+    pub fn audit_leaf(&self, seq: u64) -> Result<Hash, StoreError> {
+        audit_log::leaf(self.conn, seq)
     }
 
     /// The most recent signed checkpoint: (size, root, note).
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, Hash, String)>, StoreError> {
-        let row: Option<(i64, Vec<u8>, String)> = self
-            .conn
-            .prepare_cached(
-                "SELECT size, root, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
-            )?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        row.map(|(s, r, n)| Ok((s as u64, to_hash(&r)?, n)))
-            .transpose()
+        audit_log::latest_checkpoint(self.conn)
     }
 
     pub fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
-        merkle::root(&ConnNodes(self.conn), size).map_err(merkle_err)
+        audit_log::root(self.conn, size)
     }
 
     pub fn audit_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
-        merkle::inclusion_proof(&ConnNodes(self.conn), index, size).map_err(merkle_err)
+        audit_log::inclusion(self.conn, index, size)
     }
 
     pub fn audit_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
-        merkle::consistency_proof(&ConnNodes(self.conn), old, new).map_err(merkle_err)
+        audit_log::consistency(self.conn, old, new)
     }
 
-    /// Re-derives every leaf from the stored fields, the chain from the
-    /// leaves and the tree from the leaves, and compares each with what is
-    /// stored: an edited, deleted or reordered entry is named by the first
-    /// sequence number that fails.
+    /// See [`audit_log::verify`].
     pub fn audit_verify(&self) -> Result<AuditVerification, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_entries ORDER BY seq"
-        ))?;
-        // The tree's leaves, read in step with the entries (one range scan).
-        let mut nodes_st = self
-            .conn
-            .prepare_cached("SELECT idx, hash FROM audit_nodes WHERE level = 0 ORDER BY idx")?;
-        let mut nodes = nodes_st.query([])?;
-        let mut rows = st.query([])?;
-        let mut tree = merkle::MemoryTree::new();
-        let mut chain = CHAIN_START;
-        let mut first_bad = None;
-        let mut buf = Vec::with_capacity(512);
-        let mut expected = 0u64;
-        while let Some(r) = rows.next()? {
-            let seq = r.get::<_, i64>(0)? as u64;
-            let blob = |i: usize| -> Result<&[u8], StoreError> {
-                r.get_ref(i)?
-                    .as_bytes()
-                    .map_err(|e| StoreError::Corrupt(format!("audit entry {seq}: {e}")))
-            };
-            let text = blob;
-            encode_canonical(
-                &mut buf,
-                seq,
-                [
-                    text(1)?,
-                    text(2)?,
-                    text(3)?,
-                    text(4)?,
-                    text(5)?,
-                    text(6)?,
-                    text(7)?,
-                    text(8)?,
-                    text(9)?,
-                    text(10)?,
-                ],
-                blob(11)?,
-            );
-            let leaf = merkle::leaf_hash(&buf);
-            chain = chain_next(&chain, &leaf);
-            let node = nodes.next()?.map(|n| {
-                (
-                    n.get::<_, i64>(0).unwrap_or(-1),
-                    n.get_ref(1)
-                        .ok()
-                        .and_then(|v| v.as_blob().ok())
-                        .map(<[u8]>::to_vec),
-                )
-            });
-            let problem = if seq != expected {
-                Some((
-                    expected,
-                    format!("entry {expected} is missing (next is {seq})"),
-                ))
-            } else if blob(12)? != leaf {
-                Some((
-                    seq,
-                    "the entry's fields do not match its leaf hash".to_owned(),
-                ))
-            } else if blob(13)? != chain {
-                Some((seq, "the hash chain breaks here".to_owned()))
-            } else if node != Some((seq as i64, Some(leaf.to_vec()))) {
-                Some((
-                    seq,
-                    "the Merkle tree's leaf differs from the entry".to_owned(),
-                ))
-            } else {
-                None
-            };
-            if let Some(p) = problem {
-                first_bad = Some(p);
-                break;
-            }
-            tree.push(leaf).map_err(merkle_err)?;
-            expected += 1;
-        }
-        let size = self.audit_size()?;
-        if first_bad.is_none() {
-            let stored = merkle::root(&ConnNodes(self.conn), size);
-            let rebuilt = merkle::root(&tree, tree.size()).map_err(merkle_err)?;
-            if stored.as_ref().ok() != Some(&rebuilt) {
-                first_bad = Some((
-                    0,
-                    "the stored Merkle tree does not match the entries".to_owned(),
-                ));
-            }
-        }
-        Ok(AuditVerification {
-            size,
-            root: merkle::root(&tree, tree.size()).map_err(merkle_err)?,
-            first_bad,
-        })
+        audit_log::verify(self.conn)
+    }
+
+    pub fn audit_needs_checkpoint(&self) -> Result<bool, StoreError> {
+        audit_log::needs_checkpoint(self.conn)
+    }
+
+    /// The latest retention purge, if any.
+    pub fn audit_anchor(&self) -> Result<Option<audit_log::PurgeAnchor>, StoreError> {
+        audit_log::anchor(self.conn)
+    }
+
+    /// The tree nodes covering the purged prefix `[0, k)`.
+    pub fn audit_prefix(&self, k: u64) -> Result<Vec<Hash>, StoreError> {
+        audit_log::prefix_nodes(self.conn, k)
     }
 
     pub fn count_api_keys(&self) -> Result<u64, StoreError> {
@@ -762,6 +565,7 @@ impl FirmDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::merkle;
     use crate::crypto::keyring::SqlcipherKey;
     use crate::crypto::secret::SecretKey;
     use std::sync::Arc;
@@ -951,6 +755,55 @@ mod tests {
         // A deleted entry.
         raw("DELETE FROM audit_entries WHERE seq = 30");
         assert_eq!(verify(), Some(30));
+    }
+
+    #[test]
+    fn a_purged_log_still_proves_and_a_forged_anchor_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for i in 0..30u64 {
+            db.write_blocking(move |tx| tx.append_audit(audit_entry(i)))
+                .unwrap();
+        }
+        let root30 = db.read_blocking(|r| r.audit_root(30)).unwrap();
+        let purge = || {
+            db.write_blocking(|tx| {
+                tx.purge_audit("2026-11-22T10:00:20Z", "2026-11-22T11:00:00Z", &|_| {
+                    ("receipt".to_owned(), audit_entry(99))
+                })
+            })
+            .unwrap()
+        };
+        let (plan, deleted) = purge().unwrap();
+        assert_eq!((plan.before, deleted, plan.tree_size), (20, 20, 30));
+        assert_eq!(plan.root, root30);
+        assert!(purge().is_none(), "nothing more is old enough");
+        let v = db.read_blocking(|r| r.audit_verify()).unwrap();
+        assert_eq!((v.size, v.first_retained, v.first_bad), (31, 20, None));
+        // Proofs for purged and retained entries alike, across the purge.
+        let root31 = db.read_blocking(|r| r.audit_root(31)).unwrap();
+        assert_eq!(v.root, root31);
+        for i in [0u64, 19, 20, 30] {
+            let leaf = db.read_blocking(move |r| r.audit_leaf(i)).unwrap();
+            let p = db.read_blocking(move |r| r.audit_inclusion(i, 31)).unwrap();
+            assert!(merkle::verify_inclusion(i, 31, &leaf, &p, &root31));
+        }
+        let p = db.read_blocking(|r| r.audit_consistency(30, 31)).unwrap();
+        assert!(merkle::verify_consistency(30, 31, &root30, &root31, &p));
+        db.close();
+        let raw = |sql: &str| {
+            let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
+            c.execute_batch(sql).unwrap();
+        };
+        let verify = || {
+            let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+            let v = db.read_blocking(|r| r.audit_verify()).unwrap();
+            db.close();
+            v.first_bad.map(|(seq, _)| seq)
+        };
+        raw("UPDATE audit_purges SET chain = zeroblob(32)");
+        assert_eq!(verify(), Some(20));
     }
 
     #[test]

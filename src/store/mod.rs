@@ -4,6 +4,7 @@
 //! Every database is SQLCipher with a raw 256-bit key (no passphrase KDF) and
 //! its page crypto on our AWS-LC FIPS provider; every open verifies that.
 
+pub mod audit_log;
 pub mod bench;
 pub mod firm;
 pub mod registry;

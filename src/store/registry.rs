@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{StoreError, migrate, open_encrypted};
+use super::{StoreError, audit_log, migrate, open_encrypted};
+use crate::audit::Entry;
 use crate::crypto::keyring::SqlcipherKey;
 
 const MIGRATIONS: &[&str] = &[
@@ -41,6 +42,10 @@ CREATE TABLE appliance_keys (
     PRIMARY KEY (purpose, version)
 )
 "#,
+    "ALTER TABLE firms ADD COLUMN audit_retention TEXT",
+    // The system audit log: admin-socket actions, same design as a firm's.
+    audit_log::SCHEMA,
+    audit_log::PURGES_SCHEMA,
 ];
 
 /// The pseudo firm id appliance keys are wrapped under (never a real id:
@@ -56,6 +61,8 @@ pub struct FirmRow {
     pub created_at: String,
     pub updated_at: String,
     pub deleted_at: Option<String>,
+    /// The firm's own audit retention (e.g. `3650d`); None: the default.
+    pub audit_retention: Option<String>,
 }
 
 /// One wrapped key.
@@ -133,7 +140,12 @@ impl Registry {
     }
 
     /// Inserts a new firm and its wrapped keys in one transaction.
-    pub fn insert_firm(&self, firm: &FirmRow, keys: &[WrappedKey]) -> Result<(), StoreError> {
+    pub fn insert_firm(
+        &self,
+        firm: &FirmRow,
+        keys: &[WrappedKey],
+        audit: Option<Entry>,
+    ) -> Result<(), StoreError> {
         let mut c = self.lock();
         let tx = c.transaction()?;
         tx.execute(
@@ -143,6 +155,7 @@ impl Registry {
         for k in keys {
             insert_key(&tx, k)?;
         }
+        append_opt(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -151,7 +164,7 @@ impl Registry {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, name, state, created_at, updated_at, deleted_at FROM firms WHERE id = ?1",
+                "SELECT id, name, state, created_at, updated_at, deleted_at, audit_retention FROM firms WHERE id = ?1",
                 [id],
                 firm_row,
             )
@@ -161,27 +174,82 @@ impl Registry {
     pub fn firms(&self) -> Result<Vec<FirmRow>, StoreError> {
         let c = self.lock();
         let mut st = c.prepare(
-            "SELECT id, name, state, created_at, updated_at, deleted_at FROM firms ORDER BY created_at, id",
+            "SELECT id, name, state, created_at, updated_at, deleted_at, audit_retention FROM firms ORDER BY created_at, id",
         )?;
         let rows = st.query_map([], firm_row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
     /// Changes a firm's state (never out of `deleted`).
-    pub fn set_state(&self, id: &str, state: &str, now: &str) -> Result<(), StoreError> {
-        let n = self.lock().execute(
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: &str,
+        now: &str,
+        audit: Option<Entry>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let n = tx.execute(
             "UPDATE firms SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state != 'deleted'",
             params![id, state, now],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound);
         }
+        append_opt(&tx, audit)?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Sets (or with None clears) a firm's own audit retention.
+    pub fn set_retention(
+        &self,
+        id: &str,
+        retention: Option<&str>,
+        now: &str,
+        audit: Option<Entry>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let n = tx.execute(
+            "UPDATE firms SET audit_retention = ?2, updated_at = ?3 WHERE id = ?1 AND state != 'deleted'",
+            params![id, retention, now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        append_opt(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Appends an entry to the system audit log on its own (actions that
+    /// change nothing in the registry, refusals and failures).
+    pub fn append_audit(&self, e: Entry) -> Result<u64, StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let seq = audit_log::append(&tx, e)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Runs `f` on the system audit log in one transaction (reads, checkpoint
+    /// signing, purges).
+    pub fn with_audit_log<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let r = f(&tx)?;
+        tx.commit()?;
+        Ok(r)
     }
 
     /// Crypto-shred: marks the firm deleted and destroys every wrapped key in
     /// one transaction (`secure_delete` overwrites the freed pages).
-    pub fn shred_firm(&self, id: &str, now: &str) -> Result<(), StoreError> {
+    pub fn shred_firm(&self, id: &str, now: &str, audit: Option<Entry>) -> Result<(), StoreError> {
         let mut c = self.lock();
         let tx = c.transaction()?;
         let n = tx.execute(
@@ -192,6 +260,7 @@ impl Registry {
             return Err(StoreError::NotFound);
         }
         tx.execute("DELETE FROM firm_keys WHERE firm_id = ?1", [id])?;
+        append_opt(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -218,6 +287,7 @@ impl Registry {
         firm_id: &str,
         purpose: &str,
         version: u32,
+        audit: Option<Entry>,
     ) -> Result<(), StoreError> {
         let mut c = self.lock();
         let tx = c.transaction()?;
@@ -232,6 +302,7 @@ impl Registry {
             "DELETE FROM firm_keys WHERE firm_id = ?1 AND purpose = ?2 AND version != ?3",
             params![firm_id, purpose, version],
         )?;
+        append_opt(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -290,6 +361,7 @@ impl Registry {
         new_key: &SqlcipherKey,
         rewrapped: &[WrappedKey],
         generation: u64,
+        audit: Option<Entry>,
     ) -> Result<(), StoreError> {
         let mut c = self.lock();
         let tmp = self.path.with_extension("db.rotating");
@@ -341,6 +413,15 @@ impl Registry {
             Ok(())
         })();
         let _ = c.execute("DETACH DATABASE rotated", []);
+        // The rotation's audit entry goes into the new registry only, so it
+        // exists exactly when the rotation takes effect (at the rename).
+        let exported = exported.and_then(|()| {
+            let rotated = open_encrypted(&tmp, new_key, OpenFlags::default())?;
+            let tx = rotated.unchecked_transaction()?;
+            append_opt(&tx, audit)?;
+            tx.commit()?;
+            Ok(())
+        });
         if let Err(e) = exported {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -368,6 +449,13 @@ fn insert_key(c: &Connection, k: &WrappedKey) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn append_opt(conn: &Connection, audit: Option<Entry>) -> Result<(), StoreError> {
+    if let Some(e) = audit {
+        audit_log::append(conn, e)?;
+    }
+    Ok(())
+}
+
 fn firm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirmRow> {
     Ok(FirmRow {
         id: r.get(0)?,
@@ -376,6 +464,7 @@ fn firm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirmRow> {
         created_at: r.get(3)?,
         updated_at: r.get(4)?,
         deleted_at: r.get(5)?,
+        audit_retention: r.get(6)?,
     })
 }
 

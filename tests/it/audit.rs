@@ -8,7 +8,7 @@ use crate::client::Response;
 use crate::firms::{Firm, create_firm};
 use crate::harness::Daemon;
 
-fn call(d: &Daemon, method: &str, path: &str, token: &str, body: Option<&Value>) -> Response {
+pub fn call(d: &Daemon, method: &str, path: &str, token: &str, body: Option<&Value>) -> Response {
     let auth = format!("Bearer {token}");
     let mut headers = vec![("Authorization", auth.as_str())];
     let body = body.map(|b| b.to_string());
@@ -36,7 +36,7 @@ fn entries(d: &Daemon, f: &Firm) -> Vec<Value> {
     v["entries"].as_array().unwrap().clone()
 }
 
-fn mint(d: &Daemon, f: &Firm, role: &str) -> (String, String) {
+pub fn mint(d: &Daemon, f: &Firm, role: &str) -> (String, String) {
     let r = call(
         d,
         "POST",
@@ -239,7 +239,7 @@ fn denials_refusals_and_failed_logins_are_recorded_and_change_nothing() {
 
 /// RFC 9162 hashing, written for this test from the RFC's definitions and
 /// independent of the daemon's code (its own SHA-256 too).
-mod rfc9162 {
+pub mod rfc9162 {
     use sha2::{Digest, Sha256};
 
     pub type H = [u8; 32];
@@ -318,7 +318,7 @@ mod rfc9162 {
     }
 }
 
-fn unhex(s: &str) -> [u8; 32] {
+pub fn unhex(s: &str) -> [u8; 32] {
     let v: Vec<u8> = (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

@@ -312,6 +312,33 @@ fn admin_socket_refuses_other_users() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["code"], "permission_denied");
+    // The refusal is in the system audit log, once a minute per uid however
+    // often it is tried.
+    let again = std::process::Command::new(crate::harness::CTL)
+        .arg("--socket")
+        .arg(&d.admin_socket)
+        .args(["--json", "status"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(77));
+    let log = crate::harness::ctl_json(&d.admin_socket, &["audit", "system", "list"]);
+    let refusals: Vec<&serde_json::Value> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "admin.connect")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    assert_eq!(refusals[0]["outcome"], "denied");
+    assert!(
+        refusals[0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("uid:65534("),
+        "{log}"
+    );
 }
 
 #[test]

@@ -8,3 +8,4 @@ mod foundation;
 mod harness;
 mod keys;
 mod raw_tls;
+mod retention;
