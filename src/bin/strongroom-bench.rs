@@ -306,7 +306,7 @@ fn verify_speed(
         build.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let v = db.read_blocking(|r| r.audit_verify())?;
+    let v = db.audit_verify()?;
     let verify = t.elapsed().as_secs_f64();
     if v.first_bad.is_some() || v.size != n {
         return Err(format!("verify failed: {:?}", v.first_bad).into());

@@ -343,9 +343,8 @@ impl Firms {
     }
 
     fn verify_log(&self, h: &FirmHandle) -> Result<AuditVerifyView, FirmError> {
-        let (v, anchor) =
-            h.db.read_blocking(|r| Ok((r.audit_verify()?, r.audit_anchor()?)))?;
-        Ok(self.verify_view(v, anchor, &self.checkpoint_origin(&h.id)))
+        let v = h.db.audit_verify()?;
+        Ok(self.verify_view(v, &self.checkpoint_origin(&h.id)))
     }
 
     /// The verification as shown, with the purge receipt (if any) checked
@@ -353,11 +352,10 @@ impl Firms {
     pub(super) fn verify_view(
         &self,
         mut v: crate::store::audit_log::AuditVerification,
-        anchor: Option<crate::store::audit_log::PurgeAnchor>,
         origin: &str,
     ) -> AuditVerifyView {
         if v.first_bad.is_none()
-            && let Some(a) = anchor
+            && let Some(a) = v.anchor.clone()
         {
             let signed = note::parse_verifier_key(&self.verifier_key())
                 .ok()

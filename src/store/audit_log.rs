@@ -126,6 +126,8 @@ pub struct AuditVerification {
     pub first_retained: u64,
     /// The first sequence number that does not check out, and why.
     pub first_bad: Option<(u64, String)>,
+    /// The purge anchor the check started from.
+    pub anchor: Option<PurgeAnchor>,
 }
 
 /// The latest retention purge: where the retained log starts.
@@ -414,33 +416,34 @@ pub fn purge(
     Ok(Some((plan, deleted)))
 }
 
-/// Re-derives every retained leaf from the stored fields, the chain from
-/// the leaves (from the purge anchor, if any) and the tree from the leaves,
-/// and compares each with what is stored: an edited, deleted or reordered
-/// entry is named by the first sequence number that fails.
-pub fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
-    let anchor = anchor(conn)?;
-    let (start, mut chain, mut tree) = match &anchor {
-        None => (0, CHAIN_START, MemoryTree::new()),
-        Some(a) => (
-            a.before,
-            a.chain,
-            MemoryTree::with_prefix(a.before, &prefix_nodes(conn, a.before)?)
-                .map_err(merkle_err)?,
-        ),
-    };
+/// What checking a range of entries found: their leaf hashes (up to the
+/// first bad one) and the first bad one.
+struct RangeCheck {
+    leaves: Vec<Hash>,
+    first_bad: Option<(u64, String)>,
+}
+
+/// Checks entries `[from, to)`: each leaf recomputed from the stored fields
+/// against the stored leaf and the tree's level-0 node, and the chain from
+/// `chain` (the value of entry `from - 1`) against the stored chain values.
+fn check_range(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    mut chain: Hash,
+) -> Result<RangeCheck, StoreError> {
     let mut st = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM audit_entries WHERE seq >= ?1 ORDER BY seq"
+        "SELECT {COLUMNS} FROM audit_entries WHERE seq >= ?1 AND seq < ?2 ORDER BY seq"
     ))?;
     // The tree's leaves, read in step with the entries (one range scan).
     let mut nodes_st = conn.prepare_cached(
-        "SELECT idx, hash FROM audit_nodes WHERE level = 0 AND idx >= ?1 ORDER BY idx",
+        "SELECT idx, hash FROM audit_nodes WHERE level = 0 AND idx >= ?1 AND idx < ?2 ORDER BY idx",
     )?;
-    let mut nodes = nodes_st.query([start as i64])?;
-    let mut rows = st.query([start as i64])?;
-    let mut first_bad = None;
+    let mut nodes = nodes_st.query(params![from as i64, to as i64])?;
+    let mut rows = st.query(params![from as i64, to as i64])?;
+    let mut leaves = Vec::with_capacity((to - from) as usize);
     let mut buf = Vec::with_capacity(512);
-    let mut expected = start;
+    let mut expected = from;
     while let Some(r) = rows.next()? {
         let seq = r.get::<_, i64>(0)? as u64;
         let blob = |i: usize| -> Result<&[u8], StoreError> {
@@ -467,15 +470,12 @@ pub fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
         );
         let leaf = merkle::leaf_hash(&buf);
         chain = chain_next(&chain, &leaf);
-        let node = nodes.next()?.map(|n| {
-            (
-                n.get::<_, i64>(0).unwrap_or(-1),
-                n.get_ref(1)
-                    .ok()
-                    .and_then(|v| v.as_blob().ok())
-                    .map(<[u8]>::to_vec),
-            )
-        });
+        let node_ok = match nodes.next()? {
+            Some(n) => {
+                n.get::<_, i64>(0)? == seq as i64 && n.get_ref(1)?.as_bytes().ok() == Some(&leaf)
+            }
+            None => false,
+        };
         let problem = if seq != expected {
             Some((
                 expected,
@@ -488,7 +488,7 @@ pub fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
             ))
         } else if blob(13)? != chain {
             Some((seq, "the hash chain breaks here".to_owned()))
-        } else if node != Some((seq as i64, Some(leaf.to_vec()))) {
+        } else if !node_ok {
             Some((
                 seq,
                 "the Merkle tree's leaf differs from the entry".to_owned(),
@@ -496,18 +496,152 @@ pub fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
         } else {
             None
         };
-        if let Some(p) = problem {
-            first_bad = Some(p);
-            break;
+        if problem.is_some() {
+            return Ok(RangeCheck {
+                leaves,
+                first_bad: problem,
+            });
         }
-        tree.push(leaf).map_err(merkle_err)?;
+        leaves.push(leaf);
         expected += 1;
     }
+    let first_bad = (expected < to).then(|| (expected, format!("entry {expected} is missing")));
+    Ok(RangeCheck { leaves, first_bad })
+}
+
+/// Below this many entries a second thread is not worth starting (unit
+/// tests split small logs, to exercise both paths).
+const PARALLEL_MIN: u64 = if cfg!(test) { 8 } else { 1 << 16 };
+
+/// Re-derives every retained leaf from the stored fields, the chain from
+/// the leaves (from the purge anchor, if any) and the tree from the leaves,
+/// and compares each with what is stored: an edited, deleted or reordered
+/// entry is named by the first sequence number that fails.
+///
+/// With `second` (another connection to the same database) a large log is
+/// checked in two halves on two threads: the left half is the largest
+/// perfect subtree, so each half's tree is built on its own and the root is
+/// their node hash. Returns `second` for reuse.
+pub fn verify(
+    conn: &Connection,
+    second: Option<Connection>,
+) -> Result<(AuditVerification, Option<Connection>), StoreError> {
+    // One snapshot for the whole check (the caller may already hold one).
+    let own = conn.is_autocommit();
+    if own {
+        conn.execute_batch("BEGIN")?;
+    }
+    let result = verify_in_txn(conn, second);
+    if own {
+        let _ = conn.execute_batch("COMMIT");
+    }
+    result
+}
+
+fn verify_in_txn(
+    conn: &Connection,
+    second: Option<Connection>,
+) -> Result<(AuditVerification, Option<Connection>), StoreError> {
+    let anchor = anchor(conn)?;
     let size = size(conn)?;
+    let (start, chain0, prefix) = match &anchor {
+        None => (0, CHAIN_START, Vec::new()),
+        Some(a) => (a.before, a.chain, prefix_nodes(conn, a.before)?),
+    };
+    let left_tree = |leaves: &[Hash]| -> Result<MemoryTree, StoreError> {
+        let mut t = MemoryTree::with_prefix(start, &prefix).map_err(merkle_err)?;
+        for l in leaves {
+            t.push(*l).map_err(merkle_err)?;
+        }
+        Ok(t)
+    };
+    let k = if size >= 2 {
+        1u64 << (63 - (size - 1).leading_zeros())
+    } else {
+        0
+    };
+    let other = second.filter(|_| size - start >= PARALLEL_MIN && k > start);
+    let Some(other) = other else {
+        let c = check_range(conn, start, size, chain0)?;
+        let tree = left_tree(&c.leaves)?;
+        let v = finish(conn, anchor, size, start, c.first_bad, &|n| {
+            merkle::root(&tree, n).ok()
+        })?;
+        return Ok((v, None));
+    };
+    // The second connection must see the same log (same anchor, at least as
+    // many entries); otherwise check on one thread.
+    other.execute_batch("BEGIN")?;
+    if self::anchor(&other)? != anchor || self::size(&other)? < size {
+        let _ = other.execute_batch("COMMIT");
+        return verify_in_txn(conn, None).map(|(v, _)| (v, Some(other)));
+    }
+    let chain_k: Vec<u8> = other
+        .prepare_cached("SELECT chain FROM audit_entries WHERE seq = ?1")?
+        .query_row([k as i64 - 1], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default();
+    let (left, right, other) = std::thread::scope(|s| {
+        let right = s.spawn(move || {
+            let r = (|| {
+                // Entry k-1's stored chain value: the left half checks it
+                // (and names k-1 if it is missing).
+                let Ok(chain) = to_hash(&chain_k) else {
+                    let missing = (k - 1, format!("entry {} is missing", k - 1));
+                    return Ok((Some(missing), MemoryTree::new()));
+                };
+                let c = check_range(&other, k, size, chain)?;
+                let mut t = MemoryTree::new();
+                for l in &c.leaves {
+                    t.push(*l).map_err(merkle_err)?;
+                }
+                Ok::<_, StoreError>((c.first_bad, t))
+            })();
+            let _ = other.execute_batch("COMMIT");
+            (r, other)
+        });
+        let left = check_range(conn, start, k, chain0)
+            .and_then(|c| Ok((c.first_bad, left_tree(&c.leaves)?)));
+        match right.join() {
+            Ok((r, other)) => (left, r, Some(other)),
+            Err(_) => (
+                left,
+                Err(StoreError::Corrupt("the verify thread failed".into())),
+                None,
+            ),
+        }
+    });
+    let (left_bad, left_tree) = left?;
+    let (right_bad, right_tree) = right?;
+    // The left half is the largest perfect subtree: MTH(D[0:n]) for n > k is
+    // the node hash of the two halves' roots.
+    let root_at = |n: u64| -> Option<Hash> {
+        if n <= k {
+            merkle::root(&left_tree, n).ok()
+        } else {
+            let l = merkle::root(&left_tree, k).ok()?;
+            let r = merkle::root(&right_tree, n - k).ok()?;
+            Some(merkle::node_hash(&l, &r))
+        }
+    };
+    let v = finish(conn, anchor, size, start, left_bad.or(right_bad), &root_at)?;
+    Ok((v, other))
+}
+
+/// Compares the rebuilt tree (`root_at(n)`: the rebuilt root of size n, if
+/// every leaf up to n checked out) with the stored tree and the purge anchor.
+fn finish(
+    conn: &Connection,
+    anchor: Option<PurgeAnchor>,
+    size: u64,
+    start: u64,
+    mut first_bad: Option<(u64, String)>,
+    root_at: &dyn Fn(u64) -> Option<Hash>,
+) -> Result<AuditVerification, StoreError> {
+    let rebuilt = root_at(size);
     if first_bad.is_none() {
-        let stored = merkle::root(&ConnNodes(conn), size);
-        let rebuilt = merkle::root(&tree, tree.size()).map_err(merkle_err)?;
-        if tree.size() != size || stored.as_ref().ok() != Some(&rebuilt) {
+        let stored = root(conn, size).ok();
+        if rebuilt.is_none() || stored != rebuilt {
             first_bad = Some((
                 start,
                 "the stored Merkle tree does not match the entries".to_owned(),
@@ -519,8 +653,7 @@ pub fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
     {
         // The retained entries and the kept prefix must rebuild the tree the
         // purge receipt signed.
-        let at_purge = merkle::root(&tree, a.tree_size).ok();
-        if a.tree_size > tree.size() || at_purge != Some(a.root) {
+        if a.tree_size > size || root_at(a.tree_size) != Some(a.root) {
             first_bad = Some((
                 a.before,
                 "the retained log does not rebuild the tree its purge receipt names".to_owned(),
@@ -529,8 +662,9 @@ pub fn verify(conn: &Connection) -> Result<AuditVerification, StoreError> {
     }
     Ok(AuditVerification {
         size,
-        root: merkle::root(&tree, tree.size()).map_err(merkle_err)?,
+        root: rebuilt.unwrap_or_default(),
         first_retained: start,
         first_bad,
+        anchor,
     })
 }

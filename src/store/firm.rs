@@ -290,9 +290,9 @@ impl ReadTx<'_> {
         audit_log::consistency(self.conn, old, new)
     }
 
-    /// See [`audit_log::verify`].
+    /// See [`audit_log::verify`] (on this one connection).
     pub fn audit_verify(&self) -> Result<AuditVerification, StoreError> {
-        audit_log::verify(self.conn)
+        audit_log::verify(self.conn, None).map(|(v, _)| v)
     }
 
     pub fn audit_needs_checkpoint(&self) -> Result<bool, StoreError> {
@@ -506,11 +506,7 @@ impl FirmDb {
         self.touch();
         let conn = match self.lock_readers().pop() {
             Some(c) => c,
-            None => {
-                let c = open_encrypted(&self.path, &self.key, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-                c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
-                c
-            }
+            None => self.open_reader()?,
         };
         let out = f(&ReadTx { conn: &conn });
         let mut pool = self.lock_readers();
@@ -518,6 +514,37 @@ impl FirmDb {
             pool.push(conn);
         }
         out
+    }
+
+    /// Re-verifies the whole audit log on two pooled read connections (two
+    /// threads for a large log; see [`audit_log::verify`]). Blocking.
+    pub fn audit_verify(&self) -> Result<AuditVerification, StoreError> {
+        let second = match self.lock_readers().pop() {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        self.read_blocking(move |r| {
+            let (v, second) = audit_log::verify(r.conn, Some(second))?;
+            if let Some(c) = second {
+                let mut pool = self.lock_readers();
+                if pool.len() < MAX_IDLE_READERS {
+                    pool.push(c);
+                }
+            }
+            Ok(v)
+        })
+    }
+
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        // One thread at a time uses a pooled connection (checked out of the
+        // pool), so SQLite's per-call mutex is pure overhead.
+        let c = open_encrypted(
+            &self.path,
+            &self.key,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+        Ok(c)
     }
 
     fn lock_readers(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
@@ -804,6 +831,46 @@ mod tests {
         };
         raw("UPDATE audit_purges SET chain = zeroblob(32)");
         assert_eq!(verify(), Some(20));
+    }
+
+    #[test]
+    fn two_thread_verify_agrees_with_one_thread_and_finds_tampering_in_either_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for n in 1..=40u64 {
+            db.write_blocking(move |tx| tx.append_audit(audit_entry(n)))
+                .unwrap();
+            let one = db.read_blocking(|r| r.audit_verify()).unwrap();
+            let two = db.audit_verify().unwrap();
+            assert_eq!(one, two, "size {n}");
+            assert_eq!((two.size, two.first_bad), (n, None));
+        }
+        db.close();
+        let raw = |sql: &str| {
+            let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
+            c.execute_batch(sql).unwrap();
+        };
+        let verify = || {
+            let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+            let v = db.audit_verify().unwrap();
+            db.close();
+            v.first_bad.map(|(seq, _)| seq)
+        };
+        // The halves are [0, 32) and [32, 40).
+        for seq in [3, 31, 32, 39] {
+            raw(&format!(
+                "UPDATE audit_entries SET actor = 'x' WHERE seq = {seq}"
+            ));
+            assert_eq!(verify(), Some(seq));
+            raw(&format!(
+                "UPDATE audit_entries SET actor = 'key_{}' WHERE seq = {seq}",
+                seq + 1
+            ));
+            assert_eq!(verify(), None);
+        }
+        raw("DELETE FROM audit_entries WHERE seq = 31");
+        assert_eq!(verify(), Some(31));
     }
 
     #[test]
