@@ -314,13 +314,14 @@ impl Firms {
         auth: &Authorized<perm::AuditRead>,
         from: u64,
         limit: u64,
+        filter: &crate::store::audit_log::Filter,
     ) -> Result<AuditPage, FirmError> {
         let h = self.handle(auth.firm())?;
         self.audit_read(&h, auth.principal(), auth.decision(), "audit.read", "log")?;
         let limit = limit.clamp(1, MAX_PAGE);
         let (size, rows) = h.db.read_blocking(|r| {
             let size = r.audit_size()?;
-            Ok((size, r.audit_entries(from, limit)?))
+            Ok((size, r.audit_entries_matching(from, limit, filter)?))
         })?;
         let entries: Vec<AuditEntryView> = rows.iter().map(|r| self.view_entry(&h, r)).collect();
         Ok(AuditPage::new(size, entries, limit))

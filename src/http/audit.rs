@@ -19,10 +19,32 @@ pub struct PageQuery {
     #[serde(default)]
     from: u64,
     limit: Option<u64>,
+    since: Option<String>,
+    until: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    resource: Option<String>,
 }
 
-/// `GET /api/v1/audit/{firm_id}?from=SEQ&limit=N`: entries in sequence
-/// order, details decrypted; `next` is the cursor for the following page.
+/// An RFC 3339 time as stored (UTC, seconds), or a 400 naming the parameter.
+fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
+    v.map(|s| {
+        crate::clock::parse_rfc3339(&s)
+            .map(crate::clock::rfc3339)
+            .ok_or_else(|| {
+                Problem::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("{name} must be an RFC 3339 time like 2026-11-23T10:00:00Z"),
+                )
+            })
+    })
+    .transpose()
+}
+
+/// `GET /api/v1/audit/{firm_id}?from=SEQ&limit=N&since=T&until=T&actor=..&action=..&resource=..`:
+/// matching entries in sequence order, details decrypted; `next` is the
+/// cursor (pass it as `from`, with the same filters) for the following page.
 pub async fn list(
     State(shared): State<Arc<Shared>>,
     Authz(auth): Authz<perm::AuditRead>,
@@ -30,8 +52,15 @@ pub async fn list(
 ) -> Result<Json<AuditPage>, Problem> {
     let firms = shared.firms.clone();
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    let filter = crate::store::audit_log::Filter {
+        since: utc("since", q.since)?,
+        until: utc("until", q.until)?,
+        actor: q.actor,
+        action: q.action,
+        resource: q.resource,
+    };
     Ok(Json(
-        blocking(move || firms.audit_page(&auth, q.from, limit)).await?,
+        blocking(move || firms.audit_page(&auth, q.from, limit, &filter)).await?,
     ))
 }
 

@@ -222,6 +222,50 @@ pub fn entries(conn: &Connection, from: u64, limit: u64) -> Result<Vec<AuditRow>
     Ok(rows)
 }
 
+/// Conditions on listed entries (all that are set must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// RFC 3339 UTC, inclusive.
+    pub since: Option<String>,
+    /// RFC 3339 UTC, exclusive.
+    pub until: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+}
+
+/// Stored entries with `seq >= from` that match `f`, oldest first, at most
+/// `limit`.
+pub fn entries_matching(
+    conn: &Connection,
+    from: u64,
+    limit: u64,
+    f: &Filter,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM audit_entries WHERE seq >= ?1
+           AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4)
+           AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR action = ?6)
+           AND (?7 IS NULL OR resource = ?7)
+         ORDER BY seq LIMIT ?2"
+    ))?;
+    let rows = st
+        .query_map(
+            params![
+                from as i64,
+                limit as i64,
+                f.since,
+                f.until,
+                f.actor,
+                f.action,
+                f.resource
+            ],
+            audit_row,
+        )?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 /// The leaf hash of entry `seq` (kept in the tree after the entry is purged).
 pub fn leaf(conn: &Connection, seq: u64) -> Result<Hash, StoreError> {
     ConnNodes(conn).node(0, seq).map_err(merkle_err)

@@ -268,6 +268,16 @@ impl ReadTx<'_> {
         audit_log::entries(self.conn, from, limit)
     }
 
+    /// Entries from `from` that match the filter, at most `limit`.
+    pub fn audit_entries_matching(
+        &self,
+        from: u64,
+        limit: u64,
+        f: &audit_log::Filter,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        audit_log::entries_matching(self.conn, from, limit, f)
+    }
+
     /// The leaf hash of entry `seq`, kept after a purge.
     pub fn audit_leaf(&self, seq: u64) -> Result<Hash, StoreError> {
         audit_log::leaf(self.conn, seq)
