@@ -151,20 +151,16 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
             .and_then(FirmId::parse)
             .map_or_else(|| "appliance".to_owned(), |id| id.to_string());
         let recorded = match &result {
-            Ok(_)
-                if matches!(
+            // export_key records itself before the key leaves (see below).
+            Ok(_) if matches!(cmd, "audit.verify" | "audit.purge_expired") => {
+                shared.firms.system_audit(
+                    &by,
                     cmd,
-                    "firm.export_key" | "audit.verify" | "audit.purge_expired"
-                ) =>
-            {
-                let rule = if cmd == "firm.export_key" {
-                    "root_only"
-                } else {
-                    "admin_socket"
-                };
-                shared
-                    .firms
-                    .system_audit(&by, cmd, &resource, Outcome::Success, rule, Value::Null)
+                    &resource,
+                    Outcome::Success,
+                    "admin_socket",
+                    Value::Null,
+                )
             }
             Ok(_) => Ok(()),
             Err(e) => shared.firms.system_audit(
@@ -221,6 +217,13 @@ fn run_as(
         }
         "firm.set_retention" => {
             let a: RetentionArgs = args(raw)?;
+            // Security invariant: shortening retention can destroy evidence, so it is for root only.
+            if !caller.is_root() {
+                return Err(CmdError {
+                    code: "permission_denied",
+                    message: "firm retention is for root only".to_owned(),
+                });
+            }
             let row = firms.set_retention(&firm_id(&a.id)?, a.retention.as_deref(), by)?;
             tracing::info!(firm = %row.id, retention = ?row.audit_retention, uid = by.uid, "firm audit retention set");
             Ok(json!({ "firm": row }))
@@ -288,6 +291,15 @@ fn run_as(
             }
             let id = firm_id(&a.id)?;
             let key = firms.export_key(&id)?;
+            // Security invariant: the break-glass key leaves only once its export is in the system log.
+            firms.system_audit(
+                by,
+                "firm.export_key",
+                id.as_str(),
+                Outcome::Success,
+                "root_only",
+                Value::Null,
+            )?;
             tracing::warn!(firm = %id, uid = caller.uid, pid = ?caller.pid, "break-glass: raw SQLCipher key exported");
             Ok(json!({
                 "firm_id": id,

@@ -319,12 +319,17 @@ impl Firms {
         let h = self.handle(auth.firm())?;
         self.audit_read(&h, auth.principal(), auth.decision(), "audit.read", "log")?;
         let limit = limit.clamp(1, MAX_PAGE);
-        let (size, rows) = h.db.read_blocking(|r| {
+        let (size, (rows, scanned_to)) = h.db.read_blocking(|r| {
             let size = r.audit_size()?;
             Ok((size, r.audit_entries_matching(from, limit, filter)?))
         })?;
         let entries: Vec<AuditEntryView> = rows.iter().map(|r| self.view_entry(&h, r)).collect();
-        Ok(AuditPage::new(size, entries, limit))
+        let mut page = AuditPage::new(size, entries, limit);
+        // A short page that stopped at the scan bound continues from there.
+        if page.next.is_none() && (page.entries.len() as u64) < limit && scanned_to < size {
+            page.next = Some(scanned_to);
+        }
+        Ok(page)
     }
 
     /// Re-verifies the firm's whole log (leaves, chain, tree).
@@ -355,24 +360,42 @@ impl Firms {
         mut v: crate::store::audit_log::AuditVerification,
         origin: &str,
     ) -> AuditVerifyView {
+        let verifier = note::parse_verifier_key(&self.verifier_key()).ok();
+        let signed_body = |text: &str| -> Option<String> {
+            note::open(text, verifier.as_ref()?).ok().map(str::to_owned)
+        };
         if v.first_bad.is_none()
             && let Some(a) = v.anchor.clone()
         {
-            let signed = note::parse_verifier_key(&self.verifier_key())
-                .ok()
-                .and_then(|verifier| note::open(&a.receipt, &verifier).ok().map(str::to_owned))
-                .and_then(|body| note::parse_purge_receipt(&body).ok());
-            let matches = signed.is_some_and(|r| {
-                r.origin == origin
-                    && r.before == a.before
-                    && r.chain == a.chain
-                    && r.tree_size == a.tree_size
-                    && r.root == a.root
-            });
+            let matches = signed_body(&a.receipt)
+                .and_then(|body| note::parse_purge_receipt(&body).ok())
+                .is_some_and(|r| {
+                    r.origin == origin
+                        && r.before == a.before
+                        && r.chain == a.chain
+                        && r.tree_size == a.tree_size
+                        && r.root == a.root
+                });
             if !matches {
                 v.first_bad = Some((
                     a.before,
                     "the purge anchor does not match a purge receipt signed by this appliance"
+                        .to_owned(),
+                ));
+            }
+        }
+        // The stored checkpoint the log was checked against must be the one
+        // this appliance signed.
+        if v.first_bad.is_none()
+            && let Some((size, root, text)) = v.checkpoint.clone()
+        {
+            let genuine = signed_body(&text)
+                .and_then(|body| note::parse_checkpoint(&body).ok())
+                .is_some_and(|(o, s, r)| o == origin && s == size && r == root);
+            if !genuine {
+                v.first_bad = Some((
+                    size.min(v.size),
+                    "the latest checkpoint is not one this appliance signed for this log"
                         .to_owned(),
                 ));
             }
@@ -549,29 +572,44 @@ impl Firms {
         &self,
         auth: &Authorized<perm::AuditRead>,
     ) -> Result<Vec<Value>, FirmError> {
-        let note = self.checkpoint(auth.firm())?;
         let h = self.handle(auth.firm())?;
         self.audit_read(&h, auth.principal(), auth.decision(), "audit.export", "log")?;
-        let (_, size, _) = note::parse_checkpoint(&note[..note.find("\n\n").map_or(0, |i| i + 1)])
-            .map_err(|e| FirmError::Invalid(e.to_string()))?;
         let source = self.checkpoint_origin(auth.firm());
-        let (anchor, prefix, rows) = h.db.read_blocking(|r| {
-            let anchor = r.audit_anchor()?;
-            let prefix = match &anchor {
-                Some(a) => r.audit_prefix(a.before)?,
-                None => Vec::new(),
-            };
-            Ok((anchor, prefix, r.audit_entries(0, size)?))
-        })?;
-        Ok(export_events(
-            &source,
-            anchor.as_ref(),
-            &prefix,
-            &rows,
-            size,
-            &note,
-        ))
+        export_consistent(|| {
+            let note = self.checkpoint(auth.firm())?;
+            let size = checkpoint_size(&note)?;
+            Ok((
+                note,
+                size,
+                h.db.read_blocking(|r| r.audit_export_snapshot(size))?,
+            ))
+        })
+        .map(|(note, size, (anchor, prefix, rows))| {
+            export_events(&source, anchor.as_ref(), &prefix, &rows, size, &note)
+        })
     }
+}
+
+/// The tree size a signed checkpoint names.
+pub(super) fn checkpoint_size(note: &str) -> Result<u64, FirmError> {
+    let body = &note[..note.find("\n\n").map_or(0, |i| i + 1)];
+    note::parse_checkpoint(body)
+        .map(|(_, size, _)| size)
+        .map_err(|e| FirmError::Invalid(e.to_string()))
+}
+
+/// Signs a checkpoint and reads the export under it; if a retention purge
+/// ran in between (its receipt names a tree past the checkpoint), signs again.
+pub(super) fn export_consistent(
+    read: impl Fn() -> Result<(String, u64, crate::store::audit_log::ExportSnapshot), FirmError>,
+) -> Result<(String, u64, crate::store::audit_log::ExportSnapshot), FirmError> {
+    for _ in 0..3 {
+        let got = read()?;
+        if got.2.0.as_ref().is_none_or(|a| a.tree_size <= got.1) {
+            return Ok(got);
+        }
+    }
+    Err(FirmError::Maintenance)
 }
 
 /// An export's events: the purge anchor if any, the entries, the checkpoint.

@@ -507,8 +507,17 @@ impl Firms {
         let new_key = SqlcipherKey::from_secret(&self.unwrap_key(id, pending)?);
         if FirmDb::key_opens(&path, &new_key) {
             tracing::warn!(firm = %id, "completing an interrupted rekey");
+            let e = self.system_entry_for(
+                "system:recovery",
+                "",
+                "firm.rekey",
+                id.as_str(),
+                audit::Outcome::Success,
+                "interrupted_rekey",
+                serde_json::json!({ "db_key_version": pending.version }),
+            )?;
             self.registry
-                .activate_key(id.as_str(), "db", pending.version, None)?;
+                .activate_key(id.as_str(), "db", pending.version, Some(e))?;
             return Ok(new_key);
         }
         Err(StoreError::WrongKey {

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::audit::{AuditPage, AuditVerifyView, MAX_PAGE, Outcome, export_events, payload_aad};
+use super::audit::{
+    AuditPage, AuditVerifyView, MAX_PAGE, Outcome, checkpoint_size, export_consistent,
+    export_events, payload_aad,
+};
 use super::{FirmError, Firms};
 use crate::audit::{Entry, note};
 use crate::config::parse_duration;
@@ -56,17 +59,41 @@ impl Firms {
         rule: &str,
         details: Value,
     ) -> Result<Entry, FirmError> {
+        self.system_entry_for(
+            &by.label(),
+            &by.request_id,
+            action,
+            resource,
+            outcome,
+            rule,
+            details,
+        )
+    }
+
+    /// A system-log entry for `actor` (an admin, or the daemon itself as
+    /// `system:<job>`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn system_entry_for(
+        &self,
+        actor: &str,
+        request_id: &str,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        rule: &str,
+        details: Value,
+    ) -> Result<Entry, FirmError> {
         let at = self.now();
-        let aad = payload_aad(SYSTEM, &at, &by.request_id, action);
+        let aad = payload_aad(SYSTEM, &at, request_id, action);
         let payload = envelope::seal(&self.system_key, 1, &aad, details.to_string().as_bytes())
             .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
         Ok(Entry {
             seq: 0,
             at,
             firm: SYSTEM.to_owned(),
-            actor: by.label(),
+            actor: actor.to_owned(),
             source_ip: "admin-socket".to_owned(),
-            request_id: by.request_id.clone(),
+            request_id: request_id.to_owned(),
             action: action.to_owned(),
             resource: resource.to_owned(),
             outcome: outcome.as_str().to_owned(),
@@ -177,18 +204,14 @@ impl Firms {
     /// The system log as CloudEvents, closed by a signed checkpoint (checked
     /// offline by `strongroomctl audit verify-export`).
     pub fn system_audit_export(&self, by: &AdminActor) -> Result<Vec<Value>, FirmError> {
-        let note = self.system_checkpoint()?;
         self.system_read(by, "audit.export")?;
-        let body = &note[..note.find("\n\n").map_or(0, |i| i + 1)];
-        let (_, size, _) =
-            note::parse_checkpoint(body).map_err(|e| FirmError::Invalid(e.to_string()))?;
-        let (anchor, prefix, rows) = self.registry.with_audit_log(|c| {
-            let anchor = audit_log::anchor(c)?;
-            let prefix = match &anchor {
-                Some(a) => audit_log::prefix_nodes(c, a.before)?,
-                None => Vec::new(),
-            };
-            Ok((anchor, prefix, audit_log::entries(c, 0, size)?))
+        let (note, size, (anchor, prefix, rows)) = export_consistent(|| {
+            let note = self.system_checkpoint()?;
+            let size = checkpoint_size(&note)?;
+            let snap = self
+                .registry
+                .with_audit_log(|c| audit_log::export_snapshot(c, size))?;
+            Ok((note, size, snap))
         })?;
         Ok(export_events(
             &self.system_origin(),

@@ -26,11 +26,21 @@ pub struct PageQuery {
     resource: Option<String>,
 }
 
-/// An RFC 3339 time as stored (UTC, seconds), or a 400 naming the parameter.
+/// An RFC 3339 time as stored (UTC, whole seconds, rounded up), or a 400
+/// naming the parameter.
 fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
     v.map(|s| {
         crate::clock::parse_rfc3339(&s)
-            .map(crate::clock::rfc3339)
+            // Entries are stamped to the second: a fractional bound rounds
+            // up, so `since` never admits an earlier entry.
+            .map(|t| {
+                let up = if t.nanosecond() > 0 {
+                    t + time::Duration::SECOND
+                } else {
+                    t
+                };
+                crate::clock::rfc3339(up)
+            })
             .ok_or_else(|| {
                 Problem::new(
                     axum::http::StatusCode::BAD_REQUEST,

@@ -128,6 +128,9 @@ pub struct AuditVerification {
     pub first_bad: Option<(u64, String)>,
     /// The purge anchor the check started from.
     pub anchor: Option<PurgeAnchor>,
+    /// The latest signed checkpoint (size, root, note), whose tree the log
+    /// was checked to contain.
+    pub checkpoint: Option<(u64, Hash, String)>,
 }
 
 /// The latest retention purge: where the retained log starts.
@@ -234,22 +237,33 @@ pub struct Filter {
     pub resource: Option<String>,
 }
 
+/// Rows one filtered page may scan: a filter that matches nothing costs a
+/// bounded read, and the caller gets a cursor to continue from.
+pub const MAX_SCAN: u64 = 20_000;
+
 /// Stored entries with `seq >= from` that match `f`, oldest first, at most
-/// `limit`.
+/// `limit`, looking at no more than [`MAX_SCAN`] rows. Returns them and the
+/// seq the scan stopped before (continue from there).
 pub fn entries_matching(
     conn: &Connection,
     from: u64,
     limit: u64,
     f: &Filter,
-) -> Result<Vec<AuditRow>, StoreError> {
+) -> Result<(Vec<AuditRow>, u64), StoreError> {
+    // Purged entries are not scanned for.
+    let lowest: Option<i64> = conn
+        .prepare_cached("SELECT min(seq) FROM audit_entries")?
+        .query_row([], |r| r.get(0))?;
+    let from = from.max(lowest.unwrap_or(0).max(0) as u64);
+    let end = from.saturating_add(MAX_SCAN);
     let mut st = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM audit_entries WHERE seq >= ?1
+        "SELECT {COLUMNS} FROM audit_entries WHERE seq >= ?1 AND seq < ?8
            AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4)
            AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR action = ?6)
            AND (?7 IS NULL OR resource = ?7)
          ORDER BY seq LIMIT ?2"
     ))?;
-    let rows = st
+    let rows: Vec<AuditRow> = st
         .query_map(
             params![
                 from as i64,
@@ -258,12 +272,13 @@ pub fn entries_matching(
                 f.until,
                 f.actor,
                 f.action,
-                f.resource
+                f.resource,
+                end.min(i64::MAX as u64) as i64
             ],
             audit_row,
         )?
         .collect::<Result<_, _>>()?;
-    Ok(rows)
+    Ok((rows, end))
 }
 
 /// The leaf hash of entry `seq` (kept in the tree after the entry is purged).
@@ -376,6 +391,31 @@ pub fn prefix_nodes(conn: &Connection, k: u64) -> Result<Vec<Hash>, StoreError> 
         .collect()
 }
 
+/// What an export of the first `size` entries needs, read in one snapshot:
+/// the purge anchor (if any), its prefix nodes, and the retained entries.
+pub type ExportSnapshot = (Option<PurgeAnchor>, Vec<Hash>, Vec<AuditRow>);
+
+pub fn export_snapshot(conn: &Connection, size: u64) -> Result<ExportSnapshot, StoreError> {
+    let own = conn.is_autocommit();
+    if own {
+        conn.execute_batch("BEGIN")?;
+    }
+    let read = (|| {
+        let anchor = anchor(conn)?;
+        let prefix = match &anchor {
+            Some(a) => prefix_nodes(conn, a.before)?,
+            None => Vec::new(),
+        };
+        let from = anchor.as_ref().map_or(0, |a| a.before);
+        let rows = entries(conn, from, size.saturating_sub(from))?;
+        Ok((anchor, prefix, rows))
+    })();
+    if own {
+        let _ = conn.execute_batch("COMMIT");
+    }
+    read
+}
+
 /// What a purge of every entry older than a cutoff would delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgePlan {
@@ -485,7 +525,8 @@ fn check_range(
     )?;
     let mut nodes = nodes_st.query(params![from as i64, to as i64])?;
     let mut rows = st.query(params![from as i64, to as i64])?;
-    let mut leaves = Vec::with_capacity((to - from) as usize);
+    // Not sized from `to - from`: a forged seq must not make us allocate.
+    let mut leaves = Vec::new();
     let mut buf = Vec::with_capacity(512);
     let mut expected = from;
     while let Some(r) = rows.next()? {
@@ -599,19 +640,40 @@ fn verify_in_txn(
         }
         Ok(t)
     };
+    // Rows below the purge anchor, or an anchor past the end, are forged.
+    let lowest: Option<i64> = conn
+        .prepare_cached("SELECT min(seq) FROM audit_entries")?
+        .query_row([], |r| r.get(0))?;
+    if let Some(low) = lowest.filter(|l| (*l as u64) < start || *l < 0) {
+        let v = AuditVerification {
+            size,
+            root: [0; 32],
+            first_retained: start,
+            first_bad: Some((
+                low.max(0) as u64,
+                "an entry is stored below the purge anchor".to_owned(),
+            )),
+            anchor,
+            checkpoint: None,
+        };
+        return Ok((v, second));
+    }
     let k = if size >= 2 {
         1u64 << (63 - (size - 1).leading_zeros())
     } else {
         0
     };
-    let other = second.filter(|_| size - start >= PARALLEL_MIN && k > start);
-    let Some(other) = other else {
-        let c = check_range(conn, start, size, chain0)?;
-        let tree = left_tree(&c.leaves)?;
-        let v = finish(conn, anchor, size, start, c.first_bad, &|n| {
-            merkle::root(&tree, n).ok()
-        })?;
-        return Ok((v, None));
+    let parallel = size - start >= PARALLEL_MIN && k > start;
+    let other = match second {
+        Some(c) if parallel => c,
+        unused => {
+            let c = check_range(conn, start, size, chain0)?;
+            let tree = left_tree(&c.leaves)?;
+            let v = finish(conn, anchor, size, start, c.first_bad, &|n| {
+                merkle::root(&tree, n).ok()
+            })?;
+            return Ok((v, unused));
+        }
     };
     // The second connection must see the same log (same anchor, at least as
     // many entries); otherwise check on one thread.
@@ -704,11 +766,26 @@ fn finish(
             ));
         }
     }
+    // The log must still hold the tree its latest signed checkpoint names:
+    // cutting entries off the end is found here (the caller checks the
+    // note's signature).
+    let checkpoint = latest_checkpoint(conn)?;
+    if first_bad.is_none()
+        && let Some((cp_size, cp_root, _)) = &checkpoint
+        && *cp_size >= start
+        && (*cp_size > size || root_at(*cp_size) != Some(*cp_root))
+    {
+        first_bad = Some((
+            (*cp_size).min(size),
+            format!("the log does not contain the tree of its signed checkpoint at size {cp_size}"),
+        ));
+    }
     Ok(AuditVerification {
         size,
         root: rebuilt.unwrap_or_default(),
         first_retained: start,
         first_bad,
         anchor,
+        checkpoint,
     })
 }

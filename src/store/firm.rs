@@ -274,7 +274,7 @@ impl ReadTx<'_> {
         from: u64,
         limit: u64,
         f: &audit_log::Filter,
-    ) -> Result<Vec<AuditRow>, StoreError> {
+    ) -> Result<(Vec<AuditRow>, u64), StoreError> {
         audit_log::entries_matching(self.conn, from, limit, f)
     }
 
@@ -312,6 +312,14 @@ impl ReadTx<'_> {
     /// The latest retention purge, if any.
     pub fn audit_anchor(&self) -> Result<Option<audit_log::PurgeAnchor>, StoreError> {
         audit_log::anchor(self.conn)
+    }
+
+    /// See [`audit_log::export_snapshot`].
+    pub fn audit_export_snapshot(
+        &self,
+        size: u64,
+    ) -> Result<audit_log::ExportSnapshot, StoreError> {
+        audit_log::export_snapshot(self.conn, size)
     }
 
     /// The tree nodes covering the purged prefix `[0, k)`.
@@ -839,8 +847,43 @@ mod tests {
             db.close();
             v.first_bad.map(|(seq, _)| seq)
         };
+        // A forged entry in the purged range.
+        raw("INSERT INTO audit_entries SELECT 5, at, firm, actor, source_ip, request_id, action,
+             resource, outcome, decision, rule, payload, leaf, chain FROM audit_entries WHERE seq = 25");
+        assert_eq!(verify(), Some(5));
+        raw("DELETE FROM audit_entries WHERE seq = 5");
+        assert_eq!(verify(), None);
         raw("UPDATE audit_purges SET chain = zeroblob(32)");
         assert_eq!(verify(), Some(20));
+    }
+
+    #[test]
+    fn cutting_entries_off_the_end_is_found_against_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for i in 0..40u64 {
+            db.write_blocking(move |tx| tx.append_audit(audit_entry(i)))
+                .unwrap();
+        }
+        db.write_blocking(|tx| tx.checkpoint_audit("2026-11-22T11:00:00Z", &|_, _| "note".into()))
+            .unwrap();
+        let v = db.audit_verify().unwrap();
+        assert_eq!((v.first_bad, v.checkpoint.map(|c| c.0)), (None, Some(40)));
+        db.close();
+        let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
+        // The last five entries and their leaves go; the tree below 35 stays whole.
+        c.execute_batch(
+            "DELETE FROM audit_entries WHERE seq >= 35;
+             DELETE FROM audit_nodes WHERE level = 0 AND idx >= 35;",
+        )
+        .unwrap();
+        drop(c);
+        let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+        let v = db.audit_verify().unwrap();
+        assert_eq!(v.size, 35);
+        assert_eq!(v.first_bad.map(|b| b.0), Some(35));
+        db.close();
     }
 
     #[test]
