@@ -66,6 +66,10 @@ permissions! {
     KeysRotate => KeysRotate, "keys:rotate", "rotate an API key (a new key replaces it)";
     KeysRevoke => KeysRevoke, "keys:revoke", "revoke an API key";
     AuditRead => AuditRead, "audit:read", "read and verify the firm's audit log";
+    SecretsRead => SecretsRead, "secrets:read", "list secrets and read their metadata (never a value)";
+    SecretsWrite => SecretsWrite, "secrets:write", "write or rotate a secret's value";
+    SecretsDelete => SecretsDelete, "secrets:delete", "destroy a secret";
+    SecretsVerify => SecretsVerify, "secrets:verify", "check a presented value against a secret (yes or no)";
 }
 
 impl fmt::Display for Permission {
@@ -85,9 +89,20 @@ pub fn role_grants(role: Role) -> &'static [Permission] {
     use Permission::*;
     match role {
         Role::Owner | Role::Admin => &[
-            FirmRead, FirmUpdate, KeysRead, KeysCreate, KeysRotate, KeysRevoke, AuditRead,
+            FirmRead,
+            FirmUpdate,
+            KeysRead,
+            KeysCreate,
+            KeysRotate,
+            KeysRevoke,
+            AuditRead,
+            SecretsRead,
+            SecretsWrite,
+            SecretsDelete,
+            SecretsVerify,
         ],
-        Role::Operator | Role::Viewer => &[FirmRead],
+        Role::Operator => &[FirmRead, SecretsRead, SecretsVerify],
+        Role::Viewer => &[FirmRead, SecretsRead],
     }
 }
 

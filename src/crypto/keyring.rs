@@ -312,6 +312,21 @@ pub fn new_master_key_hex() -> Result<zeroize::Zeroizing<String>, super::CryptoE
 }
 
 /// HMAC-SHA256 of an API key's secret under the firm's auth key.
+/// A secret's fingerprint: HMAC-SHA256 under the firm's auth key, domain
+/// separated, so it tells whether a value changed but, without the key,
+/// cannot be used to guess the value.
+pub fn secret_fingerprint(auth_key: &SecretKey, name: &str, value: &[u8]) -> [u8; 32] {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, auth_key.expose());
+    let mut ctx = hmac::Context::with_key(&k);
+    ctx.update(b"strongroom/secret-fingerprint/v1|");
+    ctx.update(name.as_bytes());
+    ctx.update(b"|");
+    ctx.update(value);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
 pub fn api_key_mac(auth_key: &SecretKey, key_id: &str, secret: &[u8]) -> [u8; 32] {
     let k = hmac::Key::new(hmac::HMAC_SHA256, auth_key.expose());
     let mut ctx = hmac::Context::with_key(&k);

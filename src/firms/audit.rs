@@ -535,7 +535,7 @@ impl Firms {
 
     /// Audits a read of sensitive data, coalesced per (actor, action,
     /// resource) within a minute.
-    fn audit_read(
+    pub(super) fn audit_read(
         &self,
         h: &FirmHandle,
         principal: &Principal,

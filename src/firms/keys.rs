@@ -184,7 +184,7 @@ impl Firms {
     /// Runs a state-changing service call; if it is refused (escalation) or
     /// fails on the firm's state, records that in the audit log, since
     /// nothing else will. Successes record themselves, in their own write.
-    fn audited<P: perm::Marker, R>(
+    pub(super) fn audited<P: perm::Marker, R>(
         &self,
         auth: &Authorized<P>,
         action: &str,
@@ -205,6 +205,7 @@ impl Firms {
                 FirmError::KeyRevoked
                 | FirmError::LastOwnerKey
                 | FirmError::KeyNotFound
+                | FirmError::SecretNotFound
                 | FirmError::Frozen
                 | FirmError::InvalidName(_)
                 | FirmError::Invalid(_) => (Outcome::Failure, auth.decision()),

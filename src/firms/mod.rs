@@ -28,12 +28,14 @@ use crate::store::registry::{FirmRow, Registry, WrappedKey};
 
 mod audit;
 mod keys;
+mod secrets;
 mod system;
 
 pub use audit::{
     AuditEntryView, AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE, Outcome,
 };
 pub use keys::{KeyView, Minted, NewKey};
+pub use secrets::{SecretValue, SecretView};
 pub use system::{AdminActor, SYSTEM};
 
 /// Longest firm name accepted.
@@ -41,6 +43,10 @@ pub const MAX_NAME_CHARS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirmError {
+    #[error("no secret by that name in this firm")]
+    SecretNotFound,
+    #[error("too many attempts; retry in {0} s")]
+    RateLimited(u64),
     #[error("no such firm")]
     NotFound,
     #[error("the firm is frozen; writes are refused")]
@@ -74,6 +80,8 @@ impl FirmError {
     pub fn code(&self) -> &'static str {
         match self {
             FirmError::NotFound => "firm_not_found",
+            FirmError::SecretNotFound => "secret_not_found",
+            FirmError::RateLimited(_) => "rate_limited",
             FirmError::Frozen => "firm_frozen",
             FirmError::Maintenance => "firm_maintenance",
             FirmError::InvalidName(_) => "invalid_name",
@@ -148,6 +156,9 @@ pub struct FirmHandle {
     /// Seals audit payloads, and its version (the envelope header's).
     audit_key: SecretKey,
     audit_key_version: u32,
+    /// Seals secrets (and sensitive record fields), and its version.
+    data_key: SecretKey,
+    data_key_version: u32,
 }
 
 /// What `firm show` reports.
@@ -203,6 +214,8 @@ pub struct Firms {
     system_key: SecretKey,
     /// The default audit retention, in seconds.
     retention_secs: AtomicU64,
+    /// Recent secret-verification attempts, for rate limiting.
+    verify_attempts: secrets::Attempts,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -267,6 +280,7 @@ impl Firms {
             signer,
             system_key,
             retention_secs: AtomicU64::new(2557 * 86_400),
+            verify_attempts: secrets::Attempts::default(),
         };
         firms.sweep_files();
         Ok(firms)
@@ -379,6 +393,9 @@ impl Firms {
         let audit_key = plain
             .remove(&Purpose::Audit)
             .ok_or_else(|| StoreError::Corrupt("no audit key".into()))?;
+        let data_key = plain
+            .remove(&Purpose::Data)
+            .ok_or_else(|| StoreError::Corrupt("no data key".into()))?;
         let path = self.path(&id);
         let db = FirmDb::open(id.as_str(), &path, SqlcipherKey::from_secret(&db_key), true)?;
         let handle = FirmHandle {
@@ -387,6 +404,8 @@ impl Firms {
             auth_key,
             audit_key,
             audit_key_version: 1,
+            data_key,
+            data_key_version: 1,
         };
         let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,
@@ -467,6 +486,11 @@ impl Firms {
             .iter()
             .find(|k| k.purpose == Purpose::Audit.as_str() && k.state == "active")
             .map_or(1, |k| k.version);
+        let data_key = self.active_key(id, &keys, Purpose::Data)?;
+        let data_key_version = keys
+            .iter()
+            .find(|k| k.purpose == Purpose::Data.as_str() && k.state == "active")
+            .map_or(1, |k| k.version);
         let db = FirmDb::open(id.as_str(), &self.path(id), db_key, false)?;
         let handle = Arc::new(FirmHandle {
             id: id.clone(),
@@ -474,6 +498,8 @@ impl Firms {
             auth_key,
             audit_key,
             audit_key_version,
+            data_key,
+            data_key_version,
         });
         let mut open = lock(&self.open);
         // Another thread may have opened it meanwhile; keep one.

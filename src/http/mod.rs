@@ -9,6 +9,7 @@ mod keys;
 mod middleware;
 pub mod problem;
 mod routes;
+mod secrets;
 pub mod server;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 pub use middleware::PeerAddr;
 
@@ -144,6 +145,36 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             "/api/v1/keys/{firm_id}/{key_id}/rotate",
             Firm(P::KeysRotate),
             post(keys::rotate),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/secrets/{firm_id}",
+            Firm(P::SecretsRead),
+            get(secrets::list),
+        ),
+        r(
+            Method::PUT,
+            "/api/v1/secrets/{firm_id}/{name}",
+            Firm(P::SecretsWrite),
+            put(secrets::put),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/secrets/{firm_id}/{name}",
+            Firm(P::SecretsRead),
+            get(secrets::show),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/secrets/{firm_id}/{name}",
+            Firm(P::SecretsDelete),
+            delete(secrets::delete),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/secrets/{firm_id}/{name}/verify",
+            Firm(P::SecretsVerify),
+            post(secrets::verify),
         ),
     ]
 }

@@ -122,6 +122,20 @@ impl From<crate::firms::FirmError> for Problem {
                 "key_not_found",
                 "no API key with that id in this firm",
             ),
+            E::SecretNotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "secret_not_found",
+                "no secret by that name in this firm",
+            ),
+            E::RateLimited(wait) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many attempts; retry in {wait} s"),
+            )
+            .with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&wait.to_string()).unwrap_or(HeaderValue::from_static("60")),
+            ),
             E::KeyRevoked | E::LastOwnerKey => {
                 Problem::new(StatusCode::CONFLICT, e.code(), e.to_string())
             }

@@ -77,6 +77,16 @@ CREATE TABLE audit_checkpoints (
 )
 "#,
     audit_log::PURGES_SCHEMA,
+    r#"
+CREATE TABLE secrets (
+    name         TEXT PRIMARY KEY,
+    version      INTEGER NOT NULL,
+    ciphertext   BLOB NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    rotated_at   TEXT
+)
+"#,
 ];
 
 /// Read-only connections kept open per firm.
@@ -100,6 +110,39 @@ pub struct ApiKeyRow {
     /// The key that replaced this one by rotation.
     pub replaced_by: Option<String>,
 }
+
+/// A secret as stored: its value only as ciphertext.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub name: String,
+    pub version: u32,
+    pub ciphertext: Vec<u8>,
+    pub fingerprint: String,
+    pub created_at: String,
+    pub rotated_at: Option<String>,
+}
+
+impl std::fmt::Debug for SecretRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRow")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
+    Ok(SecretRow {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        ciphertext: r.get(2)?,
+        fingerprint: r.get(3)?,
+        created_at: r.get(4)?,
+        rotated_at: r.get(5)?,
+    })
+}
+
+const SECRET_COLUMNS: &str = "name, version, ciphertext, fingerprint, created_at, rotated_at";
 
 /// The write side handed to commands, inside the writer's transaction.
 pub struct WriteTx<'c> {
@@ -191,6 +234,46 @@ impl<'c> WriteTx<'c> {
         receipt: &dyn Fn(&audit_log::PurgePlan) -> (String, Entry),
     ) -> Result<Option<(audit_log::PurgePlan, u64)>, StoreError> {
         audit_log::purge(self.conn, cutoff, at, receipt)
+    }
+
+    /// Writes a secret (version 1) or replaces its value (next version).
+    /// `seal(version)` makes the ciphertext for that version.
+    pub fn put_secret(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        now: &str,
+        seal: &dyn Fn(u32) -> Result<Vec<u8>, StoreError>,
+    ) -> Result<SecretRow, StoreError> {
+        let current: Option<u32> = self
+            .conn
+            .prepare_cached("SELECT version FROM secrets WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
+        let version = current.map_or(1, |v| v + 1);
+        let ciphertext = seal(version)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO secrets (name, version, ciphertext, fingerprint, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET version = excluded.version,
+                   ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint,
+                   rotated_at = excluded.created_at",
+            )?
+            .execute(params![name, version, ciphertext, fingerprint, now])?;
+        self.read()
+            .secret(name)?
+            .ok_or_else(|| StoreError::Corrupt("secret vanished".into()))
+    }
+
+    /// Destroys a secret (`secure_delete` overwrites its pages); returns
+    /// the version destroyed, or None if there was none.
+    pub fn delete_secret(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM secrets WHERE name = ?1 RETURNING version")?
+            .query_row([name], |r| r.get(0))
+            .optional()?)
     }
 
     /// Reads inside the write transaction (for checks that must see it).
@@ -325,6 +408,24 @@ impl ReadTx<'_> {
     /// The tree nodes covering the purged prefix `[0, k)`.
     pub fn audit_prefix(&self, k: u64) -> Result<Vec<Hash>, StoreError> {
         audit_log::prefix_nodes(self.conn, k)
+    }
+
+    pub fn secret(&self, name: &str) -> Result<Option<SecretRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?1"
+            ))?
+            .query_row([name], secret_row)
+            .optional()?)
+    }
+
+    pub fn secrets(&self) -> Result<Vec<SecretRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets ORDER BY name"
+        ))?;
+        let rows = st.query_map([], secret_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     pub fn count_api_keys(&self) -> Result<u64, StoreError> {

@@ -59,6 +59,9 @@ fn action_of(method: &str, path: &str) -> &'static str {
         ("POST", "/api/v1/keys/{firm_id}") => "keys.create",
         ("POST", "/api/v1/keys/{firm_id}/{key_id}/rotate") => "keys.rotate",
         ("DELETE", "/api/v1/keys/{firm_id}/{key_id}") => "keys.revoke",
+        ("PUT", "/api/v1/secrets/{firm_id}/{name}") => "secrets.write",
+        ("DELETE", "/api/v1/secrets/{firm_id}/{name}") => "secrets.delete",
+        ("POST", "/api/v1/secrets/{firm_id}/{name}/verify") => "secrets.verify",
         other => panic!("mutation route {other:?} has no expected audit action: add it here"),
     }
 }
@@ -77,19 +80,31 @@ fn every_mutation_route_leaves_exactly_one_entry() {
         let method = route.method.as_str().to_owned();
         let action = action_of(&method, route.path);
         let (target, _) = mint(&d, &f, "viewer");
+        if matches!(action, "secrets.delete" | "secrets.verify") {
+            let put = call(
+                &d,
+                "PUT",
+                &format!("/api/v1/secrets/{}/{target}", f.id),
+                &f.token,
+                Some(&json!({"value": "v"})),
+            );
+            assert_eq!(put.status, 201);
+        }
         let before = entries(&d, &f).len();
         let path = route
             .path
             .replace("{firm_id}", &f.id)
-            .replace("{key_id}", &target);
+            .replace("{key_id}", &target)
+            .replace("{name}", &target);
         let body = match action {
             "firm.update" => Some(json!({"display_name": "Audited"})),
             "keys.create" => Some(json!({"name": "n", "role": "viewer"})),
+            "secrets.write" | "secrets.verify" => Some(json!({"value": "v"})),
             _ => None,
         };
         let r = call(&d, &method, &path, &f.token, body.as_ref());
         assert!(
-            r.status == 200 || r.status == 201,
+            [200, 201, 204].contains(&r.status),
             "{method} {path}: {}",
             r.status
         );

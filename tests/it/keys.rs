@@ -86,9 +86,14 @@ enum Route {
     Checkpoint,
     VerifierKey,
     Export,
+    ListSecrets,
+    PutSecret,
+    ShowSecret,
+    DeleteSecret,
+    VerifySecret,
 }
 
-const ROUTES: [Route; 14] = [
+const ROUTES: [Route; 19] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -103,6 +108,11 @@ const ROUTES: [Route; 14] = [
     Route::Checkpoint,
     Route::VerifierKey,
     Route::Export,
+    Route::ListSecrets,
+    Route::PutSecret,
+    Route::ShowSecret,
+    Route::DeleteSecret,
+    Route::VerifySecret,
 ];
 
 impl Route {
@@ -117,10 +127,13 @@ impl Route {
             | Route::ConsistencyProof
             | Route::Checkpoint
             | Route::VerifierKey
-            | Route::Export => "GET",
+            | Route::Export
+            | Route::ListSecrets
+            | Route::ShowSecret => "GET",
             Route::PatchFirm => "PATCH",
-            Route::MintKey | Route::RotateKey => "POST",
-            Route::RevokeKey => "DELETE",
+            Route::MintKey | Route::RotateKey | Route::VerifySecret => "POST",
+            Route::RevokeKey | Route::DeleteSecret => "DELETE",
+            Route::PutSecret => "PUT",
         }
     }
 
@@ -137,13 +150,28 @@ impl Route {
             Route::Checkpoint => format!("/api/v1/audit/{firm}/checkpoint"),
             Route::VerifierKey => format!("/api/v1/audit/{firm}/verifier-key"),
             Route::Export => format!("/api/v1/audit/{firm}/export"),
+            // Secrets are named after the fresh target key: one per call.
+            Route::ListSecrets => format!("/api/v1/secrets/{firm}"),
+            Route::PutSecret | Route::ShowSecret | Route::DeleteSecret => {
+                format!("/api/v1/secrets/{firm}/{key}")
+            }
+            Route::VerifySecret => format!("/api/v1/secrets/{firm}/{key}/verify"),
         }
+    }
+
+    /// Routes that act on an existing secret named after the target key.
+    fn needs_secret(self) -> bool {
+        matches!(
+            self,
+            Route::ShowSecret | Route::DeleteSecret | Route::VerifySecret
+        )
     }
 
     fn body(self) -> Option<Value> {
         match self {
             Route::PatchFirm => Some(json!({"display_name": "Matrix"})),
             Route::MintKey => Some(json!({"name": "minted", "role": "viewer"})),
+            Route::PutSecret | Route::VerifySecret => Some(json!({"value": "matrix-value"})),
             _ => None,
         }
     }
@@ -151,7 +179,8 @@ impl Route {
     /// The documented success status, for a role the matrix allows.
     fn ok_status(self) -> u16 {
         match self {
-            Route::MintKey | Route::RotateKey => 201,
+            Route::MintKey | Route::RotateKey | Route::PutSecret => 201,
+            Route::DeleteSecret => 204,
             _ => 200,
         }
     }
@@ -159,7 +188,8 @@ impl Route {
     /// The documented matrix: does `role` get this route?
     fn allowed(self, role: &str) -> bool {
         match self {
-            Route::GetFirm => true,
+            Route::GetFirm | Route::ListSecrets | Route::ShowSecret => true,
+            Route::VerifySecret => role != "viewer",
             _ => matches!(role, "owner" | "admin"),
         }
     }
@@ -268,6 +298,16 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
             // Each allowed write gets its own target, so rotate/revoke find it live.
             let target = mint_role(&d, &a, "viewer");
             let path = route.path(&a.id, &target.id);
+            if route.needs_secret() {
+                let put = call(
+                    &d,
+                    "PUT",
+                    &Route::PutSecret.path(&a.id, &target.id),
+                    Some(&a.token),
+                    Some(&json!({"value": "matrix-value"})),
+                );
+                assert_eq!(put.status, 201);
+            }
             let r = call(&d, route.method(), &path, Some(&key.token), body.as_ref());
             if route.allowed(role) {
                 assert_eq!(

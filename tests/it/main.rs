@@ -9,3 +9,4 @@ mod harness;
 mod keys;
 mod raw_tls;
 mod retention;
+mod secrets;
