@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod firms;
 pub mod http;
 pub mod ids;
+pub mod records;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -1,0 +1,4 @@
+//! Firm data: collection schemas, record validation and PII scanning.
+
+pub mod pii;
+pub mod schema;
