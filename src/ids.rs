@@ -68,6 +68,7 @@ macro_rules! hex_id {
 
 hex_id!(FirmId, "frm_", 12, "A firm (tenant): `frm_` + 24 hex.");
 hex_id!(ApiKeyId, "key_", 8, "An API key: `key_` + 16 hex.");
+hex_id!(RecordId, "rec_", 12, "A record: `rec_` + 24 hex.");
 
 #[cfg(test)]
 mod tests {

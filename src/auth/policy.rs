@@ -70,6 +70,11 @@ permissions! {
     SecretsWrite => SecretsWrite, "secrets:write", "write or rotate a secret's value";
     SecretsDelete => SecretsDelete, "secrets:delete", "destroy a secret";
     SecretsVerify => SecretsVerify, "secrets:verify", "check a presented value against a secret (yes or no)";
+    CollectionsWrite => CollectionsWrite, "collections:write", "declare or change a collection's schema";
+    RecordsRead => RecordsRead, "records:read", "read records and schemas (sensitive fields masked)";
+    RecordsWrite => RecordsWrite, "records:write", "create, replace and patch records";
+    RecordsDelete => RecordsDelete, "records:delete", "delete records";
+    RecordsReadSensitive => RecordsReadSensitive, "records:read_sensitive", "see sensitive fields in clear (each read audited)";
 }
 
 impl fmt::Display for Permission {
@@ -100,9 +105,21 @@ pub fn role_grants(role: Role) -> &'static [Permission] {
             SecretsWrite,
             SecretsDelete,
             SecretsVerify,
+            CollectionsWrite,
+            RecordsRead,
+            RecordsWrite,
+            RecordsDelete,
+            RecordsReadSensitive,
         ],
-        Role::Operator => &[FirmRead, SecretsRead, SecretsVerify],
-        Role::Viewer => &[FirmRead, SecretsRead],
+        Role::Operator => &[
+            FirmRead,
+            SecretsRead,
+            SecretsVerify,
+            RecordsRead,
+            RecordsWrite,
+            RecordsDelete,
+        ],
+        Role::Viewer => &[FirmRead, SecretsRead, RecordsRead],
     }
 }
 

@@ -206,6 +206,14 @@ impl Firms {
                 | FirmError::LastOwnerKey
                 | FirmError::KeyNotFound
                 | FirmError::SecretNotFound
+                | FirmError::CollectionNotFound
+                | FirmError::RecordNotFound
+                | FirmError::StaleVersion
+                | FirmError::PreconditionRequired
+                | FirmError::IdempotencyConflict
+                | FirmError::InvalidRecord(_)
+                | FirmError::PiiDetected { .. }
+                | FirmError::SchemaConflict(_)
                 | FirmError::Frozen
                 | FirmError::InvalidName(_)
                 | FirmError::Invalid(_) => (Outcome::Failure, auth.decision()),

@@ -28,6 +28,7 @@ use crate::store::registry::{FirmRow, Registry, WrappedKey};
 
 mod audit;
 mod keys;
+mod records;
 mod secrets;
 mod system;
 
@@ -35,6 +36,7 @@ pub use audit::{
     AuditEntryView, AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE, Outcome,
 };
 pub use keys::{KeyView, Minted, NewKey};
+pub use records::{CollectionView, RecordPage, RecordView, Written};
 pub use secrets::{SecretValue, SecretView};
 pub use system::{AdminActor, SYSTEM};
 
@@ -43,6 +45,22 @@ pub const MAX_NAME_CHARS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirmError {
+    #[error("no collection by that name in this firm")]
+    CollectionNotFound,
+    #[error("no record with that id in this collection")]
+    RecordNotFound,
+    #[error("the record changed since the version in If-Match")]
+    StaleVersion,
+    #[error("this write needs an If-Match header with the record's ETag")]
+    PreconditionRequired,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyConflict,
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+    #[error("field {field:?} contains a {kind}, which this collection rejects")]
+    PiiDetected { field: String, kind: &'static str },
+    #[error("schema change refused: {0}")]
+    SchemaConflict(String),
     #[error("no secret by that name in this firm")]
     SecretNotFound,
     #[error("too many attempts; retry in {0} s")]
@@ -81,6 +99,14 @@ impl FirmError {
         match self {
             FirmError::NotFound => "firm_not_found",
             FirmError::SecretNotFound => "secret_not_found",
+            FirmError::CollectionNotFound => "collection_not_found",
+            FirmError::RecordNotFound => "record_not_found",
+            FirmError::StaleVersion => "precondition_failed",
+            FirmError::PreconditionRequired => "precondition_required",
+            FirmError::IdempotencyConflict => "idempotency_conflict",
+            FirmError::InvalidRecord(_) => "invalid_record",
+            FirmError::PiiDetected { .. } => "pii_detected",
+            FirmError::SchemaConflict(_) => "schema_conflict",
             FirmError::RateLimited(_) => "rate_limited",
             FirmError::Frozen => "firm_frozen",
             FirmError::Maintenance => "firm_maintenance",

@@ -122,6 +122,21 @@ impl From<crate::firms::FirmError> for Problem {
                 "key_not_found",
                 "no API key with that id in this firm",
             ),
+            E::CollectionNotFound | E::RecordNotFound => {
+                Problem::new(StatusCode::NOT_FOUND, e.code(), e.to_string())
+            }
+            E::StaleVersion => {
+                Problem::new(StatusCode::PRECONDITION_FAILED, e.code(), e.to_string())
+            }
+            E::PreconditionRequired => {
+                Problem::new(StatusCode::PRECONDITION_REQUIRED, e.code(), e.to_string())
+            }
+            E::IdempotencyConflict | E::SchemaConflict(_) => {
+                Problem::new(StatusCode::CONFLICT, e.code(), e.to_string())
+            }
+            E::InvalidRecord(_) | E::PiiDetected { .. } => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
+            }
             E::SecretNotFound => Problem::new(
                 StatusCode::NOT_FOUND,
                 "secret_not_found",

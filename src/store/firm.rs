@@ -87,6 +87,40 @@ CREATE TABLE secrets (
     rotated_at   TEXT
 )
 "#,
+    r#"
+CREATE TABLE collections (
+    name        TEXT PRIMARY KEY,
+    schema      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE records (
+    collection  TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    clear       TEXT NOT NULL,
+    sealed      BLOB,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
+CREATE TABLE record_index (
+    collection  TEXT NOT NULL,
+    field       TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    PRIMARY KEY (collection, field, value, id)
+) WITHOUT ROWID;
+CREATE TABLE idempotency (
+    collection    TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  BLOB NOT NULL,
+    record_id     TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (collection, key)
+) WITHOUT ROWID
+"#,
 ];
 
 /// Read-only connections kept open per firm.
@@ -143,6 +177,43 @@ fn secret_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
 }
 
 const SECRET_COLUMNS: &str = "name, version, ciphertext, fingerprint, created_at, rotated_at";
+
+/// A record as stored: non-sensitive fields as JSON text, sensitive ones
+/// sealed (an envelope over their JSON).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordRow {
+    pub collection: String,
+    pub id: String,
+    pub version: u32,
+    pub clear: String,
+    pub sealed: Option<Vec<u8>>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl std::fmt::Debug for RecordRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordRow")
+            .field("collection", &self.collection)
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+const RECORD_COLUMNS: &str = "collection, id, version, clear, sealed, created_at, updated_at";
+
+fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
+    Ok(RecordRow {
+        collection: r.get(0)?,
+        id: r.get(1)?,
+        version: r.get(2)?,
+        clear: r.get(3)?,
+        sealed: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
 
 /// The write side handed to commands, inside the writer's transaction.
 pub struct WriteTx<'c> {
@@ -274,6 +345,118 @@ impl<'c> WriteTx<'c> {
             .prepare_cached("DELETE FROM secrets WHERE name = ?1 RETURNING version")?
             .query_row([name], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Declares or replaces a collection's schema; returns its new version.
+    pub fn put_collection(&self, name: &str, schema: &str, now: &str) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "INSERT INTO collections (name, schema, version, created_at, updated_at)
+                 VALUES (?1, ?2, 1, ?3, ?3)
+                 ON CONFLICT (name) DO UPDATE SET schema = excluded.schema,
+                   version = version + 1, updated_at = excluded.updated_at
+                 RETURNING version",
+            )?
+            .query_row(params![name, schema, now], |r| r.get(0))?)
+    }
+
+    /// Writes a record (insert when `expected` is None, else replace the
+    /// version `expected`) and its index rows. A stale `expected` is
+    /// `Conflict`.
+    pub fn write_record(
+        &self,
+        row: &RecordRow,
+        expected: Option<u32>,
+        index: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        match expected {
+            None => {
+                self.conn
+                    .prepare_cached(&format!(
+                        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    ))?
+                    .execute(params![
+                        row.collection,
+                        row.id,
+                        row.version,
+                        row.clear,
+                        row.sealed,
+                        row.created_at,
+                        row.updated_at
+                    ])?;
+            }
+            Some(v) => {
+                let n = self
+                    .conn
+                    .prepare_cached(
+                        "UPDATE records SET version = ?3, clear = ?4, sealed = ?5, updated_at = ?6
+                         WHERE collection = ?1 AND id = ?2 AND version = ?7",
+                    )?
+                    .execute(params![
+                        row.collection,
+                        row.id,
+                        row.version,
+                        row.clear,
+                        row.sealed,
+                        row.updated_at,
+                        v
+                    ])?;
+                if n != 1 {
+                    return Err(StoreError::Conflict("stale version".into()));
+                }
+                self.conn
+                    .prepare_cached("DELETE FROM record_index WHERE collection = ?1 AND id = ?2")?
+                    .execute(params![row.collection, row.id])?;
+            }
+        }
+        let mut st = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO record_index (collection, field, value, id) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (field, value) in index {
+            st.execute(params![row.collection, field, value, row.id])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a record (only at version `expected`, if given); returns the
+    /// version deleted, None if there was no such record, or `Conflict`.
+    pub fn delete_record(
+        &self,
+        collection: &str,
+        id: &str,
+        expected: Option<u32>,
+    ) -> Result<Option<u32>, StoreError> {
+        let Some(current) = self.read().record(collection, id)?.map(|r| r.version) else {
+            return Ok(None);
+        };
+        if expected.is_some_and(|e| e != current) {
+            return Err(StoreError::Conflict("stale version".into()));
+        }
+        self.conn
+            .prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
+            .execute(params![collection, id])?;
+        self.conn
+            .prepare_cached("DELETE FROM record_index WHERE collection = ?1 AND id = ?2")?
+            .execute(params![collection, id])?;
+        Ok(Some(current))
+    }
+
+    pub fn put_idempotency(
+        &self,
+        collection: &str,
+        key: &str,
+        hash: &[u8],
+        record_id: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO idempotency (collection, key, request_hash, record_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![collection, key, hash, record_id, now])?;
+        Ok(())
     }
 
     /// Reads inside the write transaction (for checks that must see it).
@@ -426,6 +609,75 @@ impl ReadTx<'_> {
         ))?;
         let rows = st.query_map([], secret_row)?.collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// A collection's schema (JSON text) and version.
+    pub fn collection(&self, name: &str) -> Result<Option<(String, u32)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT schema, version FROM collections WHERE name = ?1")?
+            .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    pub fn record(&self, collection: &str, id: &str) -> Result<Option<RecordRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ?1 AND id = ?2"
+            ))?
+            .query_row(params![collection, id], record_row)
+            .optional()?)
+    }
+
+    /// Records by id after `after`, at most `limit`; with `filter` (an
+    /// indexed field and a value) only those matching.
+    pub fn records(
+        &self,
+        collection: &str,
+        after: &str,
+        limit: u64,
+        filter: Option<(&str, &str)>,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let rows = match filter {
+            None => self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ?1 AND id > ?2
+                     ORDER BY id LIMIT ?3"
+                ))?
+                .query_map(params![collection, after, limit as i64], record_row)?
+                .collect::<Result<_, _>>()?,
+            Some((field, value)) => self
+                .conn
+                .prepare_cached(
+                    "SELECT r.collection, r.id, r.version, r.clear, r.sealed, r.created_at, r.updated_at
+                     FROM record_index i JOIN records r ON r.collection = i.collection AND r.id = i.id
+                     WHERE i.collection = ?1 AND i.field = ?4 AND i.value = ?5 AND i.id > ?2
+                     ORDER BY i.id LIMIT ?3",
+                )?
+                .query_map(
+                    params![collection, after, limit as i64, field, value],
+                    record_row,
+                )?
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// A stored idempotency key: (request hash, record id).
+    pub fn idempotency(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT request_hash, record_id FROM idempotency WHERE collection = ?1 AND key = ?2",
+            )?
+            .query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
     }
 
     pub fn count_api_keys(&self) -> Result<u64, StoreError> {

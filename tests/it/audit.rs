@@ -15,6 +15,9 @@ pub fn call(d: &Daemon, method: &str, path: &str, token: &str, body: Option<&Val
     if body.is_some() {
         headers.push(("Content-Type", "application/json"));
     }
+    if path.contains("/api/v1/records/") && matches!(method, "PUT" | "PATCH") {
+        headers.push(("If-Match", "\"1\""));
+    }
     d.client()
         .request(method, path, &headers, body.as_deref().map(str::as_bytes))
 }
@@ -62,6 +65,11 @@ fn action_of(method: &str, path: &str) -> &'static str {
         ("PUT", "/api/v1/secrets/{firm_id}/{name}") => "secrets.write",
         ("DELETE", "/api/v1/secrets/{firm_id}/{name}") => "secrets.delete",
         ("POST", "/api/v1/secrets/{firm_id}/{name}/verify") => "secrets.verify",
+        ("PUT", "/api/v1/collections/{firm_id}/{collection}") => "collections.put",
+        ("POST", "/api/v1/records/{firm_id}/{collection}") => "records.create",
+        ("PUT", "/api/v1/records/{firm_id}/{collection}/{record_id}") => "records.replace",
+        ("PATCH", "/api/v1/records/{firm_id}/{collection}/{record_id}") => "records.patch",
+        ("DELETE", "/api/v1/records/{firm_id}/{collection}/{record_id}") => "records.delete",
         other => panic!("mutation route {other:?} has no expected audit action: add it here"),
     }
 }
@@ -70,6 +78,15 @@ fn action_of(method: &str, path: &str) -> &'static str {
 fn every_mutation_route_leaves_exactly_one_entry() {
     let d = Daemon::start();
     let f = create_firm(&d, "Audit Trail LLP");
+    let schema = json!({"fields": {"title": {"type": "string"}}});
+    let r = call(
+        &d,
+        "PUT",
+        &format!("/api/v1/collections/{}/audited", f.id),
+        &f.token,
+        Some(&schema),
+    );
+    assert_eq!(r.status, 201);
     entries(&d, &f); // the first read is audited (then coalesced for a minute)
     let mutations: Vec<_> = strongroom::http::route_table()
         .into_iter()
@@ -90,16 +107,33 @@ fn every_mutation_route_leaves_exactly_one_entry() {
             );
             assert_eq!(put.status, 201);
         }
+        let record = if route.path.contains("{record_id}") {
+            let r = call(
+                &d,
+                "POST",
+                &format!("/api/v1/records/{}/audited", f.id),
+                &f.token,
+                Some(&json!({"title": "t"})),
+            );
+            assert_eq!(r.status, 201);
+            r.json()["id"].as_str().unwrap().to_owned()
+        } else {
+            String::new()
+        };
         let before = entries(&d, &f).len();
         let path = route
             .path
             .replace("{firm_id}", &f.id)
             .replace("{key_id}", &target)
-            .replace("{name}", &target);
+            .replace("{name}", &target)
+            .replace("{collection}", "audited")
+            .replace("{record_id}", &record);
         let body = match action {
             "firm.update" => Some(json!({"display_name": "Audited"})),
             "keys.create" => Some(json!({"name": "n", "role": "viewer"})),
             "secrets.write" | "secrets.verify" => Some(json!({"value": "v"})),
+            "collections.put" => Some(schema.clone()),
+            "records.create" | "records.replace" | "records.patch" => Some(json!({"title": "x"})),
             _ => None,
         };
         let r = call(&d, &method, &path, &f.token, body.as_ref());

@@ -45,7 +45,7 @@ fn patch(c: &Client, firm: &str, token: &str, body: &str) -> Response {
     )
 }
 
-fn firm_db(d: &Daemon, id: &str) -> PathBuf {
+pub fn firm_db(d: &Daemon, id: &str) -> PathBuf {
     d.state_dir.join("firms").join(format!("{id}.db"))
 }
 
@@ -245,11 +245,11 @@ fn delete_crypto_shreds_the_firm_for_good() {
     assert_eq!(get(&d.client(), &b.id, Some(&b.token)).status, 200);
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn read_all_db_files(path: &Path) -> Vec<u8> {
+pub fn read_all_db_files(path: &Path) -> Vec<u8> {
     let mut all = std::fs::read(path).unwrap();
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_owned();
@@ -319,7 +319,7 @@ fn firm_database_holds_no_plaintext_and_opens_with_stock_sqlcipher() {
 }
 
 /// The Python interpreter with stock SQLCipher 4 (`make test` provides it).
-fn stock_sqlcipher_python() -> Option<String> {
+pub fn stock_sqlcipher_python() -> Option<String> {
     match std::env::var("STRONGROOM_STOCK_SQLCIPHER_PY") {
         Ok(p) if Path::new(&p).exists() => Some(p),
         _ if std::env::var_os("STRONGROOM_REQUIRE_STOCK_SQLCIPHER").is_some() => {

@@ -25,6 +25,10 @@ fn call(
     if body.is_some() {
         headers.push(("Content-Type", "application/json"));
     }
+    // Records are replaced and patched at the version just created.
+    if path.contains("/api/v1/records/") && matches!(method, "PUT" | "PATCH") {
+        headers.push(("If-Match", "\"1\""));
+    }
     d.client()
         .request(method, path, &headers, body.as_deref().map(str::as_bytes))
 }
@@ -91,9 +95,17 @@ enum Route {
     ShowSecret,
     DeleteSecret,
     VerifySecret,
+    PutCollection,
+    GetCollection,
+    CreateRecord,
+    ListRecords,
+    GetRecord,
+    ReplaceRecord,
+    PatchRecord,
+    DeleteRecord,
 }
 
-const ROUTES: [Route; 19] = [
+const ROUTES: [Route; 27] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -113,6 +125,14 @@ const ROUTES: [Route; 19] = [
     Route::ShowSecret,
     Route::DeleteSecret,
     Route::VerifySecret,
+    Route::PutCollection,
+    Route::GetCollection,
+    Route::CreateRecord,
+    Route::ListRecords,
+    Route::GetRecord,
+    Route::ReplaceRecord,
+    Route::PatchRecord,
+    Route::DeleteRecord,
 ];
 
 impl Route {
@@ -129,11 +149,14 @@ impl Route {
             | Route::VerifierKey
             | Route::Export
             | Route::ListSecrets
-            | Route::ShowSecret => "GET",
-            Route::PatchFirm => "PATCH",
-            Route::MintKey | Route::RotateKey | Route::VerifySecret => "POST",
-            Route::RevokeKey | Route::DeleteSecret => "DELETE",
-            Route::PutSecret => "PUT",
+            | Route::ShowSecret
+            | Route::GetCollection
+            | Route::ListRecords
+            | Route::GetRecord => "GET",
+            Route::PatchFirm | Route::PatchRecord => "PATCH",
+            Route::MintKey | Route::RotateKey | Route::VerifySecret | Route::CreateRecord => "POST",
+            Route::RevokeKey | Route::DeleteSecret | Route::DeleteRecord => "DELETE",
+            Route::PutSecret | Route::PutCollection | Route::ReplaceRecord => "PUT",
         }
     }
 
@@ -156,7 +179,22 @@ impl Route {
                 format!("/api/v1/secrets/{firm}/{key}")
             }
             Route::VerifySecret => format!("/api/v1/secrets/{firm}/{key}/verify"),
+            // The collection is `matrix`; a schema change names its own.
+            Route::PutCollection => format!("/api/v1/collections/{firm}/c{}", &key[4..]),
+            Route::GetCollection => format!("/api/v1/collections/{firm}/matrix"),
+            Route::CreateRecord | Route::ListRecords => format!("/api/v1/records/{firm}/matrix"),
+            Route::GetRecord | Route::ReplaceRecord | Route::PatchRecord | Route::DeleteRecord => {
+                format!("/api/v1/records/{firm}/matrix/{key}")
+            }
         }
+    }
+
+    /// Routes that act on an existing record (whose id replaces the key's).
+    fn needs_record(self) -> bool {
+        matches!(
+            self,
+            Route::GetRecord | Route::ReplaceRecord | Route::PatchRecord | Route::DeleteRecord
+        )
     }
 
     /// Routes that act on an existing secret named after the target key.
@@ -172,6 +210,10 @@ impl Route {
             Route::PatchFirm => Some(json!({"display_name": "Matrix"})),
             Route::MintKey => Some(json!({"name": "minted", "role": "viewer"})),
             Route::PutSecret | Route::VerifySecret => Some(json!({"value": "matrix-value"})),
+            Route::PutCollection => Some(json!({"fields": {"title": {"type": "string"}}})),
+            Route::CreateRecord | Route::ReplaceRecord | Route::PatchRecord => {
+                Some(json!({"title": "matrix"}))
+            }
             _ => None,
         }
     }
@@ -179,8 +221,12 @@ impl Route {
     /// The documented success status, for a role the matrix allows.
     fn ok_status(self) -> u16 {
         match self {
-            Route::MintKey | Route::RotateKey | Route::PutSecret => 201,
-            Route::DeleteSecret => 204,
+            Route::MintKey
+            | Route::RotateKey
+            | Route::PutSecret
+            | Route::PutCollection
+            | Route::CreateRecord => 201,
+            Route::DeleteSecret | Route::DeleteRecord => 204,
             _ => 200,
         }
     }
@@ -188,8 +234,17 @@ impl Route {
     /// The documented matrix: does `role` get this route?
     fn allowed(self, role: &str) -> bool {
         match self {
-            Route::GetFirm | Route::ListSecrets | Route::ShowSecret => true,
-            Route::VerifySecret => role != "viewer",
+            Route::GetFirm
+            | Route::ListSecrets
+            | Route::ShowSecret
+            | Route::GetCollection
+            | Route::ListRecords
+            | Route::GetRecord => true,
+            Route::VerifySecret
+            | Route::CreateRecord
+            | Route::ReplaceRecord
+            | Route::PatchRecord
+            | Route::DeleteRecord => role != "viewer",
             _ => matches!(role, "owner" | "admin"),
         }
     }
@@ -265,11 +320,37 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // The collection record routes work in.
+    let r = call(
+        &d,
+        "PUT",
+        &format!("/api/v1/collections/{}/matrix", a.id),
+        Some(&a.token),
+        Some(&json!({"fields": {"title": {"type": "string"}}})),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // The id a route acts on: a fresh key's, or a fresh record's.
+    let target_of = |route: Route| -> String {
+        let key = mint_role(&d, &a, "viewer").id;
+        if !route.needs_record() {
+            return key;
+        }
+        let r = call(
+            &d,
+            "POST",
+            &format!("/api/v1/records/{}/matrix", a.id),
+            Some(&a.token),
+            Some(&json!({"title": "t"})),
+        );
+        assert_eq!(r.status, 201);
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+
     let mut cells = 0;
     for route in ROUTES {
-        // A target key nobody cares about, fresh for each route that uses one.
-        let target = mint_role(&d, &a, "viewer");
-        let path = route.path(&a.id, &target.id);
+        // A target nobody cares about, fresh for each route that uses one.
+        let target = target_of(route);
+        let path = route.path(&a.id, &target);
         let body = route.body();
         let unauth: [(&str, Option<&str>); 5] = [
             ("no key", None),
@@ -296,13 +377,13 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
 
         for (role, key) in &roles {
             // Each allowed write gets its own target, so rotate/revoke find it live.
-            let target = mint_role(&d, &a, "viewer");
-            let path = route.path(&a.id, &target.id);
+            let target = target_of(route);
+            let path = route.path(&a.id, &target);
             if route.needs_secret() {
                 let put = call(
                     &d,
                     "PUT",
-                    &Route::PutSecret.path(&a.id, &target.id),
+                    &Route::PutSecret.path(&a.id, &target),
                     Some(&a.token),
                     Some(&json!({"value": "matrix-value"})),
                 );
@@ -330,14 +411,14 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
         let foreign = call(
             &d,
             route.method(),
-            &route.path(&a.id, &target.id),
+            &route.path(&a.id, &target),
             Some(&b.token),
             body.as_ref(),
         );
         let nowhere = call(
             &d,
             route.method(),
-            &route.path("frm_000000000000000000000000", &target.id),
+            &route.path("frm_000000000000000000000000", &target),
             Some(&b.token),
             body.as_ref(),
         );

@@ -8,5 +8,6 @@ mod foundation;
 mod harness;
 mod keys;
 mod raw_tls;
+mod records;
 mod retention;
 mod secrets;

@@ -1,0 +1,575 @@
+//! Firm records: collections with declared schemas, records whose
+//! sensitive fields are sealed under the firm's data key and masked for
+//! readers without `records:read_sensitive`, PII scanning on every write,
+//! idempotent creates and optimistic concurrency (ETag / If-Match).
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::audit::Outcome;
+use super::{FirmError, FirmHandle, Firms};
+use crate::auth::policy::{self, Authorized, Permission, perm};
+use crate::crypto::envelope;
+use crate::ids::RecordId;
+use crate::records::schema::{self, Invalid, MASK, Schema};
+use crate::store::StoreError;
+use crate::store::firm::RecordRow;
+
+/// Largest page of records.
+pub const MAX_RECORD_PAGE: u64 = 500;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionView {
+    pub name: String,
+    pub version: u32,
+    pub schema: Schema,
+}
+
+/// A record as a reader sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordView {
+    pub id: String,
+    pub collection: String,
+    pub version: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub data: Map<String, Value>,
+}
+
+impl RecordView {
+    /// The strong ETag of this version.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+}
+
+/// PII found in a flagged or redacted field.
+#[derive(Debug, Clone, Serialize)]
+pub struct PiiWarning {
+    pub field: String,
+    pub kind: &'static str,
+}
+
+/// The result of a write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub record: RecordView,
+    pub warnings: Vec<PiiWarning>,
+    pub created: bool,
+    /// An idempotent replay: the record the first request created.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordPage {
+    pub records: Vec<RecordView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+fn record_aad(firm: &str, collection: &str, id: &str, version: u32) -> Vec<u8> {
+    format!("strongroom/record/v1|{firm}|{collection}|{id}|{version}").into_bytes()
+}
+
+fn invalid(e: Invalid) -> FirmError {
+    match e {
+        Invalid::Shape(m) => FirmError::InvalidRecord(m),
+        Invalid::Pii { field, kind } => FirmError::PiiDetected {
+            field,
+            kind: kind.as_str(),
+        },
+    }
+}
+
+/// What a write stores: the row, its index entries and its PII findings.
+struct Prepared {
+    row: RecordRow,
+    index: Vec<(String, String)>,
+    warnings: Vec<PiiWarning>,
+}
+
+impl Firms {
+    fn schema_of(&self, h: &FirmHandle, collection: &str) -> Result<Schema, FirmError> {
+        let (text, _) =
+            h.db.read_blocking(|r| r.collection(collection))?
+                .ok_or(FirmError::CollectionNotFound)?;
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("collection {collection} schema: {e}")).into())
+    }
+
+    /// Declares or changes a collection's schema. A change may add fields
+    /// and change flags, but never a field's type or sensitivity (stored
+    /// data would no longer match it).
+    pub fn put_collection(
+        &self,
+        auth: &Authorized<perm::CollectionsWrite>,
+        name: &str,
+        schema: Schema,
+    ) -> Result<(CollectionView, bool), FirmError> {
+        self.audited(auth, "collections.put", name, json!({}), || {
+            if !schema::valid_name(name) {
+                return Err(FirmError::Invalid(format!(
+                    "collection name {name:?}: 1 to {} of a-z 0-9 _, starting with a letter",
+                    schema::MAX_NAME
+                )));
+            }
+            schema.check().map_err(FirmError::Invalid)?;
+            self.require_writable(auth.firm())?;
+            let h = self.handle(auth.firm())?;
+            if let Ok(old) = self.schema_of(&h, name) {
+                for (f, was) in &old.fields {
+                    match schema.fields.get(f) {
+                        Some(now) if now.kind != was.kind || now.sensitive != was.sensitive => {
+                            return Err(FirmError::SchemaConflict(format!(
+                                "field {f:?} cannot change its type or sensitivity"
+                            )));
+                        }
+                        None => {
+                            return Err(FirmError::SchemaConflict(format!(
+                                "field {f:?} cannot be removed"
+                            )));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let text =
+                serde_json::to_string(&schema).map_err(|e| FirmError::Invalid(e.to_string()))?;
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                "collections.put",
+                name,
+                Outcome::Success,
+                json!({ "schema": schema }),
+            )?;
+            let (n, now) = (name.to_owned(), self.now());
+            let version = h.db.write_blocking(move |tx| {
+                let v = tx.put_collection(&n, &text, &now)?;
+                tx.append_audit(entry.clone())?;
+                Ok(v)
+            })?;
+            Ok((
+                CollectionView {
+                    name: name.to_owned(),
+                    version,
+                    schema: schema.clone(),
+                },
+                version == 1,
+            ))
+        })
+    }
+
+    pub fn get_collection(
+        &self,
+        auth: &Authorized<perm::RecordsRead>,
+        name: &str,
+    ) -> Result<CollectionView, FirmError> {
+        let h = self.handle(auth.firm())?;
+        let (text, version) =
+            h.db.read_blocking(|r| r.collection(name))?
+                .ok_or(FirmError::CollectionNotFound)?;
+        Ok(CollectionView {
+            name: name.to_owned(),
+            version,
+            schema: serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("schema: {e}")))?,
+        })
+    }
+
+    /// Validates, scans and seals a record body for version `version`.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        h: &FirmHandle,
+        schema: &Schema,
+        collection: &str,
+        id: &str,
+        version: u32,
+        created_at: &str,
+        body: &Value,
+    ) -> Result<Prepared, FirmError> {
+        let split = schema::split(schema, body).map_err(invalid)?;
+        let sealed = if split.sensitive.is_empty() {
+            None
+        } else {
+            let plain = zeroize::Zeroizing::new(
+                serde_json::to_vec(&split.sensitive)
+                    .map_err(|e| FirmError::Invalid(e.to_string()))?,
+            );
+            Some(
+                envelope::seal(
+                    &h.data_key,
+                    h.data_key_version,
+                    &record_aad(h.id.as_str(), collection, id, version),
+                    &plain,
+                )
+                .map_err(|e| FirmError::Invalid(format!("sealing a record: {e}")))?,
+            )
+        };
+        let now = self.now();
+        Ok(Prepared {
+            row: RecordRow {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                version,
+                clear: Value::Object(split.clear).to_string(),
+                sealed,
+                created_at: created_at.to_owned(),
+                updated_at: now,
+            },
+            index: split.index,
+            warnings: split
+                .pii
+                .into_iter()
+                .map(|(field, kind)| PiiWarning {
+                    field,
+                    kind: kind.as_str(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The record as a reader sees it: sensitive fields decrypted when
+    /// `clear` is true, else masked.
+    fn record_view(
+        &self,
+        h: &FirmHandle,
+        schema: &Schema,
+        row: &RecordRow,
+        clear: bool,
+    ) -> RecordView {
+        let mut data: Map<String, Value> = serde_json::from_str(&row.clear).unwrap_or_default();
+        if let Some(sealed) = &row.sealed {
+            if clear {
+                let opened = envelope::open(
+                    &h.data_key,
+                    &record_aad(h.id.as_str(), &row.collection, &row.id, row.version),
+                    sealed,
+                )
+                .ok()
+                .map(zeroize::Zeroizing::new)
+                .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
+                match opened {
+                    Some(m) => data.extend(m),
+                    None => tracing::error!(record = %row.id, "sensitive fields do not decrypt"),
+                }
+            } else {
+                for (name, f) in &schema.fields {
+                    if f.sensitive {
+                        data.insert(name.clone(), Value::String(MASK.to_owned()));
+                    }
+                }
+            }
+        }
+        RecordView {
+            id: row.id.clone(),
+            collection: row.collection.clone(),
+            version: row.version,
+            created_at: row.created_at.clone(),
+            updated_at: row.updated_at.clone(),
+            data,
+        }
+    }
+
+    /// Creates a record. With an Idempotency-Key, the same key and body
+    /// return the record the first request created; another body is 409.
+    pub fn create_record(
+        &self,
+        auth: &Authorized<perm::RecordsWrite>,
+        collection: &str,
+        body: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Written, FirmError> {
+        self.audited(auth, "records.create", collection, json!({}), || {
+            self.require_writable(auth.firm())?;
+            let h = self.handle(auth.firm())?;
+            let schema = self.schema_of(&h, collection)?;
+            let id = RecordId::generate()?.to_string();
+            let now = self.now();
+            let p = self.prepare(&h, &schema, collection, &id, 1, &now, &body)?;
+            let request_hash = crate::crypto::sha256(body.to_string().as_bytes());
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                "records.create",
+                &format!("{collection}/{id}"),
+                Outcome::Success,
+                json!({ "version": 1, "pii": p.warnings, "idempotency_key": idempotency_key }),
+            )?;
+            let (row, index, key, coll) = (
+                p.row,
+                p.index,
+                idempotency_key.clone(),
+                collection.to_owned(),
+            );
+            let stored = h.db.write_blocking(move |tx| {
+                if let Some(k) = &key {
+                    if let Some((hash, existing)) = tx.read().idempotency(&coll, k)? {
+                        if hash != request_hash {
+                            return Err(StoreError::Conflict("idempotency".into()));
+                        }
+                        let row = tx
+                            .read()
+                            .record(&coll, &existing)?
+                            .ok_or(StoreError::NotFound)?;
+                        return Ok((row, true));
+                    }
+                    tx.put_idempotency(&coll, k, &request_hash, &row.id, &row.created_at)?;
+                }
+                tx.write_record(&row, None, &index)?;
+                tx.append_audit(entry.clone())?;
+                Ok((row.clone(), false))
+            });
+            let (row, replayed) = match stored {
+                Ok(x) => x,
+                Err(StoreError::Conflict(_)) => return Err(FirmError::IdempotencyConflict),
+                // The first request's record was deleted since.
+                Err(StoreError::NotFound) => return Err(FirmError::RecordNotFound),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Written {
+                record: self.record_view(&h, &schema, &row, false),
+                warnings: if replayed { Vec::new() } else { p.warnings },
+                created: !replayed,
+                replayed,
+            })
+        })
+    }
+
+    /// Whether this principal sees sensitive fields in clear.
+    fn sees_sensitive<P: perm::Marker>(&self, auth: &Authorized<P>) -> bool {
+        policy::decide(
+            auth.principal(),
+            Permission::RecordsReadSensitive,
+            auth.firm(),
+        )
+        .allowed
+    }
+
+    pub fn get_record(
+        &self,
+        auth: &Authorized<perm::RecordsRead>,
+        collection: &str,
+        id: &str,
+    ) -> Result<RecordView, FirmError> {
+        let h = self.handle(auth.firm())?;
+        let schema = self.schema_of(&h, collection)?;
+        let row =
+            h.db.read_blocking(|r| r.record(collection, id))?
+                .ok_or(FirmError::RecordNotFound)?;
+        let clear = self.sees_sensitive(auth) && row.sealed.is_some();
+        if clear {
+            let decision = policy::decide(
+                auth.principal(),
+                Permission::RecordsReadSensitive,
+                auth.firm(),
+            );
+            self.audit_read(
+                &h,
+                auth.principal(),
+                decision,
+                "records.read_sensitive",
+                &format!("{collection}/{id}"),
+            )?;
+        }
+        Ok(self.record_view(&h, &schema, &row, clear))
+    }
+
+    /// A page of records by id, optionally filtered on one indexed field.
+    pub fn list_records(
+        &self,
+        auth: &Authorized<perm::RecordsRead>,
+        collection: &str,
+        after: &str,
+        limit: u64,
+        filter: Option<(String, String)>,
+    ) -> Result<RecordPage, FirmError> {
+        let h = self.handle(auth.firm())?;
+        let schema = self.schema_of(&h, collection)?;
+        if let Some((field, _)) = &filter
+            && !schema.fields.get(field).is_some_and(|f| f.indexed)
+        {
+            return Err(FirmError::Invalid(format!(
+                "{field:?} is not an indexed field of {collection}"
+            )));
+        }
+        let limit = limit.clamp(1, MAX_RECORD_PAGE);
+        let rows = h.db.read_blocking(|r| {
+            r.records(
+                collection,
+                after,
+                limit,
+                filter.as_ref().map(|(f, v)| (f.as_str(), v.as_str())),
+            )
+        })?;
+        let clear = self.sees_sensitive(auth) && rows.iter().any(|r| r.sealed.is_some());
+        if clear {
+            let decision = policy::decide(
+                auth.principal(),
+                Permission::RecordsReadSensitive,
+                auth.firm(),
+            );
+            self.audit_read(
+                &h,
+                auth.principal(),
+                decision,
+                "records.read_sensitive",
+                &format!("{collection}/*"),
+            )?;
+        }
+        let records: Vec<RecordView> = rows
+            .iter()
+            .map(|r| self.record_view(&h, &schema, r, clear))
+            .collect();
+        let next = (records.len() as u64 == limit)
+            .then(|| records.last().map(|r| r.id.clone()))
+            .flatten();
+        Ok(RecordPage { records, next })
+    }
+
+    /// Replaces a record (`patch`: applies a JSON merge patch, RFC 7396, to
+    /// it) at the version `if_match` names.
+    pub fn update_record(
+        &self,
+        auth: &Authorized<perm::RecordsWrite>,
+        collection: &str,
+        id: &str,
+        body: Value,
+        if_match: Option<u32>,
+        patch: bool,
+    ) -> Result<Written, FirmError> {
+        let action = if patch {
+            "records.patch"
+        } else {
+            "records.replace"
+        };
+        let resource = format!("{collection}/{id}");
+        self.audited(auth, action, &resource, json!({}), || {
+            self.require_writable(auth.firm())?;
+            let expected = if_match.ok_or(FirmError::PreconditionRequired)?;
+            let h = self.handle(auth.firm())?;
+            let schema = self.schema_of(&h, collection)?;
+            let current =
+                h.db.read_blocking(|r| r.record(collection, id))?
+                    .ok_or(FirmError::RecordNotFound)?;
+            if current.version != expected {
+                return Err(FirmError::StaleVersion);
+            }
+            let body = if patch {
+                let mut whole = Value::Object(self.record_view(&h, &schema, &current, true).data);
+                merge_patch(&mut whole, &body);
+                whole
+            } else {
+                body.clone()
+            };
+            let p = self.prepare(
+                &h,
+                &schema,
+                collection,
+                id,
+                expected + 1,
+                &current.created_at,
+                &body,
+            )?;
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                action,
+                &resource,
+                Outcome::Success,
+                json!({ "version": expected + 1, "pii": p.warnings }),
+            )?;
+            let (row, index) = (p.row, p.index);
+            let stored = h.db.write_blocking(move |tx| {
+                tx.write_record(&row, Some(expected), &index)?;
+                tx.append_audit(entry.clone())?;
+                Ok(row.clone())
+            });
+            let row = match stored {
+                Ok(r) => r,
+                Err(StoreError::Conflict(_)) => return Err(FirmError::StaleVersion),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Written {
+                record: self.record_view(&h, &schema, &row, false),
+                warnings: p.warnings,
+                created: false,
+                replayed: false,
+            })
+        })
+    }
+
+    pub fn delete_record(
+        &self,
+        auth: &Authorized<perm::RecordsDelete>,
+        collection: &str,
+        id: &str,
+        if_match: Option<u32>,
+    ) -> Result<(), FirmError> {
+        let resource = format!("{collection}/{id}");
+        self.audited(auth, "records.delete", &resource, json!({}), || {
+            self.require_writable(auth.firm())?;
+            let h = self.handle(auth.firm())?;
+            self.schema_of(&h, collection)?;
+            let entry = self.audit_entry(
+                &h,
+                auth.principal(),
+                auth.decision(),
+                "records.delete",
+                &resource,
+                Outcome::Success,
+                json!({}),
+            )?;
+            let (c, i) = (collection.to_owned(), id.to_owned());
+            let r = h.db.write_blocking(move |tx| {
+                let Some(v) = tx.delete_record(&c, &i, if_match)? else {
+                    return Err(StoreError::NotFound);
+                };
+                tx.append_audit(entry.clone())?;
+                Ok(v)
+            });
+            match r {
+                Ok(_) => Ok(()),
+                Err(StoreError::NotFound) => Err(FirmError::RecordNotFound),
+                Err(StoreError::Conflict(_)) => Err(FirmError::StaleVersion),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+/// RFC 7396 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}}));
+    }
+}
