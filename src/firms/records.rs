@@ -339,14 +339,32 @@ impl Firms {
         })
     }
 
-    /// Whether this principal sees sensitive fields in clear.
-    fn sees_sensitive<P: perm::Marker>(&self, auth: &Authorized<P>) -> bool {
-        policy::decide(
+    /// Whether this read returns sensitive fields in clear: the reader has
+    /// `records:read_sensitive` and there are some. Such a read is audited,
+    /// once per key and `resource` a minute.
+    fn clear_read(
+        &self,
+        h: &FirmHandle,
+        auth: &Authorized<perm::RecordsRead>,
+        has_sensitive: bool,
+        resource: &str,
+    ) -> Result<bool, FirmError> {
+        let decision = policy::decide(
             auth.principal(),
             Permission::RecordsReadSensitive,
             auth.firm(),
-        )
-        .allowed
+        );
+        if !(decision.allowed && has_sensitive) {
+            return Ok(false);
+        }
+        self.audit_read(
+            h,
+            auth.principal(),
+            decision,
+            "records.read_sensitive",
+            resource,
+        )?;
+        Ok(true)
     }
 
     pub fn get_record(
@@ -360,21 +378,12 @@ impl Firms {
         let row =
             h.db.read_blocking(|r| r.record(collection, id))?
                 .ok_or(FirmError::RecordNotFound)?;
-        let clear = self.sees_sensitive(auth) && row.sealed.is_some();
-        if clear {
-            let decision = policy::decide(
-                auth.principal(),
-                Permission::RecordsReadSensitive,
-                auth.firm(),
-            );
-            self.audit_read(
-                &h,
-                auth.principal(),
-                decision,
-                "records.read_sensitive",
-                &format!("{collection}/{id}"),
-            )?;
-        }
+        let clear = self.clear_read(
+            &h,
+            auth,
+            row.sealed.is_some(),
+            &format!("{collection}/{id}"),
+        )?;
         Ok(self.record_view(&h, &schema, &row, clear))
     }
 
@@ -405,21 +414,8 @@ impl Firms {
                 filter.as_ref().map(|(f, v)| (f.as_str(), v.as_str())),
             )
         })?;
-        let clear = self.sees_sensitive(auth) && rows.iter().any(|r| r.sealed.is_some());
-        if clear {
-            let decision = policy::decide(
-                auth.principal(),
-                Permission::RecordsReadSensitive,
-                auth.firm(),
-            );
-            self.audit_read(
-                &h,
-                auth.principal(),
-                decision,
-                "records.read_sensitive",
-                &format!("{collection}/*"),
-            )?;
-        }
+        let sealed = rows.iter().any(|r| r.sealed.is_some());
+        let clear = self.clear_read(&h, auth, sealed, &format!("{collection}/*"))?;
         let records: Vec<RecordView> = rows
             .iter()
             .map(|r| self.record_view(&h, &schema, r, clear))
