@@ -549,11 +549,6 @@ impl ReadTx<'_> {
         audit_log::leaf(self.conn, seq)
     }
 
-    /// The most recent signed checkpoint: (size, root, note).
-    pub fn latest_checkpoint(&self) -> Result<Option<(u64, Hash, String)>, StoreError> {
-        audit_log::latest_checkpoint(self.conn)
-    }
-
     pub fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
         audit_log::root(self.conn, size)
     }
@@ -575,22 +570,12 @@ impl ReadTx<'_> {
         audit_log::needs_checkpoint(self.conn)
     }
 
-    /// The latest retention purge, if any.
-    pub fn audit_anchor(&self) -> Result<Option<audit_log::PurgeAnchor>, StoreError> {
-        audit_log::anchor(self.conn)
-    }
-
     /// See [`audit_log::export_snapshot`].
     pub fn audit_export_snapshot(
         &self,
         size: u64,
     ) -> Result<audit_log::ExportSnapshot, StoreError> {
         audit_log::export_snapshot(self.conn, size)
-    }
-
-    /// The tree nodes covering the purged prefix `[0, k)`.
-    pub fn audit_prefix(&self, k: u64) -> Result<Vec<Hash>, StoreError> {
-        audit_log::prefix_nodes(self.conn, k)
     }
 
     pub fn secret(&self, name: &str) -> Result<Option<SecretRow>, StoreError> {
@@ -1072,6 +1057,26 @@ mod tests {
         db.close();
     }
 
+    /// Runs SQL on the closed database with its raw key (tampering).
+    fn raw_sql(path: &Path, sql: &str) {
+        let c = crate::store::open_encrypted(path, &key(1), OpenFlags::default()).unwrap();
+        c.execute_batch(sql).unwrap();
+    }
+
+    /// Reopens the database and verifies it (on one thread, or on two for
+    /// a log large enough): the first bad seq, if any.
+    fn first_bad(path: &Path, two_threads: bool) -> Option<u64> {
+        let db = FirmDb::open("frm_x", path, key(1), false).unwrap();
+        let v = if two_threads {
+            db.audit_verify()
+        } else {
+            db.read_blocking(|r| r.audit_verify())
+        }
+        .unwrap();
+        db.close();
+        v.first_bad.map(|(seq, _)| seq)
+    }
+
     fn audit_entry(i: u64) -> Entry {
         Entry {
             seq: 0,
@@ -1126,16 +1131,8 @@ mod tests {
         }
         db.close();
 
-        let raw = |sql: &str| {
-            let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
-            c.execute_batch(sql).unwrap();
-        };
-        let verify = || {
-            let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
-            let v = db.read_blocking(|r| r.audit_verify()).unwrap();
-            db.close();
-            v.first_bad.map(|(seq, _)| seq)
-        };
+        let raw = |sql: &str| raw_sql(&path, sql);
+        let verify = || first_bad(&path, false);
         // One flipped byte in one entry's payload.
         raw("UPDATE audit_entries SET payload = x'0c0c0c0c0d' WHERE seq = 12");
         assert_eq!(verify(), Some(12));
@@ -1190,16 +1187,8 @@ mod tests {
         let p = db.read_blocking(|r| r.audit_consistency(30, 31)).unwrap();
         assert!(merkle::verify_consistency(30, 31, &root30, &root31, &p));
         db.close();
-        let raw = |sql: &str| {
-            let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
-            c.execute_batch(sql).unwrap();
-        };
-        let verify = || {
-            let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
-            let v = db.read_blocking(|r| r.audit_verify()).unwrap();
-            db.close();
-            v.first_bad.map(|(seq, _)| seq)
-        };
+        let raw = |sql: &str| raw_sql(&path, sql);
+        let verify = || first_bad(&path, false);
         // A forged entry in the purged range.
         raw("INSERT INTO audit_entries SELECT 5, at, firm, actor, source_ip, request_id, action,
              resource, outcome, decision, rule, payload, leaf, chain FROM audit_entries WHERE seq = 25");
@@ -1253,16 +1242,8 @@ mod tests {
             assert_eq!((two.size, two.first_bad), (n, None));
         }
         db.close();
-        let raw = |sql: &str| {
-            let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
-            c.execute_batch(sql).unwrap();
-        };
-        let verify = || {
-            let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
-            let v = db.audit_verify().unwrap();
-            db.close();
-            v.first_bad.map(|(seq, _)| seq)
-        };
+        let raw = |sql: &str| raw_sql(&path, sql);
+        let verify = || first_bad(&path, true);
         // The halves are [0, 32) and [32, 40).
         for seq in [3, 31, 32, 39] {
             raw(&format!(

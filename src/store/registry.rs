@@ -188,18 +188,11 @@ impl Registry {
         now: &str,
         audit: Option<Entry>,
     ) -> Result<(), StoreError> {
-        let mut c = self.lock();
-        let tx = c.transaction()?;
-        let n = tx.execute(
+        self.update_live_firm(
             "UPDATE firms SET state = ?2, updated_at = ?3 WHERE id = ?1 AND state != 'deleted'",
             params![id, state, now],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
-        append_opt(&tx, audit)?;
-        tx.commit()?;
-        Ok(())
+            audit,
+        )
     }
 
     /// Sets (or with None clears) a firm's own audit retention.
@@ -210,13 +203,24 @@ impl Registry {
         now: &str,
         audit: Option<Entry>,
     ) -> Result<(), StoreError> {
-        let mut c = self.lock();
-        let tx = c.transaction()?;
-        let n = tx.execute(
+        self.update_live_firm(
             "UPDATE firms SET audit_retention = ?2, updated_at = ?3 WHERE id = ?1 AND state != 'deleted'",
             params![id, retention, now],
-        )?;
-        if n == 0 {
+            audit,
+        )
+    }
+
+    /// One UPDATE of a firm that is not deleted (`NotFound` otherwise) and
+    /// its system-log entry, in one transaction.
+    fn update_live_firm(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+        audit: Option<Entry>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        if tx.execute(sql, args)? == 0 {
             return Err(StoreError::NotFound);
         }
         append_opt(&tx, audit)?;
@@ -227,11 +231,7 @@ impl Registry {
     /// Appends an entry to the system audit log on its own (actions that
     /// change nothing in the registry, refusals and failures).
     pub fn append_audit(&self, e: Entry) -> Result<u64, StoreError> {
-        let mut c = self.lock();
-        let tx = c.transaction()?;
-        let seq = audit_log::append(&tx, e)?;
-        tx.commit()?;
-        Ok(seq)
+        self.with_audit_log(|c| audit_log::append(c, e))
     }
 
     /// Runs `f` on the system audit log in one transaction (reads, checkpoint
