@@ -119,12 +119,26 @@ impl Default for AdminSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysSection {
     /// A file holding the 32-byte master key (raw or 64 hex characters). Used
     /// only when the systemd credential `master-key` is absent.
     pub master_key_file: Option<PathBuf>,
+    /// Items the data-key re-encryption job moves per transaction (1-10000).
+    pub reencrypt_batch: u64,
+    /// Pause between two re-encryption transactions, in milliseconds (at most 60000).
+    pub reencrypt_pause_ms: u64,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        Self {
+            master_key_file: None,
+            reencrypt_batch: 500,
+            reencrypt_pause_ms: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -284,6 +298,16 @@ impl Config {
                     "{name} {v:?} is not a duration like 90d, 12h, 30m or 10s (at most 100 years)"
                 )));
             }
+        }
+        if !(1..=10_000).contains(&self.keys.reencrypt_batch) {
+            return Err(ConfigError::Invalid(
+                "keys.reencrypt_batch must be between 1 and 10000".to_owned(),
+            ));
+        }
+        if self.keys.reencrypt_pause_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "keys.reencrypt_pause_ms must be at most 60000".to_owned(),
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::Invalid(format!(

@@ -110,6 +110,7 @@ const AUDITED: &[&str] = &[
     "firm.unfreeze",
     "firm.delete",
     "firm.rekey",
+    "firm.rotate_data_key",
     "firm.export_key",
     "firm.set_retention",
     "keys.rotate_master",
@@ -313,6 +314,27 @@ fn run_as(
             let version = firms.rekey(&id, by)?;
             tracing::info!(firm = %id, version, uid = caller.uid, "firm database rekeyed");
             Ok(json!({ "firm_id": id, "db_key_version": version }))
+        }
+        "firm.rotate_data_key" => {
+            let a: IdArgs = args(raw)?;
+            let id = firm_id(&a.id)?;
+            let (version, retiring) = firms.rotate_data_key(&id, by)?;
+            tracing::info!(firm = %id, version, ?retiring, uid = caller.uid, "data key rotated; re-encryption starting");
+            firms.audit_admin(
+                &id,
+                by,
+                "keys.rotate_data_key",
+                json!({ "data_key_version": version, "retiring": retiring }),
+            )?;
+            let (f, job) = (shared.firms.clone(), id.clone());
+            std::thread::Builder::new()
+                .name("reencrypt".to_owned())
+                .spawn(move || f.reencrypt_data(&job))
+                .map_err(|e| CmdError {
+                    code: "internal",
+                    message: format!("cannot start the re-encryption job: {e}"),
+                })?;
+            Ok(json!({ "firm_id": id, "data_key_version": version, "retiring": retiring }))
         }
         "keys.rotate_master" => {
             let a: RotateArgs = args(raw)?;

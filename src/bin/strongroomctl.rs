@@ -103,7 +103,8 @@ enum FirmCmd {
     Create { name: String },
     /// List every firm, deleted ones included.
     List,
-    /// Show one firm: state, key versions, database size.
+    /// Show one firm: state, key versions, data-key re-encryption progress,
+    /// database size.
     Show { id: String },
     /// Freeze a firm: the API refuses writes (423); reads still work.
     Freeze { id: String },
@@ -121,6 +122,10 @@ enum FirmCmd {
     ExportKey { id: String },
     /// Re-encrypt the firm's database under a new SQLCipher key.
     Rekey { id: String },
+    /// Rotate the firm's data key (secrets and sensitive record fields): new
+    /// writes use the new version at once; a background job re-encrypts the
+    /// rest, then destroys the old version. Progress: `firm show`.
+    RotateDataKey { id: String },
     /// Set the firm's audit retention (e.g. 3650d), or `default` for the
     /// configured one.
     Retention { id: String, retention: String },
@@ -281,6 +286,7 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             }
             FirmCmd::ExportKey { id } => ("firm.export_key", json!({ "id": id })),
             FirmCmd::Rekey { id } => ("firm.rekey", json!({ "id": id })),
+            FirmCmd::RotateDataKey { id } => ("firm.rotate_data_key", json!({ "id": id })),
             FirmCmd::Retention { id, retention } => (
                 "firm.set_retention",
                 json!({ "id": id, "retention": (retention != "default").then_some(retention) }),
@@ -371,6 +377,13 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
                 "{}: database key is now version {}",
                 s("firm_id"),
                 s("db_key_version")
+            );
+        }
+        Command::Firm(FirmCmd::RotateDataKey { .. }) => {
+            println!(
+                "{}: data key is now version {}; re-encrypting what older versions sealed (progress: strongroomctl firm show)",
+                s("firm_id"),
+                s("data_key_version")
             );
         }
         Command::Audit(AuditCmd::VerifierKey) => println!("{}", s("verifier_key")),

@@ -277,6 +277,10 @@ fn open_firms(
     )?;
     drop(master);
     firms.set_default_retention(config.audit.retention());
+    firms.set_reencrypt_pacing(
+        config.keys.reencrypt_batch,
+        Duration::from_millis(config.keys.reencrypt_pause_ms),
+    );
     tracing::info!(source = %source, "master key loaded; registry open");
     Ok((Some(Arc::new(firms)), source.to_string()))
 }
@@ -467,6 +471,28 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
             }),
         });
     }
+    {
+        // Data-key re-encryption: resumes unfinished jobs at start (after a
+        // restart or a failure), then checks every minute.
+        let mut stop = stop_rx.clone();
+        let firms = firms.clone();
+        tasks.push(NamedTask {
+            name: "data-key-reencryption",
+            handle: tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick() => {
+                            let f = firms.clone();
+                            let _ = tokio::task::spawn_blocking(move || f.resume_reencryption()).await;
+                        }
+                    }
+                }
+            }),
+        });
+    }
     if let Some(interval) = notify::watchdog_interval() {
         let mut stop = stop_rx.clone();
         tasks.push(NamedTask {
@@ -518,6 +544,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
 
     notify::stopping();
     let _ = stop_tx.send(true);
+    firms.stop_jobs();
     for task in tasks {
         match tokio::time::timeout(drain + Duration::from_secs(2), task.handle).await {
             Ok(Ok(())) => tracing::debug!(task = task.name, "task stopped"),

@@ -27,6 +27,7 @@ use crate::store::firm::FirmDb;
 use crate::store::registry::{FirmRow, Registry, WrappedKey};
 
 mod audit;
+mod datakeys;
 mod keys;
 mod records;
 mod secrets;
@@ -35,6 +36,7 @@ mod system;
 pub use audit::{
     AuditEntryView, AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE, Outcome,
 };
+pub use datakeys::{DataKeyStatus, DataKeys, Reencryption};
 pub use keys::{KeyView, Minted, NewKey};
 pub use records::{CollectionView, RecordPage, RecordView, Written};
 pub use secrets::{SecretValue, SecretView};
@@ -182,9 +184,27 @@ pub struct FirmHandle {
     /// Seals audit payloads, and its version (the envelope header's).
     audit_key: SecretKey,
     audit_key_version: u32,
-    /// Seals secrets (and sensitive record fields), and its version.
-    data_key: SecretKey,
-    data_key_version: u32,
+    /// Seal secrets and sensitive record fields: the active version and the
+    /// retired ones a rotation has not finished with. Swapped whole, so a
+    /// reader's snapshot never changes under it.
+    data: RwLock<Arc<DataKeys>>,
+}
+
+impl FirmHandle {
+    /// A snapshot of the data keys. Take it *before* reading sealed rows.
+    pub fn data_keys(&self) -> Arc<DataKeys> {
+        match self.data.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_data_keys(&self, keys: DataKeys) {
+        match self.data.write() {
+            Ok(mut g) => *g = Arc::new(keys),
+            Err(p) => *p.into_inner() = Arc::new(keys),
+        }
+    }
 }
 
 /// What `firm show` reports.
@@ -193,6 +213,7 @@ pub struct FirmInfo {
     #[serde(flatten)]
     pub row: FirmRow,
     pub key_versions: HashMap<String, u32>,
+    pub data_key: DataKeyStatus,
     pub db_bytes: Option<u64>,
     pub open: bool,
 }
@@ -242,6 +263,12 @@ pub struct Firms {
     retention_secs: AtomicU64,
     /// Recent secret-verification attempts, for rate limiting.
     verify_attempts: secrets::Attempts,
+    /// Data-key re-encryption jobs.
+    data_jobs: datakeys::Jobs,
+    /// Bumped (under the `open` lock) whenever a firm's in-memory keys
+    /// change, so a handle opened meanwhile from older registry rows is
+    /// discarded instead of cached.
+    key_epoch: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -307,6 +334,8 @@ impl Firms {
             system_key,
             retention_secs: AtomicU64::new(2557 * 86_400),
             verify_attempts: secrets::Attempts::default(),
+            data_jobs: datakeys::Jobs::default(),
+            key_epoch: AtomicU64::new(0),
         };
         firms.sweep_files();
         Ok(firms)
@@ -430,8 +459,10 @@ impl Firms {
             auth_key,
             audit_key,
             audit_key_version: 1,
-            data_key,
-            data_key_version: 1,
+            data: RwLock::new(Arc::new(DataKeys::new(
+                1,
+                [(1, Arc::new(data_key))].into_iter().collect(),
+            ))),
         };
         let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,
@@ -500,10 +531,34 @@ impl Firms {
         if lock(&self.maintenance).contains(id) {
             return Err(FirmError::Maintenance);
         }
-        if let Some(h) = lock(&self.open).get(id) {
-            h.db.touch();
-            return Ok(h.clone());
+        loop {
+            if let Some(h) = lock(&self.open).get(id) {
+                h.db.touch();
+                return Ok(h.clone());
+            }
+            let epoch = self.key_epoch.load(Ordering::SeqCst);
+            let handle = Arc::new(self.open_handle(id)?);
+            let mut open = lock(&self.open);
+            // Another thread may have opened it meanwhile; keep one. If keys
+            // changed while this one was opening, it may hold old ones: retry.
+            let keep = open.get(id).cloned();
+            if keep.is_some() || self.key_epoch.load(Ordering::SeqCst) != epoch {
+                drop(open);
+                if let Ok(mine) = Arc::try_unwrap(handle) {
+                    mine.db.close();
+                }
+                if let Some(h) = keep {
+                    return Ok(h);
+                }
+                continue;
+            }
+            open.insert(id.clone(), handle.clone());
+            return Ok(handle);
         }
+    }
+
+    /// Opens a firm's database with its keys from the registry.
+    fn open_handle(&self, id: &FirmId) -> Result<FirmHandle, FirmError> {
         let keys = self.registry.keys(id.as_str())?;
         let db_key = self.resolve_db_key(id, &keys)?;
         let auth_key = self.active_key(id, &keys, Purpose::Auth)?;
@@ -512,33 +567,27 @@ impl Firms {
             .iter()
             .find(|k| k.purpose == Purpose::Audit.as_str() && k.state == "active")
             .map_or(1, |k| k.version);
-        let data_key = self.active_key(id, &keys, Purpose::Data)?;
-        let data_key_version = keys
-            .iter()
-            .find(|k| k.purpose == Purpose::Data.as_str() && k.state == "active")
-            .map_or(1, |k| k.version);
+        let mut data = std::collections::BTreeMap::new();
+        let mut data_active = None;
+        for k in keys.iter().filter(|k| k.purpose == Purpose::Data.as_str()) {
+            match k.state.as_str() {
+                "active" => data_active = Some(k.version),
+                "retired" => {}
+                _ => continue,
+            }
+            data.insert(k.version, Arc::new(self.unwrap_key(id, k)?));
+        }
+        let data_active = data_active
+            .ok_or_else(|| StoreError::Corrupt(format!("firm {id} has no active data key")))?;
         let db = FirmDb::open(id.as_str(), &self.path(id), db_key, false)?;
-        let handle = Arc::new(FirmHandle {
+        Ok(FirmHandle {
             id: id.clone(),
             db,
             auth_key,
             audit_key,
             audit_key_version,
-            data_key,
-            data_key_version,
-        });
-        let mut open = lock(&self.open);
-        // Another thread may have opened it meanwhile; keep one.
-        if let Some(h) = open.get(id) {
-            let h = h.clone();
-            drop(open);
-            if let Ok(mine) = Arc::try_unwrap(handle) {
-                mine.db.close();
-            }
-            return Ok(h);
-        }
-        open.insert(id.clone(), handle.clone());
-        Ok(handle)
+            data: RwLock::new(Arc::new(DataKeys::new(data_active, data))),
+        })
     }
 
     /// The active database key, finishing an interrupted rekey if one left a
@@ -598,6 +647,7 @@ impl Firms {
         Ok(FirmInfo {
             row,
             key_versions,
+            data_key: self.data_key_status(id)?,
             db_bytes: fs::metadata(self.path(id)).ok().map(|m| m.len()),
             open: lock(&self.open).contains_key(id),
         })
@@ -700,6 +750,7 @@ impl Firms {
             other => other?,
         }
         self.set_state_cache(id, FirmState::Deleted);
+        self.forget_jobs(id);
         self.evict(id);
         if let Err(e) = remove_db_files(&self.path(id)) {
             tracing::warn!(firm = %id, error = %e, "database file not removed; it is unreadable without its key and is swept at next start");
@@ -755,7 +806,9 @@ impl Firms {
         // One transaction: the new version becomes active, every older one is deleted.
         self.registry
             .activate_key(id.as_str(), Purpose::Audit.as_str(), version, Some(e))?;
-        // The open handle still holds the old key in memory: drop it.
+        // The open handle still holds the old key in memory: drop it, and
+        // make a handle being opened from the old rows reload.
+        self.key_epoch.fetch_add(1, Ordering::SeqCst);
         self.evict(id);
         Ok(version)
     }

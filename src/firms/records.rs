@@ -7,9 +7,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::audit::Outcome;
-use super::{FirmError, FirmHandle, Firms};
+use super::{DataKeys, FirmError, FirmHandle, Firms};
 use crate::auth::policy::{self, Authorized, Permission, perm};
-use crate::crypto::envelope;
 use crate::ids::RecordId;
 use crate::records::schema::{self, Invalid, MASK, Schema};
 use crate::store::StoreError;
@@ -67,7 +66,7 @@ pub struct RecordPage {
     pub next: Option<String>,
 }
 
-fn record_aad(firm: &str, collection: &str, id: &str, version: u32) -> Vec<u8> {
+pub(super) fn record_aad(firm: &str, collection: &str, id: &str, version: u32) -> Vec<u8> {
     format!("strongroom/record/v1|{firm}|{collection}|{id}|{version}").into_bytes()
 }
 
@@ -81,11 +80,33 @@ fn invalid(e: Invalid) -> FirmError {
     }
 }
 
-/// What a write stores: the row, its index entries and its PII findings.
+/// What a write stores: the row, its sensitive fields still to seal, its
+/// index entries and its PII findings.
 struct Prepared {
     row: RecordRow,
+    sensitive: Option<zeroize::Zeroizing<Vec<u8>>>,
     index: Vec<(String, String)>,
     warnings: Vec<PiiWarning>,
+}
+
+impl Prepared {
+    /// The row to store, its sensitive fields sealed now. Called inside the
+    /// write transaction: the seal uses the data key active at commit, so a
+    /// data-key rotation never misses a row (see `datakeys`).
+    fn sealed_row(&self, h: &FirmHandle) -> Result<RecordRow, StoreError> {
+        let mut row = self.row.clone();
+        if let Some(plain) = &self.sensitive {
+            row.sealed = Some(
+                h.data_keys()
+                    .seal(
+                        &record_aad(h.id.as_str(), &row.collection, &row.id, row.version),
+                        plain,
+                    )
+                    .map_err(|e| StoreError::Command(format!("sealing a record: {e}")))?,
+            );
+        }
+        Ok(row)
+    }
 }
 
 impl Firms {
@@ -182,7 +203,6 @@ impl Firms {
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
-        h: &FirmHandle,
         schema: &Schema,
         collection: &str,
         id: &str,
@@ -191,22 +211,13 @@ impl Firms {
         body: &Value,
     ) -> Result<Prepared, FirmError> {
         let split = schema::split(schema, body).map_err(invalid)?;
-        let sealed = if split.sensitive.is_empty() {
+        let sensitive = if split.sensitive.is_empty() {
             None
         } else {
-            let plain = zeroize::Zeroizing::new(
+            Some(zeroize::Zeroizing::new(
                 serde_json::to_vec(&split.sensitive)
                     .map_err(|e| FirmError::Invalid(e.to_string()))?,
-            );
-            Some(
-                envelope::seal(
-                    &h.data_key,
-                    h.data_key_version,
-                    &record_aad(h.id.as_str(), collection, id, version),
-                    &plain,
-                )
-                .map_err(|e| FirmError::Invalid(format!("sealing a record: {e}")))?,
-            )
+            ))
         };
         let now = self.now();
         Ok(Prepared {
@@ -215,10 +226,11 @@ impl Firms {
                 id: id.to_owned(),
                 version,
                 clear: Value::Object(split.clear).to_string(),
-                sealed,
+                sealed: None,
                 created_at: created_at.to_owned(),
                 updated_at: now,
             },
+            sensitive,
             index: split.index,
             warnings: split
                 .pii
@@ -231,26 +243,26 @@ impl Firms {
         })
     }
 
-    /// The record as a reader sees it: sensitive fields decrypted when
-    /// `clear` is true, else masked.
+    /// The record as a reader sees it: sensitive fields decrypted with
+    /// `clear` (a key snapshot taken before the row was read), else masked.
     fn record_view(
         &self,
-        h: &FirmHandle,
+        firm: &str,
         schema: &Schema,
         row: &RecordRow,
-        clear: bool,
+        clear: Option<&DataKeys>,
     ) -> RecordView {
         let mut data: Map<String, Value> = serde_json::from_str(&row.clear).unwrap_or_default();
         if let Some(sealed) = &row.sealed {
-            if clear {
-                let opened = envelope::open(
-                    &h.data_key,
-                    &record_aad(h.id.as_str(), &row.collection, &row.id, row.version),
-                    sealed,
-                )
-                .ok()
-                .map(zeroize::Zeroizing::new)
-                .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
+            if let Some(keys) = clear {
+                let opened = keys
+                    .open(
+                        &record_aad(firm, &row.collection, &row.id, row.version),
+                        sealed,
+                    )
+                    .ok()
+                    .map(zeroize::Zeroizing::new)
+                    .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
                 match opened {
                     Some(m) => data.extend(m),
                     None => tracing::error!(record = %row.id, "sensitive fields do not decrypt"),
@@ -288,7 +300,7 @@ impl Firms {
             let schema = self.schema_of(&h, collection)?;
             let id = RecordId::generate()?.to_string();
             let now = self.now();
-            let p = self.prepare(&h, &schema, collection, &id, 1, &now, &body)?;
+            let p = self.prepare(&schema, collection, &id, 1, &now, &body)?;
             let request_hash = crate::crypto::sha256(body.to_string().as_bytes());
             let entry = self.audit_entry(
                 &h,
@@ -299,13 +311,10 @@ impl Firms {
                 Outcome::Success,
                 json!({ "version": 1, "pii": p.warnings, "idempotency_key": idempotency_key }),
             )?;
-            let (row, index, key, coll) = (
-                p.row,
-                p.index,
-                idempotency_key.clone(),
-                collection.to_owned(),
-            );
+            let warnings = p.warnings.clone();
+            let (hh, key, coll) = (h.clone(), idempotency_key.clone(), collection.to_owned());
             let stored = h.db.write_blocking(move |tx| {
+                let row = &p.row;
                 if let Some(k) = &key {
                     if let Some((hash, existing)) = tx.read().idempotency(&coll, k)? {
                         if hash != request_hash {
@@ -319,9 +328,10 @@ impl Firms {
                     }
                     tx.put_idempotency(&coll, k, &request_hash, &row.id, &row.created_at)?;
                 }
-                tx.write_record(&row, None, &index)?;
+                let row = p.sealed_row(&hh)?;
+                tx.write_record(&row, None, &p.index)?;
                 tx.append_audit(entry.clone())?;
-                Ok((row.clone(), false))
+                Ok((row, false))
             });
             let (row, replayed) = match stored {
                 Ok(x) => x,
@@ -331,8 +341,8 @@ impl Firms {
                 Err(e) => return Err(e.into()),
             };
             Ok(Written {
-                record: self.record_view(&h, &schema, &row, false),
-                warnings: if replayed { Vec::new() } else { p.warnings },
+                record: self.record_view(h.id.as_str(), &schema, &row, None),
+                warnings: if replayed { Vec::new() } else { warnings },
                 created: !replayed,
                 replayed,
             })
@@ -375,6 +385,7 @@ impl Firms {
     ) -> Result<RecordView, FirmError> {
         let h = self.handle(auth.firm())?;
         let schema = self.schema_of(&h, collection)?;
+        let keys = h.data_keys();
         let row =
             h.db.read_blocking(|r| r.record(collection, id))?
                 .ok_or(FirmError::RecordNotFound)?;
@@ -384,7 +395,7 @@ impl Firms {
             row.sealed.is_some(),
             &format!("{collection}/{id}"),
         )?;
-        Ok(self.record_view(&h, &schema, &row, clear))
+        Ok(self.record_view(h.id.as_str(), &schema, &row, clear.then_some(&*keys)))
     }
 
     /// A page of records by id, optionally filtered on one indexed field.
@@ -406,6 +417,7 @@ impl Firms {
             )));
         }
         let limit = limit.clamp(1, MAX_RECORD_PAGE);
+        let keys = h.data_keys();
         let rows = h.db.read_blocking(|r| {
             r.records(
                 collection,
@@ -418,7 +430,7 @@ impl Firms {
         let clear = self.clear_read(&h, auth, sealed, &format!("{collection}/*"))?;
         let records: Vec<RecordView> = rows
             .iter()
-            .map(|r| self.record_view(&h, &schema, r, clear))
+            .map(|r| self.record_view(h.id.as_str(), &schema, r, clear.then_some(&*keys)))
             .collect();
         let next = (records.len() as u64 == limit)
             .then(|| records.last().map(|r| r.id.clone()))
@@ -448,6 +460,7 @@ impl Firms {
             let expected = if_match.ok_or(FirmError::PreconditionRequired)?;
             let h = self.handle(auth.firm())?;
             let schema = self.schema_of(&h, collection)?;
+            let keys = h.data_keys();
             let current =
                 h.db.read_blocking(|r| r.record(collection, id))?
                     .ok_or(FirmError::RecordNotFound)?;
@@ -455,14 +468,16 @@ impl Firms {
                 return Err(FirmError::StaleVersion);
             }
             let body = if patch {
-                let mut whole = Value::Object(self.record_view(&h, &schema, &current, true).data);
+                let mut whole = Value::Object(
+                    self.record_view(h.id.as_str(), &schema, &current, Some(&keys))
+                        .data,
+                );
                 merge_patch(&mut whole, &body);
                 whole
             } else {
                 body.clone()
             };
             let p = self.prepare(
-                &h,
                 &schema,
                 collection,
                 id,
@@ -479,11 +494,13 @@ impl Firms {
                 Outcome::Success,
                 json!({ "version": expected + 1, "pii": p.warnings }),
             )?;
-            let (row, index) = (p.row, p.index);
+            let warnings = p.warnings.clone();
+            let hh = h.clone();
             let stored = h.db.write_blocking(move |tx| {
-                tx.write_record(&row, Some(expected), &index)?;
+                let row = p.sealed_row(&hh)?;
+                tx.write_record(&row, Some(expected), &p.index)?;
                 tx.append_audit(entry.clone())?;
-                Ok(row.clone())
+                Ok(row)
             });
             let row = match stored {
                 Ok(r) => r,
@@ -491,8 +508,8 @@ impl Firms {
                 Err(e) => return Err(e.into()),
             };
             Ok(Written {
-                record: self.record_view(&h, &schema, &row, false),
-                warnings: p.warnings,
+                record: self.record_view(h.id.as_str(), &schema, &row, None),
+                warnings,
                 created: false,
                 replayed: false,
             })

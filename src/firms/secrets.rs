@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::audit::Outcome;
 use super::{FirmError, FirmHandle, Firms, lock};
 use crate::auth::policy::{Authorized, perm};
-use crate::crypto::{envelope, hex, keyring};
+use crate::crypto::{hex, keyring};
 use crate::store::StoreError;
 use crate::store::firm::SecretRow;
 
@@ -100,7 +100,7 @@ fn validate_value(v: &SecretValue) -> Result<(), FirmError> {
     Ok(())
 }
 
-fn secret_aad(firm: &str, name: &str, version: u32) -> Vec<u8> {
+pub(super) fn secret_aad(firm: &str, name: &str, version: u32) -> Vec<u8> {
     format!("strongroom/secret/v1|{firm}|{name}|{version}").into_bytes()
 }
 
@@ -128,14 +128,15 @@ impl Firms {
             let fp = fingerprint(&h, name, &value);
             let now = self.now();
             let (keys, name_owned) = (h.clone(), name.to_owned());
+            // Called inside the write transaction: the data key active at
+            // commit seals it, so a data-key rotation never misses it.
             let seal = move |version: u32| -> Result<Vec<u8>, StoreError> {
-                envelope::seal(
-                    &keys.data_key,
-                    keys.data_key_version,
-                    &secret_aad(keys.id.as_str(), &name_owned, version),
-                    &value.0,
-                )
-                .map_err(|e| StoreError::Command(format!("sealing a secret: {e}")))
+                keys.data_keys()
+                    .seal(
+                        &secret_aad(keys.id.as_str(), &name_owned, version),
+                        &value.0,
+                    )
+                    .map_err(|e| StoreError::Command(format!("sealing a secret: {e}")))
             };
             // The entry's details never hold the value: version and fingerprint only.
             let entry = self.audit_entry(
@@ -244,6 +245,7 @@ impl Firms {
             }
             return Err(FirmError::RateLimited(wait));
         }
+        let keys = h.data_keys();
         let row = h.db.read_blocking(|r| r.secret(name))?;
         // Missing at use time is a hard error, never a fallback.
         let Some(row) = row else {
@@ -258,8 +260,7 @@ impl Firms {
             return Err(FirmError::SecretNotFound);
         };
         let stored = Zeroizing::new(
-            envelope::open(
-                &h.data_key,
+            keys.open(
                 &secret_aad(h.id.as_str(), name, row.version),
                 &row.ciphertext,
             )

@@ -123,6 +123,10 @@ CREATE TABLE idempotency (
 "#,
 ];
 
+/// A record's sealed fields as re-encryption sees them: collection, id,
+/// record version, envelope.
+pub type SealedRecord = (String, String, u32, Vec<u8>);
+
 /// Read-only connections kept open per firm.
 const MAX_IDLE_READERS: usize = 4;
 
@@ -459,6 +463,72 @@ impl<'c> WriteTx<'c> {
         Ok(())
     }
 
+    /// Records whose sealed fields are under a key version other than
+    /// `version`, after `(collection, id)`, in key order: (collection, id,
+    /// record version, envelope).
+    pub fn records_sealed_not_under(
+        &self,
+        version: u32,
+        after: (&str, &str),
+        limit: u64,
+    ) -> Result<Vec<SealedRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT collection, id, version, sealed FROM records
+             WHERE (collection, id) > (?1, ?2) AND sealed IS NOT NULL AND substr(sealed, 2, 4) != ?3
+             ORDER BY collection, id LIMIT ?4",
+        )?;
+        let rows = st
+            .query_map(
+                params![after.0, after.1, &version.to_be_bytes()[..], limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Replaces a record's sealed fields with the same fields sealed again
+    /// (its version and times do not change: its content did not).
+    pub fn reseal_record(
+        &self,
+        collection: &str,
+        id: &str,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE records SET sealed = ?3 WHERE collection = ?1 AND id = ?2")?
+            .execute(params![collection, id, sealed])?;
+        Ok(())
+    }
+
+    /// Secrets sealed under a key version other than `version`, after
+    /// `name`, by name: (name, secret version, envelope).
+    pub fn secrets_sealed_not_under(
+        &self,
+        version: u32,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<(String, u32, Vec<u8>)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, version, ciphertext FROM secrets
+             WHERE name > ?1 AND substr(ciphertext, 2, 4) != ?2 ORDER BY name LIMIT ?3",
+        )?;
+        let rows = st
+            .query_map(
+                params![after, &version.to_be_bytes()[..], limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Replaces a secret's ciphertext with the same value sealed again.
+    pub fn reseal_secret(&self, name: &str, ciphertext: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE secrets SET ciphertext = ?2 WHERE name = ?1")?
+            .execute(params![name, ciphertext])?;
+        Ok(())
+    }
+
     /// Reads inside the write transaction (for checks that must see it).
     pub fn read(&self) -> ReadTx<'_> {
         ReadTx { conn: self.conn }
@@ -651,6 +721,19 @@ impl ReadTx<'_> {
     }
 
     /// A stored idempotency key: (request hash, record id).
+    /// How many secrets and records are sealed under a key version other
+    /// than `version` (the envelope's bytes 1..5 name it).
+    pub fn count_sealed_not_under(&self, version: u32) -> Result<u64, StoreError> {
+        let v = &version.to_be_bytes()[..];
+        Ok(self.conn.prepare_cached(
+            "SELECT (SELECT count(*) FROM records WHERE sealed IS NOT NULL AND substr(sealed, 2, 4) != ?1)
+                  + (SELECT count(*) FROM secrets WHERE substr(ciphertext, 2, 4) != ?1)",
+        )?
+        .query_row([v], |r| r.get::<_, i64>(0))?
+        .try_into()
+        .unwrap_or(0))
+    }
+
     pub fn idempotency(
         &self,
         collection: &str,

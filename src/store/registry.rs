@@ -46,6 +46,22 @@ CREATE TABLE appliance_keys (
     // The system audit log: admin-socket actions, same design as a firm's.
     audit_log::SCHEMA,
     audit_log::PURGES_SCHEMA,
+    // Data keys keep their old versions, `retired`, until re-encryption
+    // leaves nothing sealed under them (SQLite cannot alter a CHECK in place).
+    r#"
+CREATE TABLE firm_keys_v2 (
+    firm_id     TEXT NOT NULL REFERENCES firms(id),
+    purpose     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('active', 'pending', 'retired')),
+    wrapped     BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (firm_id, purpose, version)
+);
+INSERT INTO firm_keys_v2 SELECT firm_id, purpose, version, state, wrapped, created_at FROM firm_keys;
+DROP TABLE firm_keys;
+ALTER TABLE firm_keys_v2 RENAME TO firm_keys
+"#,
 ];
 
 /// The pseudo firm id appliance keys are wrapped under (never a real id:
@@ -305,6 +321,56 @@ impl Registry {
         append_opt(&tx, audit)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Key rotation that keeps the old versions readable: in one transaction
+    /// the active version of `new.purpose` becomes `retired` and `new` becomes
+    /// active.
+    pub fn rotate_key(&self, new: &WrappedKey, audit: Option<Entry>) -> Result<(), StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let n = tx.execute(
+            "UPDATE firm_keys SET state = 'retired' WHERE firm_id = ?1 AND purpose = ?2 AND state = 'active'",
+            params![new.firm_id, new.purpose],
+        )?;
+        if n != 1 {
+            return Err(StoreError::NotFound);
+        }
+        insert_key(&tx, new)?;
+        append_opt(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Destroys the retired versions of a firm's `purpose` key
+    /// (`secure_delete` overwrites them); returns how many it destroyed.
+    pub fn destroy_retired(
+        &self,
+        firm_id: &str,
+        purpose: &str,
+        audit: Option<Entry>,
+    ) -> Result<usize, StoreError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM firm_keys WHERE firm_id = ?1 AND purpose = ?2 AND state = 'retired'",
+            params![firm_id, purpose],
+        )?;
+        append_opt(&tx, audit)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Firms with retired versions of `purpose` (unfinished rotations).
+    pub fn firms_with_retired(&self, purpose: &str) -> Result<Vec<String>, StoreError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT DISTINCT firm_id FROM firm_keys WHERE purpose = ?1 AND state = 'retired' ORDER BY firm_id",
+        )?;
+        let rows = st
+            .query_map([purpose], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     /// Drops a pending key version (a rekey that did not happen).

@@ -3,6 +3,7 @@
 
 mod audit;
 mod client;
+mod datakeys;
 mod firms;
 mod foundation;
 mod harness;

@@ -11,7 +11,7 @@ use crate::harness::{Daemon, ctl_json};
 
 const SSN: &str = "219-09-9999";
 
-fn req(
+pub fn req(
     d: &Daemon,
     method: &str,
     path: &str,
@@ -30,7 +30,7 @@ fn req(
         .request(method, path, &headers, body.as_deref().map(str::as_bytes))
 }
 
-fn collection(d: &Daemon, f: &Firm, name: &str, pii: &str) {
+pub fn collection(d: &Daemon, f: &Firm, name: &str, pii: &str) {
     let r = req(
         d,
         "PUT",
