@@ -533,6 +533,15 @@ impl Firms {
         true
     }
 
+    /// Whether a read by `actor` is already recorded in this window (so
+    /// another needs no entry). Changes nothing.
+    pub(super) fn read_recorded(&self, actor: &str, action: &str, resource: &str) -> bool {
+        let key = (actor.to_owned(), action.to_owned(), resource.to_owned());
+        lock(&self.reads.0)
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < READ_COALESCE)
+    }
+
     /// Audits a read of sensitive data, coalesced per (actor, action,
     /// resource) within a minute.
     pub(super) fn audit_read(

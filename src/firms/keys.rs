@@ -313,7 +313,10 @@ impl Firms {
                 tx.insert_api_key(&row)?;
                 tx.append_audit(entry.clone())?;
                 Ok(true)
-            })?;
+            });
+            // After the commit: the old key fails on the very next request.
+            h.key_cache.invalidate();
+            let replaced = replaced?;
             if !replaced {
                 return Err(FirmError::KeyRevoked);
             }
@@ -369,7 +372,10 @@ impl Firms {
                 } else {
                     RevokeOutcome::AlreadyRevoked
                 })
-            })?;
+            });
+            // After the commit: the key fails on the very next request.
+            h.key_cache.invalidate();
+            let outcome = outcome?;
             if outcome == RevokeOutcome::LastOwner {
                 return Err(FirmError::LastOwnerKey);
             }
@@ -429,6 +435,8 @@ impl Firms {
             return;
         }
         let (id, at) = (row.id.clone(), rfc3339(now));
+        h.key_cache
+            .update(&id, |r| r.last_used_at = Some(at.clone()));
         h.db.write_detached(move |tx| tx.touch_api_key(&id, &at));
     }
 }

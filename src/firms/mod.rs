@@ -27,6 +27,7 @@ use crate::store::firm::FirmDb;
 use crate::store::registry::{FirmRow, Registry, WrappedKey};
 
 mod audit;
+mod cache;
 mod datakeys;
 mod keys;
 mod records;
@@ -38,7 +39,7 @@ pub use audit::{
 };
 pub use datakeys::{DataKeyStatus, DataKeys, Reencryption};
 pub use keys::{KeyView, Minted, NewKey};
-pub use records::{CollectionView, RecordPage, RecordView, Written};
+pub use records::{CollectionView, PendingCreate, RecordPage, RecordView, Written};
 pub use secrets::{SecretValue, SecretView};
 pub use system::{AdminActor, SYSTEM};
 
@@ -188,6 +189,10 @@ pub struct FirmHandle {
     /// retired ones a rotation has not finished with. Swapped whole, so a
     /// reader's snapshot never changes under it.
     data: RwLock<Arc<DataKeys>>,
+    /// API key rows by id, for authentication without a database read.
+    key_cache: cache::GenCache<crate::store::firm::ApiKeyRow>,
+    /// Collection schemas by name.
+    schemas: cache::GenCache<Arc<crate::records::schema::Schema>>,
 }
 
 impl FirmHandle {
@@ -463,6 +468,8 @@ impl Firms {
                 1,
                 [(1, Arc::new(data_key))].into_iter().collect(),
             ))),
+            key_cache: Default::default(),
+            schemas: Default::default(),
         };
         let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,
@@ -587,6 +594,8 @@ impl Firms {
             audit_key,
             audit_key_version,
             data: RwLock::new(Arc::new(DataKeys::new(data_active, data))),
+            key_cache: Default::default(),
+            schemas: Default::default(),
         })
     }
 
@@ -924,11 +933,52 @@ impl Firms {
             Err(e) => return Err(e.into()),
         };
         let key_id = parsed.key.as_str().to_owned();
-        let row = handle
-            .db
-            .read_blocking(|r| r.api_key(&key_id))
-            .map_err(FirmError::from)?
-            .ok_or(AuthError::UnknownKey)?;
+        let row = match handle.key_cache.get(&key_id) {
+            Some(row) => row,
+            None => {
+                let generation = handle.key_cache.generation();
+                let row = handle
+                    .db
+                    .read_blocking(|r| r.api_key(&key_id))
+                    .map_err(FirmError::from)?
+                    .ok_or(AuthError::UnknownKey)?;
+                handle.key_cache.fill(generation, &key_id, row.clone());
+                row
+            }
+        };
+        self.check_key(&handle, parsed, &row)
+    }
+
+    /// `authenticate` without blocking, for the async request path: None
+    /// when it would need the disk (firm not open, key not cached).
+    pub fn authenticate_cached(&self, token: &str) -> Option<Result<Principal, AuthError>> {
+        let Some(parsed) = auth::parse_token(token) else {
+            return Some(Err(AuthError::Malformed));
+        };
+        let handle = self.cached_handle(&parsed.firm)?;
+        let row = handle.key_cache.get(parsed.key.as_str())?;
+        Some(self.check_key(&handle, parsed, &row))
+    }
+
+    /// The firm's handle if it is open and usable, without blocking.
+    fn cached_handle(&self, id: &FirmId) -> Option<Arc<FirmHandle>> {
+        if !matches!(self.state(id), Some(FirmState::Active | FirmState::Frozen))
+            || lock(&self.maintenance).contains(id)
+        {
+            return None;
+        }
+        let handle = lock(&self.open).get(id).cloned()?;
+        handle.db.touch();
+        Some(handle)
+    }
+
+    /// Checks a presented secret and the key's state.
+    fn check_key(
+        &self,
+        handle: &FirmHandle,
+        parsed: auth::ParsedToken,
+        row: &crate::store::firm::ApiKeyRow,
+    ) -> Result<Principal, AuthError> {
         let mac = keyring::api_key_mac(&handle.auth_key, &row.id, parsed.secret.as_bytes());
         // Security invariant: secrets are compared as HMACs, in constant time.
         if !keyring::ct_eq(&mac, &row.mac) {
@@ -944,8 +994,8 @@ impl Firms {
                 _ => return Err(AuthError::Expired),
             }
         }
-        let (role, overrides) = keys::grants_of(&row)?;
-        self.note_key_use(&handle, &row);
+        let (role, overrides) = keys::grants_of(row)?;
+        self.note_key_use(handle, row);
         Ok(Principal {
             firm: parsed.firm,
             key_id: parsed.key,

@@ -3,6 +3,8 @@
 //! readers without `records:read_sensitive`, PII scanning on every write,
 //! idempotent creates and optimistic concurrency (ETag / If-Match).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -12,7 +14,7 @@ use crate::auth::policy::{self, Authorized, Permission, perm};
 use crate::ids::RecordId;
 use crate::records::schema::{self, Invalid, MASK, Schema};
 use crate::store::StoreError;
-use crate::store::firm::RecordRow;
+use crate::store::firm::{RecordRow, WriteTx};
 
 /// Largest page of records.
 pub const MAX_RECORD_PAGE: u64 = 500;
@@ -109,13 +111,70 @@ impl Prepared {
     }
 }
 
+/// A record create prepared up to its write.
+pub struct PendingCreate {
+    h: Arc<FirmHandle>,
+    schema: Arc<Schema>,
+    warnings: Vec<PiiWarning>,
+    cmd: Arc<CreateCmd>,
+}
+
+/// The write command of a create: the idempotency check, the row (its
+/// sensitive fields sealed in the transaction) and its audit entry.
+struct CreateCmd {
+    h: Arc<FirmHandle>,
+    p: Prepared,
+    key: Option<String>,
+    collection: String,
+    request_hash: [u8; 32],
+    entry: crate::audit::Entry,
+}
+
+impl CreateCmd {
+    fn run(&self, tx: &WriteTx<'_>) -> Result<(RecordRow, bool), StoreError> {
+        let row = &self.p.row;
+        if let Some(k) = &self.key {
+            if let Some((hash, existing)) = tx.read().idempotency(&self.collection, k)? {
+                if hash != self.request_hash {
+                    return Err(StoreError::Conflict("idempotency".into()));
+                }
+                let row = tx
+                    .read()
+                    .record(&self.collection, &existing)?
+                    .ok_or(StoreError::NotFound)?;
+                return Ok((row, true));
+            }
+            tx.put_idempotency(
+                &self.collection,
+                k,
+                &self.request_hash,
+                &row.id,
+                &row.created_at,
+            )?;
+        }
+        let row = self.p.sealed_row(&self.h)?;
+        tx.write_record(&row, None, &self.p.index)?;
+        tx.append_audit(self.entry.clone())?;
+        Ok((row, false))
+    }
+}
+
 impl Firms {
-    fn schema_of(&self, h: &FirmHandle, collection: &str) -> Result<Schema, FirmError> {
+    /// A collection's schema, from the firm's cache or its database.
+    fn schema_of(&self, h: &FirmHandle, collection: &str) -> Result<Arc<Schema>, FirmError> {
+        if let Some(s) = h.schemas.get(collection) {
+            return Ok(s);
+        }
+        let generation = h.schemas.generation();
         let (text, _) =
             h.db.read_blocking(|r| r.collection(collection))?
                 .ok_or(FirmError::CollectionNotFound)?;
-        serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt(format!("collection {collection} schema: {e}")).into())
+        let schema: Arc<Schema> =
+            Arc::new(serde_json::from_str(&text).map_err(|e| {
+                StoreError::Corrupt(format!("collection {collection} schema: {e}"))
+            })?);
+        h.schemas.fill(generation, collection, schema.clone());
+        Ok(schema)
     }
 
     /// Declares or changes a collection's schema. A change may add fields
@@ -170,7 +229,10 @@ impl Firms {
                 let v = tx.put_collection(&n, &text, &now)?;
                 tx.append_audit(entry.clone())?;
                 Ok(v)
-            })?;
+            });
+            // After the commit: the next write validates against the new schema.
+            h.schemas.invalidate();
+            let version = version?;
             Ok((
                 CollectionView {
                     name: name.to_owned(),
@@ -298,54 +360,108 @@ impl Firms {
             self.require_writable(auth.firm())?;
             let h = self.handle(auth.firm())?;
             let schema = self.schema_of(&h, collection)?;
-            let id = RecordId::generate()?.to_string();
-            let now = self.now();
-            let p = self.prepare(&schema, collection, &id, 1, &now, &body)?;
-            let request_hash = crate::crypto::sha256(body.to_string().as_bytes());
-            let entry = self.audit_entry(
-                &h,
-                auth.principal(),
-                auth.decision(),
-                "records.create",
-                &format!("{collection}/{id}"),
-                Outcome::Success,
-                json!({ "version": 1, "pii": p.warnings, "idempotency_key": idempotency_key }),
-            )?;
-            let warnings = p.warnings.clone();
-            let (hh, key, coll) = (h.clone(), idempotency_key.clone(), collection.to_owned());
-            let stored = h.db.write_blocking(move |tx| {
-                let row = &p.row;
-                if let Some(k) = &key {
-                    if let Some((hash, existing)) = tx.read().idempotency(&coll, k)? {
-                        if hash != request_hash {
-                            return Err(StoreError::Conflict("idempotency".into()));
-                        }
-                        let row = tx
-                            .read()
-                            .record(&coll, &existing)?
-                            .ok_or(StoreError::NotFound)?;
-                        return Ok((row, true));
-                    }
-                    tx.put_idempotency(&coll, k, &request_hash, &row.id, &row.created_at)?;
-                }
-                let row = p.sealed_row(&hh)?;
-                tx.write_record(&row, None, &p.index)?;
-                tx.append_audit(entry.clone())?;
-                Ok((row, false))
-            });
-            let (row, replayed) = match stored {
-                Ok(x) => x,
-                Err(StoreError::Conflict(_)) => return Err(FirmError::IdempotencyConflict),
-                // The first request's record was deleted since.
-                Err(StoreError::NotFound) => return Err(FirmError::RecordNotFound),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(Written {
-                record: self.record_view(h.id.as_str(), &schema, &row, None),
-                warnings: if replayed { Vec::new() } else { warnings },
-                created: !replayed,
-                replayed,
-            })
+            let p = self.create_command(auth, h, schema, collection, &body, idempotency_key)?;
+            let cmd = p.cmd.clone();
+            let stored = p.h.db.write_blocking(move |tx| cmd.run(tx));
+            self.created(p, stored)
+        })
+    }
+
+    /// `create_record` up to its write, on the calling thread, for the
+    /// async request path: None when that would block (firm not open,
+    /// schema not cached). Commit with `commit_create`; a refusal is
+    /// recorded with `audit_create_refusal`.
+    pub fn create_record_now(
+        &self,
+        auth: &Authorized<perm::RecordsWrite>,
+        collection: &str,
+        body: &Value,
+        idempotency_key: Option<String>,
+    ) -> Option<Result<PendingCreate, FirmError>> {
+        let h = self.cached_handle(auth.firm())?;
+        let schema = h.schemas.get(collection)?;
+        Some(
+            self.require_writable(auth.firm()).and_then(|()| {
+                self.create_command(auth, h, schema, collection, body, idempotency_key)
+            }),
+        )
+    }
+
+    /// Commits a prepared create; the task waits, no thread does.
+    pub async fn commit_create(&self, p: PendingCreate) -> Result<Written, FirmError> {
+        let cmd = p.cmd.clone();
+        let stored = p.h.db.write(move |tx| cmd.run(tx)).await;
+        self.created(p, stored)
+    }
+
+    /// Records a refused create in the audit log (blocking).
+    pub fn audit_create_refusal(
+        &self,
+        auth: &Authorized<perm::RecordsWrite>,
+        collection: &str,
+        e: FirmError,
+    ) -> FirmError {
+        self.audited(auth, "records.create", collection, json!({}), || {
+            Err::<(), _>(e)
+        })
+        .err()
+        .unwrap_or(FirmError::Invalid("refusal".into()))
+    }
+
+    fn create_command(
+        &self,
+        auth: &Authorized<perm::RecordsWrite>,
+        h: Arc<FirmHandle>,
+        schema: Arc<Schema>,
+        collection: &str,
+        body: &Value,
+        idempotency_key: Option<String>,
+    ) -> Result<PendingCreate, FirmError> {
+        let id = RecordId::generate_ordered()?.to_string();
+        let now = self.now();
+        let p = self.prepare(&schema, collection, &id, 1, &now, body)?;
+        let request_hash = crate::crypto::sha256(body.to_string().as_bytes());
+        let entry = self.audit_entry(
+            &h,
+            auth.principal(),
+            auth.decision(),
+            "records.create",
+            &format!("{collection}/{id}"),
+            Outcome::Success,
+            json!({ "version": 1, "pii": p.warnings, "idempotency_key": idempotency_key }),
+        )?;
+        Ok(PendingCreate {
+            warnings: p.warnings.clone(),
+            cmd: Arc::new(CreateCmd {
+                h: h.clone(),
+                p,
+                key: idempotency_key,
+                collection: collection.to_owned(),
+                request_hash,
+                entry,
+            }),
+            h,
+            schema,
+        })
+    }
+
+    fn created(
+        &self,
+        p: PendingCreate,
+        stored: Result<(RecordRow, bool), StoreError>,
+    ) -> Result<Written, FirmError> {
+        let (row, replayed) = match stored {
+            Ok(x) => x,
+            Err(StoreError::Conflict(_)) => return Err(FirmError::IdempotencyConflict),
+            // The first request's record was deleted since.
+            Err(StoreError::NotFound) => return Err(FirmError::RecordNotFound),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Written {
+            record: self.record_view(p.h.id.as_str(), &p.schema, &row, None),
+            warnings: if replayed { Vec::new() } else { p.warnings },
+            created: !replayed,
+            replayed,
         })
     }
 
@@ -396,6 +512,48 @@ impl Firms {
             &format!("{collection}/{id}"),
         )?;
         Ok(self.record_view(h.id.as_str(), &schema, &row, clear.then_some(&*keys)))
+    }
+
+    /// `get_record` on the calling thread, for the async request path:
+    /// None when it would need more than one pooled read (firm not open,
+    /// schema not cached, or a clear read whose audit entry is due).
+    pub fn get_record_now(
+        &self,
+        auth: &Authorized<perm::RecordsRead>,
+        collection: &str,
+        id: &str,
+    ) -> Option<Result<RecordView, FirmError>> {
+        let h = self.cached_handle(auth.firm())?;
+        let schema = h.schemas.get(collection)?;
+        let clear = policy::decide(
+            auth.principal(),
+            Permission::RecordsReadSensitive,
+            auth.firm(),
+        )
+        .allowed;
+        // Security invariant: a clear read takes this path only if its audit entry already exists this window.
+        if clear
+            && !self.read_recorded(
+                auth.principal().key_id.as_str(),
+                "records.read_sensitive",
+                &format!("{}/{collection}/{id}", h.id),
+            )
+        {
+            return None;
+        }
+        let keys = h.data_keys();
+        let row = match h.db.read_blocking(|r| r.record(collection, id)) {
+            Ok(Some(row)) => row,
+            Ok(None) => return Some(Err(FirmError::RecordNotFound)),
+            Err(e) => return Some(Err(e.into())),
+        };
+        let clear = clear && row.sealed.is_some();
+        Some(Ok(self.record_view(
+            h.id.as_str(),
+            &schema,
+            &row,
+            clear.then_some(&*keys),
+        )))
     }
 
     /// A page of records by id, optionally filtered on one indexed field.

@@ -53,13 +53,27 @@ pub struct FirmView {
     profile: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Request work that blocks (SQLite, key unwrapping) runs on at most this
+/// many threads at once. More would only add context switches on an
+/// appliance with few cores, and each open firm keeps as many read
+/// connections warm (`store::firm::MAX_IDLE_READERS`).
+static LANES: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(crate::store::firm::MAX_IDLE_READERS);
+
+/// Runs blocking request work on one of the bounded lanes.
+pub(super) async fn lane<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, Problem> {
+    let _permit = LANES.acquire().await.map_err(|e| Problem::internal(&e))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::internal(&e))
+}
+
 pub(super) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, FirmError> + Send + 'static,
 ) -> Result<R, Problem> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Problem::internal(&e))?
-        .map_err(Problem::from)
+    lane(f).await?.map_err(Problem::from)
 }
 
 fn firm_view(shared: &Shared, id: &FirmId) -> Result<FirmView, FirmError> {

@@ -70,9 +70,12 @@ async fn authenticate(shared: &Arc<Shared>, parts: &Parts) -> Result<Principal, 
         .ok_or_else(|| unauthenticated("malformed Authorization header"))?
         .to_owned();
     let firms = shared.firms.clone();
-    let result = tokio::task::spawn_blocking(move || firms.authenticate(&token))
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+    // A firm that is open and a key seen before: no database read, so no
+    // trip to a blocking thread.
+    let result = match firms.authenticate_cached(&token) {
+        Some(r) => r,
+        None => super::api::lane(move || firms.authenticate(&token)).await?,
+    };
     match result {
         Ok(p) => Ok(p),
         Err(AuthError::Firm(

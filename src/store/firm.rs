@@ -127,8 +127,9 @@ CREATE TABLE idempotency (
 /// record version, envelope.
 pub type SealedRecord = (String, String, u32, Vec<u8>);
 
-/// Read-only connections kept open per firm.
-const MAX_IDLE_READERS: usize = 4;
+/// Read-only connections kept open per firm (the HTTP layer runs at most
+/// this many blocking requests at once, so they stay warm).
+pub const MAX_IDLE_READERS: usize = 16;
 
 /// An API key's stored form (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
