@@ -10,7 +10,7 @@ DENY_VER   := 0.20.2
 STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
 STOCK_PY   := $(STOCK_VENV)/bin/python
 
-.PHONY: help deps build run test lint deny bench package test-package clean
+.PHONY: help deps build run test lint deny bench bench-http package test-package clean
 
 help:
 	@echo "make run     build and run strongroomd in dev mode (STATE_DIR=$(STATE_DIR), LISTEN=$(LISTEN))"
@@ -19,6 +19,7 @@ help:
 	@echo "make package       target/package/strongroom_<ver>-1_amd64.deb and strongroom-<ver>.x86_64.rpm"
 	@echo "make test-package  lint both packages, score the unit, boot the .deb in a Debian 12 container"
 	@echo "make bench   durable commits/s through the group-commit writer vs a plain loop (BENCH_DIR=disk to measure)"
+	@echo "make bench-http  64 HTTPS clients against strongroomd, and against nginx (TLS 1.3, static JSON) as the ceiling"
 
 deps:
 	@bash packaging/build-deps.sh
@@ -55,6 +56,14 @@ BENCH_DIR ?= $(CURDIR)/target/bench-tmp
 
 bench: build
 	./target/release/strongroom-bench --dir "$(BENCH_DIR)"
+
+# nginx from Debian is the ceiling; the bench starts its own instance on a
+# loopback port. A package install may start the distribution's nginx: stop it.
+bench-http: build
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx && \
+		{ systemctl disable --now nginx 2>/dev/null || true; }; }
+	./target/release/strongroom-httpbench --dir "$(BENCH_DIR)/http"
 
 clean:
 	$(CARGO) clean
