@@ -428,71 +428,36 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
             }),
         });
     }
-    {
-        // Audit checkpoints: at least once a second while a log grows.
-        let mut stop = stop_rx.clone();
-        let firms = firms.clone();
-        tasks.push(NamedTask {
-            name: "checkpoint-signer",
-            handle: tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => break,
-                        _ = tick.tick() => {
-                            let f = firms.clone();
-                            let _ = tokio::task::spawn_blocking(move || f.sign_pending_checkpoints()).await;
-                        }
-                    }
-                }
-            }),
-        });
-    }
-    {
-        // Audit retention: purge what is older than each log's retention,
-        // with a signed receipt (at start, then every purge_interval).
-        let mut stop = stop_rx.clone();
-        let firms = firms.clone();
-        let every = shared.config.audit.purge_interval();
-        tasks.push(NamedTask {
-            name: "audit-retention",
-            handle: tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => break,
-                        _ = tick.tick() => {
-                            let f = firms.clone();
-                            let _ = tokio::task::spawn_blocking(move || f.purge_expired()).await;
-                        }
-                    }
-                }
-            }),
-        });
-    }
-    {
-        // Data-key re-encryption: resumes unfinished jobs at start (after a
-        // restart or a failure), then checks every minute.
-        let mut stop = stop_rx.clone();
-        let firms = firms.clone();
-        tasks.push(NamedTask {
-            name: "data-key-reencryption",
-            handle: tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => break,
-                        _ = tick.tick() => {
-                            let f = firms.clone();
-                            let _ = tokio::task::spawn_blocking(move || f.resume_reencryption()).await;
-                        }
-                    }
-                }
-            }),
-        });
-    }
+    // Audit checkpoints: at least once a second while a log grows.
+    tasks.push(periodic(
+        "checkpoint-signer",
+        Duration::from_secs(1),
+        &stop_rx,
+        &firms,
+        |f| {
+            f.sign_pending_checkpoints();
+        },
+    ));
+    // Audit retention: purge what is older than each log's retention, with a
+    // signed receipt (at start, then every purge_interval).
+    tasks.push(periodic(
+        "audit-retention",
+        shared.config.audit.purge_interval(),
+        &stop_rx,
+        &firms,
+        |f| {
+            f.purge_expired();
+        },
+    ));
+    // Data-key re-encryption: resumes unfinished jobs at start (after a
+    // restart or a failure), then checks every minute.
+    tasks.push(periodic(
+        "data-key-reencryption",
+        Duration::from_secs(60),
+        &stop_rx,
+        &firms,
+        Firms::resume_reencryption,
+    ));
     if let Some(interval) = notify::watchdog_interval() {
         let mut stop = stop_rx.clone();
         tasks.push(NamedTask {
@@ -556,6 +521,34 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     // Every queued write finishes and every database closes before exit.
     let _ = tokio::task::spawn_blocking(move || firms.close_all()).await;
     Ok(())
+}
+
+/// A named task running blocking `job` at start, then every `every` (a late
+/// run delays the next), until the stop signal.
+fn periodic(
+    name: &'static str,
+    every: Duration,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    firms: &Arc<Firms>,
+    job: fn(&Firms),
+) -> NamedTask {
+    let (mut stop, firms) = (stop.clone(), firms.clone());
+    NamedTask {
+        name,
+        handle: tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => {
+                        let f = firms.clone();
+                        let _ = tokio::task::spawn_blocking(move || job(&f)).await;
+                    }
+                }
+            }
+        }),
+    }
 }
 
 fn sig_err(source: std::io::Error) -> StartupError {
