@@ -194,44 +194,58 @@ impl Firms {
     ) -> Result<R, FirmError> {
         let result = f();
         if let Err(e) = &result {
-            let (outcome, decision) = match e {
-                FirmError::Escalation => (
-                    Outcome::Denied,
-                    policy::Decision {
-                        allowed: false,
-                        rule: policy::Rule::Escalation,
-                    },
-                ),
-                FirmError::KeyRevoked
-                | FirmError::LastOwnerKey
-                | FirmError::KeyNotFound
-                | FirmError::SecretNotFound
-                | FirmError::CollectionNotFound
-                | FirmError::RecordNotFound
-                | FirmError::StaleVersion
-                | FirmError::PreconditionRequired
-                | FirmError::IdempotencyConflict
-                | FirmError::InvalidRecord(_)
-                | FirmError::PiiDetected { .. }
-                | FirmError::SchemaConflict(_)
-                | FirmError::Frozen
-                | FirmError::InvalidName(_)
-                | FirmError::Invalid(_) => (Outcome::Failure, auth.decision()),
-                _ => return result,
-            };
-            let details = json!({ "error": e.code(), "request": details });
-            if let Err(log_err) = self.audit_refusal(
-                auth.principal(),
-                decision,
-                action,
-                resource,
-                outcome,
-                details,
-            ) {
-                tracing::error!(error = %log_err, action, "could not audit a refused request");
-            }
+            self.audit_failure(auth, action, resource, details, e);
         }
         result
+    }
+
+    /// Records a refused or failed state-changing call in the audit log
+    /// (`audited`'s failure half). Errors nothing else records (storage,
+    /// crypto) are left to the error log.
+    pub(super) fn audit_failure<P: perm::Marker>(
+        &self,
+        auth: &Authorized<P>,
+        action: &str,
+        resource: &str,
+        details: serde_json::Value,
+        e: &FirmError,
+    ) {
+        let (outcome, decision) = match e {
+            FirmError::Escalation => (
+                Outcome::Denied,
+                policy::Decision {
+                    allowed: false,
+                    rule: policy::Rule::Escalation,
+                },
+            ),
+            FirmError::KeyRevoked
+            | FirmError::LastOwnerKey
+            | FirmError::KeyNotFound
+            | FirmError::SecretNotFound
+            | FirmError::CollectionNotFound
+            | FirmError::RecordNotFound
+            | FirmError::StaleVersion
+            | FirmError::PreconditionRequired
+            | FirmError::IdempotencyConflict
+            | FirmError::InvalidRecord(_)
+            | FirmError::PiiDetected { .. }
+            | FirmError::SchemaConflict(_)
+            | FirmError::Frozen
+            | FirmError::InvalidName(_)
+            | FirmError::Invalid(_) => (Outcome::Failure, auth.decision()),
+            _ => return,
+        };
+        let details = json!({ "error": e.code(), "request": details });
+        if let Err(log_err) = self.audit_refusal(
+            auth.principal(),
+            decision,
+            action,
+            resource,
+            outcome,
+            details,
+        ) {
+            tracing::error!(error = %log_err, action, "could not audit a refused request");
+        }
     }
 
     pub fn list_keys(&self, auth: &Authorized<perm::KeysRead>) -> Result<Vec<KeyView>, FirmError> {

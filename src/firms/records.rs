@@ -399,13 +399,9 @@ impl Firms {
         &self,
         auth: &Authorized<perm::RecordsWrite>,
         collection: &str,
-        e: FirmError,
-    ) -> FirmError {
-        self.audited(auth, "records.create", collection, json!({}), || {
-            Err::<(), _>(e)
-        })
-        .err()
-        .unwrap_or(FirmError::Invalid("refusal".into()))
+        e: &FirmError,
+    ) {
+        self.audit_failure(auth, "records.create", collection, json!({}), e);
     }
 
     fn create_command(

@@ -139,7 +139,12 @@ async fn refused(
     collection: String,
     e: crate::firms::FirmError,
 ) -> Problem {
-    match blocking(move || Ok(firms.audit_create_refusal(&auth, &collection, e))).await {
+    match super::api::lane(move || {
+        firms.audit_create_refusal(&auth, &collection, &e);
+        e
+    })
+    .await
+    {
         Ok(e) => Problem::from(e),
         Err(p) => p,
     }
