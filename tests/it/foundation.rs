@@ -296,7 +296,17 @@ fn admin_socket_refuses_other_users() {
         p = parent.to_owned();
     }
     use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(crate::harness::CTL)
+    // `nobody` may not reach the build tree (a clone under /root is mode
+    // 0700): run a copy of strongroomctl from a directory it can reach.
+    let ctl_dir = tempfile::Builder::new()
+        .prefix("sr-ctl-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(ctl_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctl_copy = ctl_dir.path().join("strongroomctl");
+    std::fs::copy(crate::harness::CTL, &ctl_copy).unwrap();
+    std::fs::set_permissions(&ctl_copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(&ctl_copy)
         .arg("--socket")
         .arg(&d.admin_socket)
         .args(["--json", "status"])
@@ -314,7 +324,7 @@ fn admin_socket_refuses_other_users() {
     assert_eq!(v["error"]["code"], "permission_denied");
     // The refusal is in the system audit log, once a minute per uid however
     // often it is tried.
-    let again = std::process::Command::new(crate::harness::CTL)
+    let again = std::process::Command::new(&ctl_copy)
         .arg("--socket")
         .arg(&d.admin_socket)
         .args(["--json", "status"])
