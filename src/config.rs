@@ -60,6 +60,23 @@ pub struct ServerSection {
     pub shutdown_timeout_secs: u64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Most client connections open at once (lowered at startup to fit the
+    /// open-file limit). At the cap, the longest-idle connection is closed to
+    /// make room; if none is idle the new one is refused.
+    pub max_connections: usize,
+    /// Most connections open at once from one source address (IPv6: one /64).
+    pub max_connections_per_source: usize,
+    /// Seconds a client has to complete the TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in progress.
+    pub idle_timeout_secs: u64,
+    /// Seconds allowed to receive a request body, plus one second for every
+    /// `body_min_bytes_per_sec` bytes received.
+    pub body_timeout_secs: u64,
+    /// The slowest body upload accepted, in bytes per second.
+    pub body_min_bytes_per_sec: u64,
 }
 
 impl Default for ServerSection {
@@ -68,6 +85,13 @@ impl Default for ServerSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             shutdown_timeout_secs: 10,
             max_body_bytes: 1024 * 1024,
+            max_connections: 1024,
+            max_connections_per_source: 256,
+            handshake_timeout_secs: 10,
+            header_timeout_secs: 15,
+            idle_timeout_secs: 60,
+            body_timeout_secs: 15,
+            body_min_bytes_per_sec: 1024,
         }
     }
 }
@@ -108,6 +132,9 @@ pub struct AdminSection {
     /// Members of this group may use the admin socket (besides root and the
     /// service user). Empty: nobody else.
     pub group: String,
+    /// Seconds an admin connection may wait between two requests (or take to
+    /// send one) before it is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for AdminSection {
@@ -115,6 +142,7 @@ impl Default for AdminSection {
         Self {
             socket: PathBuf::from("/run/strongroom/admin.sock"),
             group: "strongroom-admin".to_owned(),
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -282,6 +310,36 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be at least 1024".to_owned(),
+            ));
+        }
+        if self.server.max_connections < 1 || self.server.max_connections_per_source < 1 {
+            return Err(ConfigError::Invalid(
+                "server.max_connections and server.max_connections_per_source must be at least 1"
+                    .to_owned(),
+            ));
+        }
+        for (name, v) in [
+            (
+                "server.handshake_timeout_secs",
+                self.server.handshake_timeout_secs,
+            ),
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("admin.idle_timeout_secs", self.admin.idle_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be between 1 and 3600"
+                )));
+            }
+        }
+        if self.server.body_min_bytes_per_sec < 1 {
+            return Err(ConfigError::Invalid(
+                "server.body_min_bytes_per_sec must be at least 1".to_owned(),
             ));
         }
         if !self.storage.state_dir.is_absolute() {

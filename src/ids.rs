@@ -86,6 +86,15 @@ impl RecordId {
     }
 }
 
+/// Characters that change how text around them is shown without being
+/// seen: bidirectional overrides and isolates (which make a name read
+/// differently from what it is), zero-width characters and the BOM.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

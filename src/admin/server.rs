@@ -14,9 +14,6 @@ use tokio::sync::watch;
 use super::{MAX_LINE, PROTOCOL_VERSION, Request, Response, commands};
 use crate::daemon::Shared;
 
-/// An idle admin connection is closed after this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Who is on the other end of an admin connection, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -181,35 +178,51 @@ async fn handle(
         write_response(&mut write, &resp).await?;
         return Ok(());
     }
+    let idle = Duration::from_secs(shared.config.admin.idle_timeout_secs);
     let mut reader = BufReader::new(read).take(MAX_LINE as u64 + 1);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, reader.read_line(&mut line)).await {
+        // The whole line must arrive within the idle timeout: a silent or
+        // trickling peer is disconnected.
+        let n = match tokio::time::timeout(idle, reader.read_until(b'\n', &mut line)).await {
             Ok(r) => r?,
-            Err(_) => return Ok(()),
+            Err(_) => {
+                let resp = Response::err("timeout", "no complete request within the idle timeout");
+                let _ = write_response(&mut write, &resp).await;
+                return Ok(());
+            }
         };
         if n == 0 {
             return Ok(());
         }
-        if n > MAX_LINE || !line.ends_with('\n') {
+        let complete = line.ends_with(b"\n");
+        if n > MAX_LINE {
             let resp = Response::err("request_too_large", "request line too long");
             write_response(&mut write, &resp).await?;
             return Ok(());
         }
+        // A last request without its newline (the peer closed its side) is
+        // still a request: answer it, then close.
         reader.set_limit(MAX_LINE as u64 + 1);
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response::err("bad_request", format!("malformed request: {e}")),
-            Ok(req) if req.v != PROTOCOL_VERSION => Response::err(
-                "unsupported_version",
-                format!(
-                    "protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION})",
-                    req.v
+        let resp = match std::str::from_utf8(&line) {
+            Err(_) => Response::err("bad_request", "the request line is not UTF-8"),
+            Ok(text) => match serde_json::from_str::<Request>(text) {
+                Err(e) => Response::err("bad_request", format!("malformed request: {e}")),
+                Ok(req) if req.v != PROTOCOL_VERSION => Response::err(
+                    "unsupported_version",
+                    format!(
+                        "protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION})",
+                        req.v
+                    ),
                 ),
-            ),
-            Ok(req) => dispatch(&shared, caller, req).await,
+                Ok(req) => dispatch(&shared, caller, req).await,
+            },
         };
         write_response(&mut write, &resp).await?;
+        if !complete {
+            return Ok(());
+        }
     }
 }
 

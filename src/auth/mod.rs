@@ -6,6 +6,7 @@
 //! stores only HMAC-SHA256(firm auth key, key id | secret); the secret is shown
 //! once, at minting, and never again.
 
+pub mod failures;
 pub mod policy;
 
 use std::fmt;
@@ -52,6 +53,8 @@ pub struct Principal {
     pub key_id: ApiKeyId,
     pub role: Role,
     pub overrides: policy::Overrides,
+    /// When the credential stops working (`None`: never).
+    pub expires_at: Option<time::OffsetDateTime>,
     /// Where the request came from (for the audit log).
     pub origin: Origin,
 }

@@ -337,6 +337,7 @@ mod tests {
             key_id: ApiKeyId::parse("key_0000000000000001").unwrap(),
             role,
             overrides,
+            expires_at: None,
             origin: Default::default(),
         }
     }

@@ -199,6 +199,7 @@ fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
     let (cert_path, key_path) = config.tls_paths();
     if config.tls_is_generated() && !args.check_config {
         ensure_dir(&config.storage.state_dir)?;
+        crate::store::space::watch(config.storage.state_dir.clone());
         if let Some(fp) = tls::ensure_self_signed(&cert_path, &key_path)? {
             tracing::info!(
                 cert = %cert_path.display(),
@@ -382,6 +383,19 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(p.server_config);
     let router = crate::http::router(shared.clone());
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    let limits = crate::http::conn::Limits::new(&shared.config.server, nofile);
+    if limits.max_total < shared.config.server.max_connections {
+        tracing::warn!(
+            configured = shared.config.server.max_connections,
+            open_file_limit = nofile.unwrap_or(0),
+            max_connections = limits.max_total,
+            "connection cap lowered to fit the open-file limit"
+        );
+    }
+    let tracker = crate::http::conn::Tracker::new(limits);
 
     let mut tasks = vec![
         NamedTask {
@@ -390,6 +404,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
                 listener,
                 acceptor,
                 router,
+                tracker,
                 stop_rx.clone(),
                 drain,
             )),
@@ -448,6 +463,14 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         |f| {
             f.purge_expired();
         },
+    ));
+    // Failed-authentication summaries, once their window has closed.
+    tasks.push(periodic(
+        "auth-failure-summaries",
+        Duration::from_secs(5),
+        &stop_rx,
+        &firms,
+        |f| f.flush_auth_failures(false),
     ));
     // Data-key re-encryption: resumes unfinished jobs at start (after a
     // restart or a failure), then checks every minute.
@@ -518,8 +541,13 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         }
     }
     let _ = fs::remove_file(&admin_path);
-    // Every queued write finishes and every database closes before exit.
-    let _ = tokio::task::spawn_blocking(move || firms.close_all()).await;
+    // Every queued write finishes and every database closes before exit;
+    // failures still being counted get their summary entry first.
+    let _ = tokio::task::spawn_blocking(move || {
+        firms.flush_auth_failures(true);
+        firms.close_all()
+    })
+    .await;
     Ok(())
 }
 

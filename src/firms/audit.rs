@@ -242,7 +242,9 @@ impl Firms {
         Ok(())
     }
 
-    /// Records a failed authentication with a key of an existing firm.
+    /// Records a failed authentication with a key of an existing firm: the
+    /// first from its source in a window now, the rest in one summary entry
+    /// when the window closes (see `auth::failures`).
     pub fn audit_auth_failure(
         &self,
         firm: &FirmId,
@@ -250,17 +252,22 @@ impl Firms {
         origin: &crate::auth::Origin,
         reason: &str,
     ) -> Result<(), FirmError> {
-        // Anyone who knows a firm id can fail to log in to it: record each
-        // (key id, source address) once a minute, not every attempt (every
-        // attempt is still on its request's log line).
-        if !self.first_in_window(
-            key_id,
-            "auth.authenticate",
-            &format!("{firm}/{}", origin.source_ip),
-        ) {
-            return Ok(());
-        }
         let h = self.handle(firm)?;
+        let ip: std::net::IpAddr = origin
+            .source_ip
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let verdict = lock(&self.auth_failures).note(
+            firm.as_str(),
+            ip,
+            key_id,
+            reason,
+            Instant::now(),
+            &self.now(),
+        );
+        let crate::auth::failures::Verdict::Record { source } = verdict else {
+            return Ok(());
+        };
         let e = self.sealed_entry(
             &h,
             key_id,
@@ -270,10 +277,56 @@ impl Firms {
             "auth.authenticate",
             key_id,
             Outcome::Denied,
-            serde_json::json!({ "reason": reason }),
+            serde_json::json!({
+                "reason": reason,
+                "source": source,
+                "note": "the first failure from this source in this window; later ones are counted in one auth.failures entry",
+            }),
         )?;
         h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
         Ok(())
+    }
+
+    /// Writes the summary entry (`auth.failures`) of every failure group
+    /// whose window has closed, or of every group with `all` (at shutdown).
+    pub fn flush_auth_failures(&self, all: bool) {
+        let due = lock(&self.auth_failures).close(Instant::now(), all);
+        for s in due {
+            let Some(firm) = FirmId::parse(&s.firm) else {
+                continue;
+            };
+            let written = self.handle(&firm).and_then(|h| {
+                let e = self.sealed_entry(
+                    &h,
+                    "unauthenticated",
+                    &Origin {
+                        request_id: String::new(),
+                        source_ip: if s.source == "*" {
+                            String::new()
+                        } else {
+                            s.source.clone()
+                        },
+                    },
+                    "deny",
+                    "authentication".to_owned(),
+                    "auth.failures",
+                    &s.source,
+                    Outcome::Denied,
+                    serde_json::json!({
+                        "further_failures": s.more,
+                        "first_at": s.first_at,
+                        "last_at": s.last_at,
+                        "distinct_key_ids": s.distinct_key_ids,
+                        "reasons": s.reasons,
+                    }),
+                )?;
+                h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                tracing::error!(firm = %s.firm, error = %e, "could not write a failed-authentication summary");
+            }
+        }
     }
 
     fn view_entry(&self, h: &FirmHandle, row: &AuditRow) -> AuditEntryView {

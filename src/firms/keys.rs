@@ -154,6 +154,7 @@ impl Firms {
         });
         self.audited(auth, "keys.create", "", details.clone(), || {
             escalation_check(auth.principal(), new.role, &new.overrides)?;
+            lifetime_check(auth.principal(), new.expires_at)?;
             self.require_writable(auth.firm())?;
             let h = self.handle(auth.firm())?;
             let (row, token) = self.new_key_row(
@@ -284,6 +285,10 @@ impl Firms {
             let (role, overrides) = grants_of(&old)?;
             // Rotating hands the caller the key's power: same rule as minting.
             escalation_check(auth.principal(), role, &overrides)?;
+            lifetime_check(
+                auth.principal(),
+                old.expires_at.as_deref().and_then(parse_rfc3339),
+            )?;
             if old.revoked_at.is_some() {
                 return Err(FirmError::KeyRevoked);
             }
@@ -483,6 +488,16 @@ fn manages_as_owner(k: &ApiKeyRow, now: OffsetDateTime) -> bool {
                 .iter()
                 .all(|p| eff.contains(p))
     })
+}
+
+/// Security invariant: a credential that expires cannot hand out one that
+/// outlives it (never-expiring included); a lifetime is power too.
+fn lifetime_check(p: &Principal, expires_at: Option<OffsetDateTime>) -> Result<(), FirmError> {
+    match (p.expires_at, expires_at) {
+        (None, _) => Ok(()),
+        (Some(mine), Some(theirs)) if theirs <= mine => Ok(()),
+        _ => Err(FirmError::Escalation),
+    }
 }
 
 fn escalation_check(p: &Principal, role: Role, overrides: &Overrides) -> Result<(), FirmError> {

@@ -80,6 +80,8 @@ pub enum FirmError {
     ConfirmMismatch(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
     #[error("no such API key")]
     KeyNotFound,
     #[error("the API key is revoked")]
@@ -116,11 +118,13 @@ impl FirmError {
             FirmError::InvalidName(_) => "invalid_name",
             FirmError::ConfirmMismatch(_) => "confirm_mismatch",
             FirmError::Invalid(_) => "invalid_field",
+            FirmError::InvalidQuery(_) => "invalid_query",
             FirmError::KeyNotFound => "key_not_found",
             FirmError::KeyRevoked => "key_revoked",
             FirmError::LastOwnerKey => "last_owner_key",
             FirmError::Escalation => "forbidden_escalation",
             FirmError::Store(StoreError::Busy) => "busy",
+            FirmError::Store(StoreError::Full) => "storage_full",
             FirmError::Store(_) => "storage_error",
             FirmError::Key(_) => "key_error",
             FirmError::Crypto(_) => "crypto_error",
@@ -259,6 +263,8 @@ pub struct Firms {
     appliance_id: String,
     /// Recently audited reads, for coalescing.
     reads: audit::ReadLog,
+    /// Failed authentications being counted, per firm and source.
+    auth_failures: std::sync::Mutex<crate::auth::failures::FailureCounter>,
     /// The appliance's checkpoint signing key and its note key name.
     signer: Arc<SigningKey>,
     signer_name: String,
@@ -335,6 +341,7 @@ impl Firms {
             signer_name: format!("strongroom/{appliance_id}"),
             appliance_id,
             reads: audit::ReadLog::default(),
+            auth_failures: Default::default(),
             signer,
             system_key,
             retention_secs: AtomicU64::new(2557 * 86_400),
@@ -987,10 +994,11 @@ impl Firms {
         if row.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
+        let mut expires_at = None;
         if let Some(exp) = row.expires_at.as_deref() {
             // An expiry that does not parse fails closed.
             match crate::clock::parse_rfc3339(exp) {
-                Some(t) if t > self.clock.now() => {}
+                Some(t) if t > self.clock.now() => expires_at = Some(t),
                 _ => return Err(AuthError::Expired),
             }
         }
@@ -1001,6 +1009,7 @@ impl Firms {
             key_id: parsed.key,
             role,
             overrides,
+            expires_at,
             origin: Default::default(),
         })
     }
@@ -1090,6 +1099,11 @@ fn validate_name(name: &str) -> Result<&str, FirmError> {
     if name.chars().any(char::is_control) {
         return Err(FirmError::InvalidName(
             "contains control characters".to_owned(),
+        ));
+    }
+    if name.chars().any(crate::ids::is_invisible_format) {
+        return Err(FirmError::InvalidName(
+            "contains bidirectional or invisible formatting characters".to_owned(),
         ));
     }
     Ok(name)

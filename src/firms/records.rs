@@ -82,6 +82,20 @@ fn invalid(e: Invalid) -> FirmError {
     }
 }
 
+/// Whether a reader of `row` would see a field the schema calls sensitive:
+/// sealed fields, or a declared-sensitive field held in clear. Decides
+/// whether a clear read is audited, whatever the storage.
+fn holds_sensitive(schema: &Schema, row: &RecordRow) -> bool {
+    row.sealed.is_some()
+        || (schema.fields.values().any(|f| f.sensitive)
+            && serde_json::from_str::<Map<String, Value>>(&row.clear).is_ok_and(|m| {
+                schema
+                    .fields
+                    .iter()
+                    .any(|(n, f)| f.sensitive && m.contains_key(n))
+            }))
+}
+
 /// What a write stores: the row, its sensitive fields still to seal, its
 /// index entries and its PII findings.
 struct Prepared {
@@ -196,7 +210,16 @@ impl Firms {
             schema.check().map_err(FirmError::Invalid)?;
             self.require_writable(auth.firm())?;
             let h = self.handle(auth.firm())?;
+            // Fields the old schema did not declare: records of an
+            // `allow_unknown` collection may already hold them in clear.
+            let mut undeclared: Vec<String> = Vec::new();
             if let Ok(old) = self.schema_of(&h, name) {
+                undeclared = schema
+                    .fields
+                    .keys()
+                    .filter(|f| !old.fields.contains_key(*f))
+                    .cloned()
+                    .collect();
                 for (f, was) in &old.fields {
                     match schema.fields.get(f) {
                         Some(now) if now.kind != was.kind || now.sensitive != was.sensitive => {
@@ -226,13 +249,28 @@ impl Firms {
             )?;
             let (n, now) = (name.to_owned(), self.now());
             let version = h.db.write_blocking(move |tx| {
+                // Security invariant: a field is declared (sensitive or
+                // typed) only while no record holds it undeclared, checked
+                // in the transaction that changes the schema, so no value
+                // stays in clear under a field the schema calls sensitive.
+                for f in &undeclared {
+                    let held = tx.read().records_holding(&n, f)?;
+                    if held > 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "field {f:?} is already held, undeclared, by {held} record(s): a field can be declared only while no record holds it"
+                        )));
+                    }
+                }
                 let v = tx.put_collection(&n, &text, &now)?;
                 tx.append_audit(entry.clone())?;
                 Ok(v)
             });
             // After the commit: the next write validates against the new schema.
             h.schemas.invalidate();
-            let version = version?;
+            let version = match version {
+                Err(StoreError::Conflict(why)) => return Err(FirmError::SchemaConflict(why)),
+                other => other?,
+            };
             Ok((
                 CollectionView {
                     name: name.to_owned(),
@@ -315,8 +353,8 @@ impl Firms {
         clear: Option<&DataKeys>,
     ) -> RecordView {
         let mut data: Map<String, Value> = serde_json::from_str(&row.clear).unwrap_or_default();
-        if let Some(sealed) = &row.sealed {
-            if let Some(keys) = clear {
+        match (clear, &row.sealed) {
+            (Some(keys), Some(sealed)) => {
                 let opened = keys
                     .open(
                         &record_aad(firm, &row.collection, &row.id, row.version),
@@ -329,9 +367,14 @@ impl Firms {
                     Some(m) => data.extend(m),
                     None => tracing::error!(record = %row.id, "sensitive fields do not decrypt"),
                 }
-            } else {
+            }
+            (Some(_), None) => {}
+            // Security invariant: masking follows the schema, never how a
+            // value was stored: a field the schema calls sensitive is masked
+            // whether it was sealed or (written before it was declared) not.
+            (None, _) => {
                 for (name, f) in &schema.fields {
-                    if f.sensitive {
+                    if f.sensitive && (row.sealed.is_some() || data.contains_key(name)) {
                         data.insert(name.clone(), Value::String(MASK.to_owned()));
                     }
                 }
@@ -431,7 +474,10 @@ impl Firms {
             cmd: Arc::new(CreateCmd {
                 h: h.clone(),
                 p,
-                key: idempotency_key,
+                // Idempotency keys are scoped to the credential that sent
+                // them: another key replaying the same key and body creates
+                // its own record, and never receives someone else's.
+                key: idempotency_key.map(|k| format!("{}/{k}", auth.principal().key_id)),
                 collection: collection.to_owned(),
                 request_hash,
                 entry,
@@ -504,7 +550,7 @@ impl Firms {
         let clear = self.clear_read(
             &h,
             auth,
-            row.sealed.is_some(),
+            holds_sensitive(&schema, &row),
             &format!("{collection}/{id}"),
         )?;
         Ok(self.record_view(h.id.as_str(), &schema, &row, clear.then_some(&*keys)))
@@ -543,7 +589,7 @@ impl Firms {
             Ok(None) => return Some(Err(FirmError::RecordNotFound)),
             Err(e) => return Some(Err(e.into())),
         };
-        let clear = clear && row.sealed.is_some();
+        let clear = clear && holds_sensitive(&schema, &row);
         Some(Ok(self.record_view(
             h.id.as_str(),
             &schema,
@@ -566,11 +612,16 @@ impl Firms {
         if let Some((field, _)) = &filter
             && !schema.fields.get(field).is_some_and(|f| f.indexed)
         {
-            return Err(FirmError::Invalid(format!(
-                "{field:?} is not an indexed field of {collection}"
+            return Err(FirmError::InvalidQuery(format!(
+                "{field:?} is not an indexed field of {collection} (parameters: after, limit, and one indexed field)"
             )));
         }
-        let limit = limit.clamp(1, MAX_RECORD_PAGE);
+        if limit == 0 {
+            return Err(FirmError::InvalidQuery(format!(
+                "limit must be between 1 and {MAX_RECORD_PAGE} (larger values are lowered to it)"
+            )));
+        }
+        let limit = limit.min(MAX_RECORD_PAGE);
         let keys = h.data_keys();
         let rows = h.db.read_blocking(|r| {
             r.records(
@@ -580,8 +631,8 @@ impl Firms {
                 filter.as_ref().map(|(f, v)| (f.as_str(), v.as_str())),
             )
         })?;
-        let sealed = rows.iter().any(|r| r.sealed.is_some());
-        let clear = self.clear_read(&h, auth, sealed, &format!("{collection}/*"))?;
+        let sensitive = rows.iter().any(|r| holds_sensitive(&schema, r));
+        let clear = self.clear_read(&h, auth, sensitive, &format!("{collection}/*"))?;
         let records: Vec<RecordView> = rows
             .iter()
             .map(|r| self.record_view(h.id.as_str(), &schema, r, clear.then_some(&*keys)))

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,7 @@ impl<T: DeserializeOwned> ApiJson<T> {
                 "send the body as application/json",
             ));
         }
+        super::numbers::check(body)?;
         serde_json::from_slice(body).map(ApiJson).map_err(|e| {
             Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -40,6 +42,33 @@ impl<T: DeserializeOwned> ApiJson<T> {
                 format!("invalid JSON body: {e}"),
             )
         })
+    }
+}
+
+fn bad_query(detail: String) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
+}
+
+/// The query string, parsed strictly: a parameter given twice is refused
+/// (which value was meant?), and so is one the route does not know.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        let q = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
+            .map_err(|e| bad_query(format!("malformed query string: {e}")))?;
+        let mut seen = std::collections::HashSet::new();
+        for (k, _) in &pairs {
+            if !seen.insert(k.as_str()) {
+                return Err(bad_query(format!("{k} is given more than once")));
+            }
+        }
+        serde_urlencoded::from_str(q)
+            .map(ApiQuery)
+            .map_err(|e| bad_query(e.to_string()))
     }
 }
 
@@ -126,12 +155,15 @@ pub async fn patch_firm(
         ("contact_email", patch.contact_email),
     ] {
         if let Some(v) = v {
-            if v.chars().count() > MAX_PROFILE_CHARS || v.chars().any(char::is_control) {
+            if v.chars().count() > MAX_PROFILE_CHARS
+                || v.chars()
+                    .any(|c| c.is_control() || crate::ids::is_invisible_format(c))
+            {
                 return Err(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_field",
                     format!(
-                        "{k} must be at most {MAX_PROFILE_CHARS} characters without control characters"
+                        "{k} must be at most {MAX_PROFILE_CHARS} characters without control, bidirectional or invisible formatting characters"
                     ),
                 ));
             }

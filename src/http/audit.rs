@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 
-use super::api::blocking;
+use super::api::{ApiQuery, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::policy::perm;
@@ -58,10 +58,17 @@ fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
 pub async fn list(
     State(shared): State<Arc<Shared>>,
     Authz(auth): Authz<perm::AuditRead>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<AuditPage>, Problem> {
     let firms = shared.firms.clone();
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    if limit == 0 {
+        return Err(Problem::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE} (larger values are lowered to it)"),
+        ));
+    }
     let filter = crate::store::audit_log::Filter {
         since: utc("since", q.since)?,
         until: utc("until", q.until)?,
@@ -95,7 +102,7 @@ pub struct InclusionQuery {
 pub async fn inclusion(
     State(shared): State<Arc<Shared>>,
     Authz(auth): Authz<perm::AuditRead>,
-    Query(q): Query<InclusionQuery>,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
 ) -> Result<Json<InclusionView>, Problem> {
     let firms = shared.firms.clone();
     Ok(Json(
@@ -114,7 +121,7 @@ pub struct ConsistencyQuery {
 pub async fn consistency(
     State(shared): State<Arc<Shared>>,
     Authz(auth): Authz<perm::AuditRead>,
-    Query(q): Query<ConsistencyQuery>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyView>, Problem> {
     let firms = shared.firms.clone();
     Ok(Json(

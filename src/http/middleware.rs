@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::authz::RequestActor;
+use super::body::BodyTimedOut;
 use super::problem::{PROBLEM_JSON, Problem, REQUEST_ID};
 
 /// The TCP peer of the connection a request came in on.
@@ -36,7 +37,7 @@ const SECURITY_HEADERS: &[(HeaderName, &str)] = &[
 
 /// A fresh request id: 128 bits from the FIPS DRBG, hex. Client-supplied ids
 /// are not trusted (they would let a caller forge log correlation).
-fn new_request_id() -> String {
+pub(super) fn new_request_id() -> String {
     match crate::crypto::random_array::<16>() {
         Ok(b) => crate::crypto::hex(&b),
         Err(_) => String::from("00000000000000000000000000000000"),
@@ -67,7 +68,67 @@ fn framework_problem(status: StatusCode) -> Problem {
     Problem::new(status, code, detail)
 }
 
-pub async fn observe(req: Request, next: Next) -> Response {
+/// Headers that must appear at most once: a second copy would make the
+/// request mean two things (which credential, which body, which host).
+const SINGLE_HEADERS: &[HeaderName] = &[
+    header::HOST,
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::IF_MATCH,
+    header::EXPECT,
+];
+
+fn ambiguous(detail: String) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "invalid_header", detail)
+}
+
+/// Refuses, before routing and before any of the body is read, a request
+/// that is ambiguous or that announces a body over the limit.
+// Security invariant: a request the daemon would have to guess about
+// (two credentials, an unknown transfer coding, no Host) is refused, never
+// interpreted.
+fn screen(req: &Request, max_body: u64) -> Result<(), Problem> {
+    let headers = req.headers();
+    for name in SINGLE_HEADERS {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(ambiguous(format!("{name} may appear only once")));
+        }
+    }
+    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(ambiguous(
+                "transfer-encoding: only `chunked` is supported".to_owned(),
+            ));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(ambiguous(
+                "content-length and transfer-encoding may not both be sent".to_owned(),
+            ));
+        }
+    }
+    if req.version() == axum::http::Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        return Err(ambiguous("host is required in HTTP/1.1".to_owned()));
+    }
+    if let Some(cl) = headers.get(header::CONTENT_LENGTH) {
+        let len = cl
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| ambiguous("content-length is not a number".to_owned()))?;
+        if len > max_body {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body may be at most {max_body} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = new_request_id();
     let method = req.method().clone();
@@ -82,14 +143,40 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .map(|p| p.0.to_string())
         .unwrap_or_default();
 
-    let mut resp = REQUEST_ID.scope(request_id.clone(), next.run(req)).await;
+    let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
+    let mut resp = match screen(&req, max_body) {
+        // Refused before the body is read: hyper then closes the connection
+        // instead of reading (or inviting, with 100 Continue) the body.
+        Err(problem) => {
+            let mut r = REQUEST_ID.sync_scope(request_id.clone(), || problem.into_response());
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        Ok(()) => REQUEST_ID.scope(request_id.clone(), next.run(req)).await,
+    };
+    if timed_out.is_some_and(|f| f.is_set()) {
+        let problem = Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body arrived too slowly",
+        );
+        resp = REQUEST_ID.sync_scope(request_id.clone(), || problem.into_response());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if needs_problem_body(&resp) {
         // An error produced by the framework (e.g. a body over the size limit):
         // give it the house format too.
         let status = resp.status();
         let problem = framework_problem(status);
         let mut replaced = REQUEST_ID.sync_scope(request_id.clone(), || problem.into_response());
-        for name in [header::ALLOW, header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
+        for name in [
+            header::ALLOW,
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+            header::CONNECTION,
+        ] {
             if let Some(v) = resp.headers().get(&name) {
                 replaced.headers_mut().insert(name, v.clone());
             }

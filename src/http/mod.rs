@@ -5,8 +5,11 @@
 mod api;
 mod audit;
 mod authz;
+mod body;
+pub mod conn;
 mod keys;
 mod middleware;
+mod numbers;
 pub mod problem;
 mod records;
 mod routes;
@@ -253,7 +256,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            body_limit as u64,
+            middleware::observe,
+        ))
         .with_state(shared)
 }
 

@@ -117,6 +117,12 @@ impl From<crate::firms::FirmError> for Problem {
                 "the write queue is full; retry shortly",
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            E::Store(StoreError::Full) => Problem::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the appliance's storage is full: writes, and reads that must be audited, are refused until an operator frees space",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")),
             E::KeyNotFound => Problem::new(
                 StatusCode::NOT_FOUND,
                 "key_not_found",
@@ -155,6 +161,7 @@ impl From<crate::firms::FirmError> for Problem {
                 Problem::new(StatusCode::CONFLICT, e.code(), e.to_string())
             }
             E::Escalation => Problem::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+            E::InvalidQuery(_) => Problem::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
             E::InvalidName(_) | E::Invalid(_) | E::ConfirmMismatch(_) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
             }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::api::{ApiJson, blocking};
+use super::api::{ApiJson, ApiQuery, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::policy::perm;
@@ -94,9 +94,14 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u32>, Problem> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
+    // ETags compare as opaque strings (RFC 9110 strong comparison): only
+    // the exact spelling the server sent names a version, so `"01"` is not `"1"`.
     v.to_str()
         .ok()
-        .and_then(|s| s.trim().strip_prefix('"')?.strip_suffix('"')?.parse().ok())
+        .and_then(|s| {
+            let tag = s.trim().strip_prefix('"')?.strip_suffix('"')?;
+            tag.parse::<u32>().ok().filter(|n| n.to_string() == tag)
+        })
         .map(Some)
         .ok_or_else(|| {
             Problem::new(
@@ -155,7 +160,7 @@ pub async fn list(
     State(shared): State<Arc<Shared>>,
     Authz(auth): Authz<perm::RecordsRead>,
     Path((_, collection)): Path<(String, String)>,
-    Query(mut q): Query<HashMap<String, String>>,
+    ApiQuery(mut q): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<RecordPage>, Problem> {
     let after = q.remove("after").unwrap_or_default();
     let limit = match q.remove("limit") {
@@ -172,7 +177,7 @@ pub async fn list(
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            "filter on at most one indexed field",
+            "filter on at most one indexed field (parameters: after, limit, and one indexed field)",
         ));
     }
     let filter = q.into_iter().next();

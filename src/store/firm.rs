@@ -676,6 +676,18 @@ impl ReadTx<'_> {
             .optional()?)
     }
 
+    /// How many records of `collection` hold `field` in their clear part
+    /// (any value, `null` included).
+    pub fn records_holding(&self, collection: &str, field: &str) -> Result<u64, StoreError> {
+        let path = format!("$.\"{}\"", field.replace('"', ""));
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM records WHERE collection = ?1 AND json_type(clear, ?2) IS NOT NULL",
+            )?
+            .query_row(params![collection, path], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     pub fn record(&self, collection: &str, id: &str) -> Result<Option<RecordRow>, StoreError> {
         Ok(self
             .conn

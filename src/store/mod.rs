@@ -26,7 +26,9 @@ pub enum StoreError {
     #[error("database {path} is not on the FIPS crypto provider: {reason}")]
     NotFips { path: String, reason: String },
     #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(rusqlite::Error),
+    #[error("the disk holding the databases is full")]
+    Full,
     #[error("database I/O on {path}: {source}")]
     Io {
         path: String,
@@ -44,6 +46,66 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && f.code == ErrorCode::DiskFull
+        {
+            space::full();
+            return StoreError::Full;
+        }
+        StoreError::Sql(e)
+    }
+}
+
+/// A full disk, reported once per episode with the space left.
+pub mod space {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static FULL: AtomicBool = AtomicBool::new(false);
+    static STATE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+    /// Names the directory whose free space the log reports.
+    pub fn watch(dir: PathBuf) {
+        let _ = STATE_DIR.set(dir);
+    }
+
+    fn free_bytes() -> Option<u64> {
+        let dir = STATE_DIR.get()?;
+        let st = nix::sys::statvfs::statvfs(dir.as_path()).ok()?;
+        Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+    }
+
+    /// A write failed for lack of space.
+    pub fn full() {
+        if !FULL.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                free_bytes = free_bytes().unwrap_or(0),
+                "storage full: writes are refused (507) until space is freed; nothing acknowledged is lost"
+            );
+        }
+    }
+
+    /// Free space that ends an episode: small writes can still fit in the
+    /// WAL's reused pages on a full disk, so a commit alone does not.
+    const RESUME_BYTES: u64 = 4 * 1024 * 1024;
+
+    /// A write committed: ends an episode once space is really back.
+    pub fn ok() {
+        if FULL.load(Ordering::Relaxed)
+            && free_bytes().is_none_or(|b| b >= RESUME_BYTES)
+            && FULL.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(
+                free_bytes = free_bytes().unwrap_or(0),
+                "storage available again: writes resume"
+            );
+        }
+    }
 }
 
 /// Opens a SQLCipher database with a raw key and proves, before any other use,

@@ -30,7 +30,14 @@ trait Command: Send {
     /// Runs the command (again, if it ran before); true if it succeeded.
     fn run(&mut self, tx: &WriteTx<'_>) -> bool;
     /// Delivers the outcome once the transaction's fate is known.
-    fn finish(self: Box<Self>, commit: Result<(), String>);
+    fn finish(self: Box<Self>, commit: Result<(), Failed>);
+}
+
+/// Why a batch's commit failed, as every caller in it is told.
+#[derive(Debug, Clone)]
+struct Failed {
+    full: bool,
+    message: String,
 }
 
 struct Typed<F, R> {
@@ -53,11 +60,12 @@ where
         ok
     }
 
-    fn finish(self: Box<Self>, commit: Result<(), String>) {
+    fn finish(self: Box<Self>, commit: Result<(), Failed>) {
         let msg = match (commit, self.out) {
             (_, Some(Err(e))) => Err(e),
             (Ok(()), Some(ok)) => ok,
-            (Err(e), _) => Err(StoreError::Command(format!("commit failed: {e}"))),
+            (Err(Failed { full: true, .. }), _) => Err(StoreError::Full),
+            (Err(e), _) => Err(StoreError::Command(format!("commit failed: {}", e.message))),
             (Ok(()), None) => Err(StoreError::Command("command did not run".to_owned())),
         };
         let _ = self.reply.send(msg);
@@ -186,9 +194,15 @@ fn run(conn: Connection, rx: Receiver<Box<dyn Command>>) {
     while let Some(first) = next_command(&rx) {
         let mut batch = gather(&rx, first, previous);
         previous = batch.len();
-        let commit = run_batch(&conn, &mut batch).map_err(|e| e.to_string());
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+        let commit = run_batch(&conn, &mut batch).map_err(|e| Failed {
+            full: matches!(e, StoreError::Full),
+            message: e.to_string(),
+        });
+        match &commit {
+            Ok(()) => super::space::ok(),
+            Err(_) => {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
         for cmd in batch {
             cmd.finish(commit.clone());

@@ -69,7 +69,15 @@ impl Client {
     }
 
     pub fn connect(&self) -> Result<Conn, std::io::Error> {
-        let tcp = TcpStream::connect(self.addr)?;
+        self.handshake(TcpStream::connect(self.addr)?)
+    }
+
+    /// A connection from a chosen loopback source address (127.0.0.0/8).
+    pub fn connect_from(&self, src: std::net::Ipv4Addr) -> Result<Conn, std::io::Error> {
+        self.handshake(tcp_from(src, self.addr)?)
+    }
+
+    fn handshake(&self, tcp: TcpStream) -> Result<Conn, std::io::Error> {
         tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
         let conn = ClientConnection::new(
             self.config.clone(),
@@ -101,6 +109,29 @@ impl Client {
     }
 }
 
+/// A TCP connection from `src` to `dst`.
+pub fn tcp_from(src: std::net::Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::other)?;
+    use std::os::fd::AsRawFd;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(src, 0)),
+    )
+    .map_err(std::io::Error::other)?;
+    let SocketAddr::V4(dst) = dst else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    connect(fd.as_raw_fd(), &SockaddrIn::from(dst)).map_err(std::io::Error::other)?;
+    Ok(TcpStream::from(fd))
+}
+
 pub struct Conn {
     pub stream: StreamOwned<ClientConnection, TcpStream>,
 }
@@ -119,6 +150,36 @@ impl Conn {
 
     pub fn peer_cert(&self) -> Vec<u8> {
         self.stream.conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// Writes raw bytes (a hand-made request) on the TLS stream.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Reads one response.
+    pub fn read_response(&mut self) -> std::io::Result<Response> {
+        read_response(&mut self.stream, false)
+    }
+
+    /// Whether the server has closed this connection, waiting at most `wait`.
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        self.stream.sock.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 1];
+        let r = self.stream.read(&mut b);
+        self.stream
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        match r {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 
     /// One HTTP/1.1 request on this (keep-alive) connection.

@@ -477,6 +477,7 @@ fn master_key_from_systemd_credential() {
             prod_config(dir, "").replace("master_key_file", "#master_key_file")
         })),
         env: vec![("CREDENTIALS_DIRECTORY".into(), creds_path)],
+        ..Options::default()
     });
     let status = ctl_json(&d.admin_socket, &["status"]);
     assert!(

@@ -25,6 +25,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub admin_socket: PathBuf,
     notify: UnixDatagram,
+    /// A tmpfs mounted on the state directory, unmounted on drop.
+    mounted: Option<PathBuf>,
     /// Notify messages received so far, oldest first.
     pub messages: Vec<String>,
     stopped: bool,
@@ -38,6 +40,10 @@ pub struct Options {
     /// Config file text, given the test's temp dir.
     pub config: Option<ConfigFn>,
     pub env: Vec<(String, String)>,
+    /// The daemon's open-file limit (soft and hard), if lowered.
+    pub nofile: Option<u64>,
+    /// Put the state directory on a tmpfs of this many bytes (root only).
+    pub tmpfs_state: Option<u64>,
 }
 
 impl Default for Options {
@@ -46,6 +52,8 @@ impl Default for Options {
             dev: true,
             config: None,
             env: Vec::new(),
+            nofile: None,
+            tmpfs_state: None,
         }
     }
 }
@@ -73,6 +81,8 @@ impl Daemon {
     }
 
     fn take_dir(&mut self) -> tempfile::TempDir {
+        // The next daemon on this directory keeps the mount (if any).
+        self.mounted = None;
         let placeholder = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, placeholder)
     }
@@ -138,6 +148,36 @@ impl Daemon {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::other)
+                });
+            }
+        }
+        let mut mounted = None;
+        if let Some(bytes) = opts.tmpfs_state {
+            if !state_dir.exists() {
+                fs::create_dir_all(&state_dir).unwrap();
+                let ok = Command::new("mount")
+                    .args([
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        &format!("size={bytes},mode=0700"),
+                        "tmpfs",
+                    ])
+                    .arg(&state_dir)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "mounting a tmpfs on {}", state_dir.display());
+            }
+            mounted = Some(state_dir.clone());
+        }
         let child = cmd.spawn().unwrap();
         let mut d = Daemon {
             child: Some(child),
@@ -146,6 +186,7 @@ impl Daemon {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             notify,
+            mounted,
             messages: Vec::new(),
             stopped: false,
         };
@@ -291,6 +332,15 @@ pub fn ctl(socket: &Path, args: &[&str]) -> Output {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.drop_daemon();
+        if let Some(m) = self.mounted.take() {
+            let _ = Command::new("umount").arg(&m).status();
+        }
+    }
+}
+
+impl Daemon {
+    fn drop_daemon(&mut self) {
         if self.stopped {
             return;
         }

@@ -6,6 +6,7 @@ mod client;
 mod datakeys;
 mod firms;
 mod foundation;
+mod hardening;
 mod harness;
 mod keys;
 mod raw_tls;
