@@ -688,6 +688,11 @@ fn a_full_disk_is_507_and_loses_nothing() {
         "{}",
         d.logs()
     );
+    assert_eq!(
+        d.stderr().matches("\"level\":\"ERROR\"").count(),
+        1,
+        "the episode is one error line, not one per refused write"
+    );
 
     // Space returns: writes resume by themselves.
     std::fs::remove_file(&filler).unwrap();
