@@ -20,9 +20,11 @@ pub mod firms;
 pub mod http;
 pub mod ids;
 pub mod records;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod vault;
 
 /// Package version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

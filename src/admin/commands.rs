@@ -4,10 +4,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::AdminState;
 use super::server::Caller;
+use crate::audit::{AdminActor, Outcome};
 use crate::crypto::keyring::MasterKey;
-use crate::daemon::Shared;
-use crate::firms::{AdminActor, FirmError, Outcome};
+use crate::firms::FirmError;
 use crate::ids::FirmId;
 
 /// An admin error: a stable code and a message for the operator.
@@ -139,7 +140,7 @@ pub fn actor(caller: Caller) -> AdminActor {
     }
 }
 
-pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Value, CmdError> {
+pub fn run(shared: &AdminState, caller: Caller, cmd: &str, raw: &Value) -> Result<Value, CmdError> {
     let by = actor(caller);
     tracing::info!(target: "strongroom::admin", uid = by.uid, user = %by.name, request_id = %by.request_id, cmd, "admin command");
     let result = run_as(shared, &by, caller, cmd, raw);
@@ -154,7 +155,7 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
         let recorded = match &result {
             // export_key records itself before the key leaves (see below).
             Ok(_) if matches!(cmd, "audit.verify" | "audit.purge_expired") => {
-                shared.firms.system_audit(
+                shared.trail.system_audit(
                     &by,
                     cmd,
                     &resource,
@@ -164,7 +165,7 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
                 )
             }
             Ok(_) => Ok(()),
-            Err(e) => shared.firms.system_audit(
+            Err(e) => shared.trail.system_audit(
                 &by,
                 cmd,
                 &resource,
@@ -185,36 +186,36 @@ pub fn run(shared: &Shared, caller: Caller, cmd: &str, raw: &Value) -> Result<Va
 }
 
 fn run_as(
-    shared: &Shared,
+    shared: &AdminState,
     by: &AdminActor,
     caller: Caller,
     cmd: &str,
     raw: &Value,
 ) -> Result<Value, CmdError> {
-    let firms = &shared.firms;
+    let (life, log, trail) = (&shared.lifecycle, &shared.audit, &shared.trail);
     match cmd {
         "audit.system.list" => {
             let a: PageArgs = args(raw)?;
             Ok(
-                serde_json::to_value(firms.system_audit_page(by, a.from, a.limit)?)
+                serde_json::to_value(log.system_audit_page(by, a.from, a.limit)?)
                     .unwrap_or_default(),
             )
         }
         "audit.system.verify" => {
             let _: Empty = args(raw)?;
-            Ok(serde_json::to_value(firms.system_audit_verify(by)?).unwrap_or_default())
+            Ok(serde_json::to_value(log.system_audit_verify(by)?).unwrap_or_default())
         }
         "audit.system.checkpoint" => {
             let _: Empty = args(raw)?;
-            Ok(json!({ "checkpoint": firms.system_checkpoint()? }))
+            Ok(json!({ "checkpoint": log.system_checkpoint()? }))
         }
         "audit.system.export" => {
             let _: Empty = args(raw)?;
-            Ok(json!({ "events": firms.system_audit_export(by)? }))
+            Ok(json!({ "events": log.system_audit_export(by)? }))
         }
         "audit.purge_expired" => {
             let _: Empty = args(raw)?;
-            Ok(json!({ "purged_entries": firms.purge_expired() }))
+            Ok(json!({ "purged_entries": log.purge_expired() }))
         }
         "firm.set_retention" => {
             let a: RetentionArgs = args(raw)?;
@@ -225,22 +226,22 @@ fn run_as(
                     message: "firm retention is for root only".to_owned(),
                 });
             }
-            let row = firms.set_retention(&firm_id(&a.id)?, a.retention.as_deref(), by)?;
+            let row = log.set_retention(&firm_id(&a.id)?, a.retention.as_deref(), by)?;
             tracing::info!(firm = %row.id, retention = ?row.audit_retention, uid = by.uid, "firm audit retention set");
             Ok(json!({ "firm": row }))
         }
-        "audit.verifier_key" => Ok(json!({ "verifier_key": firms.verifier_key() })),
+        "audit.verifier_key" => Ok(json!({ "verifier_key": trail.verifier_key() })),
         "audit.verify" => {
             let a: IdArgs = args(raw)?;
-            let v = firms.audit_verify_admin(&firm_id(&a.id)?)?;
+            let v = log.audit_verify_admin(&firm_id(&a.id)?)?;
             Ok(serde_json::to_value(v).unwrap_or_default())
         }
         "audit.shred_payloads" => {
             let a: DeleteArgs = args(raw)?;
             let id = firm_id(&a.id)?;
-            let version = firms.shred_audit_payloads(&id, &a.confirm, by)?;
+            let version = life.shred_audit_payloads(&id, &a.confirm, by)?;
             tracing::warn!(firm = %id, uid = caller.uid, version, "audit payloads crypto-shredded");
-            firms.audit_admin(
+            trail.audit_admin(
                 &id,
                 by,
                 "audit.shred_payloads",
@@ -250,7 +251,7 @@ fn run_as(
         }
         "firm.create" => {
             let a: NameArgs = args(raw)?;
-            let (row, key) = firms.create(&a.name, by)?;
+            let (row, key) = life.create(&a.name, by)?;
             tracing::info!(firm = %row.id, uid = caller.uid, "firm created");
             Ok(json!({
                 "firm": row,
@@ -263,21 +264,21 @@ fn run_as(
         }
         "firm.list" => {
             let _: Empty = args(raw)?;
-            Ok(json!({ "firms": firms.list()? }))
+            Ok(json!({ "firms": life.list()? }))
         }
         "firm.show" => {
             let a: IdArgs = args(raw)?;
-            Ok(json!(firms.show(&firm_id(&a.id)?)?))
+            Ok(json!(life.show(&firm_id(&a.id)?)?))
         }
         "firm.freeze" | "firm.unfreeze" => {
             let a: IdArgs = args(raw)?;
-            let row = firms.set_frozen(&firm_id(&a.id)?, cmd == "firm.freeze", by)?;
+            let row = life.set_frozen(&firm_id(&a.id)?, cmd == "firm.freeze", by)?;
             tracing::info!(firm = %row.id, state = %row.state, uid = caller.uid, "firm state changed");
             Ok(json!({ "firm": row }))
         }
         "firm.delete" => {
             let a: DeleteArgs = args(raw)?;
-            let row = firms.delete(&firm_id(&a.id)?, &a.confirm, by)?;
+            let row = life.delete(&firm_id(&a.id)?, &a.confirm, by)?;
             tracing::warn!(firm = %row.id, uid = caller.uid, "firm deleted: keys destroyed (crypto-shred)");
             Ok(json!({ "firm": row }))
         }
@@ -291,9 +292,9 @@ fn run_as(
                 });
             }
             let id = firm_id(&a.id)?;
-            let key = firms.export_key(&id)?;
+            let key = life.export_key(&id)?;
             // Security invariant: the break-glass key leaves only once its export is in the system log.
-            firms.system_audit(
+            trail.system_audit(
                 by,
                 "firm.export_key",
                 id.as_str(),
@@ -311,22 +312,22 @@ fn run_as(
         "firm.rekey" => {
             let a: IdArgs = args(raw)?;
             let id = firm_id(&a.id)?;
-            let version = firms.rekey(&id, by)?;
+            let version = life.rekey(&id, by)?;
             tracing::info!(firm = %id, version, uid = caller.uid, "firm database rekeyed");
             Ok(json!({ "firm_id": id, "db_key_version": version }))
         }
         "firm.rotate_data_key" => {
             let a: IdArgs = args(raw)?;
             let id = firm_id(&a.id)?;
-            let (version, retiring) = firms.rotate_data_key(&id, by)?;
+            let (version, retiring) = life.rotate_data_key(&id, by)?;
             tracing::info!(firm = %id, version, ?retiring, uid = caller.uid, "data key rotated; re-encryption starting");
-            firms.audit_admin(
+            trail.audit_admin(
                 &id,
                 by,
                 "keys.rotate_data_key",
                 json!({ "data_key_version": version, "retiring": retiring }),
             )?;
-            let (f, job) = (shared.firms.clone(), id.clone());
+            let (f, job) = (shared.lifecycle.clone(), id.clone());
             std::thread::Builder::new()
                 .name("reencrypt".to_owned())
                 .spawn(move || f.reencrypt_data(&job))
@@ -345,7 +346,7 @@ fn run_as(
                         message: e.to_string(),
                     }
                 })?;
-            let generation = firms.rotate_master(&new_master, by)?;
+            let generation = life.rotate_master(&new_master, by)?;
             tracing::warn!(
                 generation,
                 uid = caller.uid,

@@ -10,7 +10,25 @@ pub mod client;
 mod commands;
 pub mod server;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditLog, AuditTrail};
+use crate::firms::Lifecycle;
+use crate::runtime::Runtime;
+
+/// What the admin socket serves from, built by the daemon and handed down.
+#[derive(Debug)]
+pub struct AdminState {
+    pub runtime: Arc<Runtime>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub audit: Arc<AuditLog>,
+    pub trail: Arc<AuditTrail>,
+    /// `admin.idle_timeout_secs`.
+    pub idle_timeout: Duration,
+}
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;

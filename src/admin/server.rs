@@ -11,8 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use super::AdminState;
 use super::{MAX_LINE, PROTOCOL_VERSION, Request, Response, commands};
-use crate::daemon::Shared;
 
 /// Who is on the other end of an admin connection, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +124,7 @@ pub fn bind(path: &Path, policy: &AccessPolicy) -> Result<UnixListener, BindErro
 
 pub async fn serve(
     listener: UnixListener,
-    shared: Arc<Shared>,
+    shared: Arc<AdminState>,
     policy: AccessPolicy,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -152,7 +152,7 @@ pub async fn serve(
 
 async fn handle(
     stream: UnixStream,
-    shared: Arc<Shared>,
+    shared: Arc<AdminState>,
     policy: AccessPolicy,
 ) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
@@ -166,7 +166,7 @@ async fn handle(
         let firms = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let by = super::commands::actor(caller);
-            if let Err(e) = firms.firms.system_audit_refused_peer(&by) {
+            if let Err(e) = firms.trail.system_audit_refused_peer(&by) {
                 tracing::error!(error = %e, "system audit entry not written");
             }
         })
@@ -178,7 +178,7 @@ async fn handle(
         write_response(&mut write, &resp).await?;
         return Ok(());
     }
-    let idle = Duration::from_secs(shared.config.admin.idle_timeout_secs);
+    let idle = shared.idle_timeout;
     let mut reader = BufReader::new(read).take(MAX_LINE as u64 + 1);
     let mut line = Vec::new();
     loop {
@@ -236,7 +236,7 @@ async fn write_response(
     w.flush().await
 }
 
-async fn dispatch(shared: &Arc<Shared>, caller: Caller, req: Request) -> Response {
+async fn dispatch(shared: &Arc<AdminState>, caller: Caller, req: Request) -> Response {
     if req.cmd == "status" {
         return Response::ok(status(shared));
     }
@@ -251,22 +251,23 @@ async fn dispatch(shared: &Arc<Shared>, caller: Caller, req: Request) -> Respons
     }
 }
 
-fn status(shared: &Shared) -> serde_json::Value {
+fn status(shared: &AdminState) -> serde_json::Value {
+    let rt = &shared.runtime;
     serde_json::json!({
         "version": crate::VERSION,
         "commit": crate::BUILD_COMMIT,
         "pid": std::process::id(),
-        "uptime_seconds": shared.started.elapsed().as_secs(),
-        "fips": shared.module.fips,
-        "crypto_module": shared.module.module,
-        "listen": format!("https://{}", shared.listen),
-        "state_dir": shared.config.storage.state_dir,
-        "tls_fingerprint_sha256": shared.certs.fingerprint(),
-        "dev_mode": shared.dev,
-        "master_key_source": shared.key_source,
-        "master_key_generation": shared.firms.generation(),
-        "appliance_id": shared.firms.appliance_id(),
-        "firms_open": shared.firms.open_count(),
+        "uptime_seconds": rt.uptime_seconds(),
+        "fips": rt.module.fips,
+        "crypto_module": rt.module.module,
+        "listen": format!("https://{}", rt.listen),
+        "state_dir": rt.state_dir,
+        "tls_fingerprint_sha256": rt.certs.fingerprint(),
+        "dev_mode": rt.dev,
+        "master_key_source": rt.key_source,
+        "master_key_generation": shared.lifecycle.generation(),
+        "appliance_id": shared.lifecycle.appliance_id(),
+        "firms_open": shared.lifecycle.open_count(),
         "sqlcipher": crate::store::sqlcipher_version(),
     })
 }

@@ -6,7 +6,14 @@
 
 pub mod entry;
 pub mod export;
+pub mod log;
 pub mod merkle;
 pub mod note;
+mod system;
+pub mod trail;
 
 pub use entry::Entry;
+pub use log::{
+    AuditEntryView, AuditLog, AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE,
+};
+pub use trail::{AdminActor, AuditTrail, Outcome, SYSTEM};

@@ -6,8 +6,13 @@
 //! stores only HMAC-SHA256(firm auth key, key id | secret); the secret is shown
 //! once, at minting, and never again.
 
+mod authn;
 pub mod failures;
+pub mod keys;
 pub mod policy;
+
+pub use authn::AuthError;
+pub use keys::{KeyView, Keys, Minted, NewKey};
 
 use std::fmt;
 

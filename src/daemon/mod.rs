@@ -21,26 +21,43 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::audit::{AuditLog, AuditTrail};
+use crate::auth::Keys;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::crypto::fips::ModuleInfo;
 use crate::crypto::keyring::{KeyError, MasterKey};
 use crate::crypto::{self, CryptoError};
-use crate::firms::{FirmError, Firms};
+use crate::firms::{FirmError, Lifecycle, Pool};
+use crate::records::Records;
+use crate::runtime::Runtime;
 use crate::tls::{self, CertStore, TlsError};
+use crate::vault::Vault;
 
-/// State every part of the running daemon can see.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub started: Instant,
-    pub module: ModuleInfo,
-    pub listen: SocketAddr,
-    pub certs: Arc<CertStore>,
-    pub dev: bool,
-    pub firms: Arc<Firms>,
-    /// Where the master key came from (for status; never the key).
-    pub key_source: String,
+/// The capability services, wired on the shared firm pool and audit trail.
+#[derive(Debug, Clone)]
+struct Services {
+    trail: Arc<AuditTrail>,
+    lifecycle: Arc<Lifecycle>,
+    keys: Arc<Keys>,
+    records: Arc<Records>,
+    vault: Arc<Vault>,
+    audit: Arc<AuditLog>,
+}
+
+impl Services {
+    fn new(pool: Pool, appliance: crate::firms::pool::ApplianceKeys) -> Self {
+        let pool = Arc::new(pool);
+        let trail = Arc::new(AuditTrail::new(pool.clone(), appliance));
+        Self {
+            lifecycle: Arc::new(Lifecycle::new(pool.clone(), trail.clone())),
+            keys: Arc::new(Keys::new(pool.clone(), trail.clone())),
+            records: Arc::new(Records::new(pool.clone(), trail.clone())),
+            vault: Arc::new(Vault::new(pool.clone(), trail.clone())),
+            audit: Arc::new(AuditLog::new(pool, trail.clone())),
+            trail,
+        }
+    }
 }
 
 /// Why the daemon refused to start. Every variant exits 78 (EX_CONFIG).
@@ -175,7 +192,7 @@ struct Prepared {
     module: ModuleInfo,
     certs: Arc<CertStore>,
     server_config: Arc<rustls::ServerConfig>,
-    firms: Option<Arc<Firms>>,
+    services: Option<Services>,
     key_source: String,
 }
 
@@ -199,7 +216,6 @@ fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
     let (cert_path, key_path) = config.tls_paths();
     if config.tls_is_generated() && !args.check_config {
         ensure_dir(&config.storage.state_dir)?;
-        crate::store::space::watch(config.storage.state_dir.clone());
         if let Some(fp) = tls::ensure_self_signed(&cert_path, &key_path)? {
             tracing::info!(
                 cert = %cert_path.display(),
@@ -232,13 +248,13 @@ fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
         }
     };
     let server_config = Arc::new(tls::server_config(provider, certs.clone())?);
-    let (firms, key_source) = open_firms(&config, args.check_config)?;
+    let (services, key_source) = open_firms(&config, args.check_config)?;
     Ok(Prepared {
         config,
         module,
         certs,
         server_config,
-        firms,
+        services,
         key_source,
     })
 }
@@ -248,7 +264,7 @@ fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
 fn open_firms(
     config: &Config,
     check_only: bool,
-) -> Result<(Option<Arc<Firms>>, String), StartupError> {
+) -> Result<(Option<Services>, String), StartupError> {
     let key_file = config.keys.master_key_file.as_deref();
     if check_only && std::env::var_os("CREDENTIALS_DIRECTORY").is_none() && key_file.is_none() {
         tracing::info!(
@@ -270,20 +286,24 @@ fn open_firms(
         return Ok((None, source.to_string()));
     }
     ensure_dir(&config.storage.state_dir)?;
-    let firms = Firms::open(
+    crate::store::space::watch(config.storage.state_dir.clone());
+    let (pool, appliance) = Pool::open(
         &config.storage.state_dir,
         &master,
         Arc::new(SystemClock),
         Duration::from_secs(config.storage.firm_idle_secs),
     )?;
     drop(master);
-    firms.set_default_retention(config.audit.retention());
-    firms.set_reencrypt_pacing(
+    let services = Services::new(pool, appliance);
+    services
+        .audit
+        .set_default_retention(config.audit.retention());
+    services.lifecycle.set_reencrypt_pacing(
         config.keys.reencrypt_batch,
         Duration::from_millis(config.keys.reencrypt_pause_ms),
     );
     tracing::info!(source = %source, "master key loaded; registry open");
-    Ok((Some(Arc::new(firms)), source.to_string()))
+    Ok((Some(services), source.to_string()))
 }
 
 fn tempdir_for_check() -> Result<PathBuf, StartupError> {
@@ -365,31 +385,48 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     let admin_path = p.config.admin.socket.clone();
     let admin_listener = admin::server::bind(&admin_path, &policy)?;
 
-    let firms = p.firms.ok_or_else(|| StartupError::Io {
+    let svc = p.services.ok_or_else(|| StartupError::Io {
         path: PathBuf::from("registry"),
         source: std::io::Error::other("registry not opened"),
     })?;
-    let shared = Arc::new(Shared {
-        config: p.config,
+    let config = p.config;
+    let runtime = Arc::new(Runtime {
         started: Instant::now(),
         module: p.module,
         listen: bound,
+        state_dir: config.storage.state_dir.clone(),
         certs: p.certs.clone(),
         dev,
-        firms: firms.clone(),
         key_source: p.key_source,
     });
-    let drain = Duration::from_secs(shared.config.server.shutdown_timeout_secs);
+    let app = Arc::new(crate::http::AppState {
+        runtime: runtime.clone(),
+        lifecycle: svc.lifecycle.clone(),
+        keys: svc.keys.clone(),
+        records: svc.records.clone(),
+        vault: svc.vault.clone(),
+        audit: svc.audit.clone(),
+        trail: svc.trail.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+    });
+    let admin_state = Arc::new(admin::AdminState {
+        runtime: runtime.clone(),
+        lifecycle: svc.lifecycle.clone(),
+        audit: svc.audit.clone(),
+        trail: svc.trail.clone(),
+        idle_timeout: Duration::from_secs(config.admin.idle_timeout_secs),
+    });
+    let drain = Duration::from_secs(config.server.shutdown_timeout_secs);
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(p.server_config);
-    let router = crate::http::router(shared.clone());
+    let router = crate::http::router(app);
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .ok()
         .map(|(soft, _)| soft);
-    let limits = crate::http::conn::Limits::new(&shared.config.server, nofile);
-    if limits.max_total < shared.config.server.max_connections {
+    let limits = crate::http::conn::Limits::new(&config.server, nofile);
+    if limits.max_total < config.server.max_connections {
         tracing::warn!(
-            configured = shared.config.server.max_connections,
+            configured = config.server.max_connections,
             open_file_limit = nofile.unwrap_or(0),
             max_connections = limits.max_total,
             "connection cap lowered to fit the open-file limit"
@@ -413,55 +450,44 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
             name: "admin",
             handle: tokio::spawn(admin::server::serve(
                 admin_listener,
-                shared.clone(),
+                admin_state,
                 policy,
                 stop_rx.clone(),
             )),
         },
     ];
-    {
-        let mut stop = stop_rx.clone();
-        let firms = firms.clone();
-        let every = Duration::from_secs((shared.config.storage.firm_idle_secs / 2).clamp(1, 30));
-        tasks.push(NamedTask {
-            name: "firm-reaper",
-            handle: tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => break,
-                        _ = tick.tick() => {
-                            let f = firms.clone();
-                            if let Ok(n) = tokio::task::spawn_blocking(move || f.reap_idle()).await {
-                                if n > 0 {
-                                    tracing::debug!(closed = n, "closed idle firm databases");
-                                }
-                            }
-                        }
-                    }
-                }
-            }),
-        });
-    }
+    // Idle firm databases close after `firm_idle_secs`.
+    tasks.push(periodic(
+        "firm-reaper",
+        Duration::from_secs((config.storage.firm_idle_secs / 2).clamp(1, 30)),
+        &stop_rx,
+        &svc.lifecycle,
+        |l| {
+            let n = l.reap_idle();
+            if n > 0 {
+                tracing::debug!(closed = n, "closed idle firm databases");
+            }
+        },
+    ));
     // Audit checkpoints: at least once a second while a log grows.
     tasks.push(periodic(
         "checkpoint-signer",
         Duration::from_secs(1),
         &stop_rx,
-        &firms,
-        |f| {
-            f.sign_pending_checkpoints();
+        &svc.audit,
+        |a| {
+            a.sign_pending_checkpoints();
         },
     ));
     // Audit retention: purge what is older than each log's retention, with a
     // signed receipt (at start, then every purge_interval).
     tasks.push(periodic(
         "audit-retention",
-        shared.config.audit.purge_interval(),
+        config.audit.purge_interval(),
         &stop_rx,
-        &firms,
-        |f| {
-            f.purge_expired();
+        &svc.audit,
+        |a| {
+            a.purge_expired();
         },
     ));
     // Failed-authentication summaries, once their window has closed.
@@ -469,8 +495,8 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         "auth-failure-summaries",
         Duration::from_secs(5),
         &stop_rx,
-        &firms,
-        |f| f.flush_auth_failures(false),
+        &svc.keys,
+        |k| k.flush_auth_failures(false),
     ));
     // Data-key re-encryption: resumes unfinished jobs at start (after a
     // restart or a failure), then checks every minute.
@@ -478,8 +504,8 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         "data-key-reencryption",
         Duration::from_secs(60),
         &stop_rx,
-        &firms,
-        Firms::resume_reencryption,
+        &svc.lifecycle,
+        Lifecycle::resume_reencryption,
     ));
     if let Some(interval) = notify::watchdog_interval() {
         let mut stop = stop_rx.clone();
@@ -508,12 +534,12 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     tracing::info!(
         listen = %bound,
         admin_socket = %admin_path.display(),
-        fips = shared.module.fips,
-        crypto_module = %shared.module.module,
+        fips = runtime.module.fips,
+        crypto_module = %runtime.module.module,
         "strongroomd ready"
     );
     if dev {
-        print_dev_banner(&shared, &admin_path);
+        print_dev_banner(&runtime, &admin_path);
     }
     // Every listener is bound: only now is the service ready.
     notify::ready(&status_line);
@@ -524,7 +550,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => {
                 notify::reloading();
-                reload(&shared, config_path.as_deref());
+                reload(&runtime, config_path.as_deref());
                 notify::ready(&status_line);
             }
         }
@@ -532,7 +558,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
 
     notify::stopping();
     let _ = stop_tx.send(true);
-    firms.stop_jobs();
+    svc.lifecycle.stop_jobs();
     for task in tasks {
         match tokio::time::timeout(drain + Duration::from_secs(2), task.handle).await {
             Ok(Ok(())) => tracing::debug!(task = task.name, "task stopped"),
@@ -544,8 +570,8 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     // Every queued write finishes and every database closes before exit;
     // failures still being counted get their summary entry first.
     let _ = tokio::task::spawn_blocking(move || {
-        firms.flush_auth_failures(true);
-        firms.close_all()
+        svc.keys.flush_auth_failures(true);
+        svc.lifecycle.close_all()
     })
     .await;
     Ok(())
@@ -553,14 +579,14 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
 
 /// A named task running blocking `job` at start, then every `every` (a late
 /// run delays the next), until the stop signal.
-fn periodic(
+fn periodic<S: Send + Sync + 'static>(
     name: &'static str,
     every: Duration,
     stop: &tokio::sync::watch::Receiver<bool>,
-    firms: &Arc<Firms>,
-    job: fn(&Firms),
+    service: &Arc<S>,
+    job: fn(&S),
 ) -> NamedTask {
-    let (mut stop, firms) = (stop.clone(), firms.clone());
+    let (mut stop, firms) = (stop.clone(), service.clone());
     NamedTask {
         name,
         handle: tokio::spawn(async move {
@@ -588,7 +614,7 @@ fn sig_err(source: std::io::Error) -> StartupError {
 
 /// SIGHUP: re-read the certificate and key; re-check the config file. A bad
 /// certificate or config is logged and the running one stays in use.
-fn reload(shared: &Shared, config_path: Option<&Path>) {
+fn reload(runtime: &Runtime, config_path: Option<&Path>) {
     if let Some(path) = config_path {
         match Config::load(path) {
             Ok(_) => {
@@ -599,7 +625,7 @@ fn reload(shared: &Shared, config_path: Option<&Path>) {
             }
         }
     }
-    match shared.certs.reload() {
+    match runtime.certs.reload() {
         Ok(fp) => tracing::info!(fingerprint_sha256 = %fp, "TLS certificate reloaded"),
         Err(e) => {
             tracing::error!(error = %e, "TLS reload failed: {e}; keeping the current certificate")
@@ -607,9 +633,9 @@ fn reload(shared: &Shared, config_path: Option<&Path>) {
     }
 }
 
-fn print_dev_banner(shared: &Shared, admin_path: &Path) {
-    let dir = shared.config.storage.state_dir.display();
-    let port = shared.listen.port();
+fn print_dev_banner(runtime: &Runtime, admin_path: &Path) {
+    let dir = runtime.state_dir.display();
+    let port = runtime.listen.port();
     println!(
         "\nStrongroom is running in dev mode (FIPS: {}).\n\
          \n  API:           https://{listen}/status\n\
@@ -618,9 +644,9 @@ fn print_dev_banner(shared: &Shared, admin_path: &Path) {
          \nNext:\n\
          \x20 curl --cacert {dir}/tls/cert.pem https://localhost:{port}/status\n\
          \x20 strongroomctl --socket {admin} status\n",
-        shared.module.module,
-        listen = shared.listen,
-        fp = shared.certs.fingerprint(),
+        runtime.module.module,
+        listen = runtime.listen,
+        fp = runtime.certs.fingerprint(),
         admin = admin_path.display(),
     );
 }

@@ -22,7 +22,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{FirmError, FirmHandle, FirmState, Firms, audit, lock};
+use super::lifecycle::Lifecycle;
+use super::pool::FirmHandle;
+use super::{FirmError, FirmState, lock};
+use crate::audit::trail::{AdminActor, Outcome};
 use crate::crypto::envelope::{self, EnvelopeError};
 use crate::crypto::keyring::Purpose;
 use crate::crypto::secret::SecretKey;
@@ -47,7 +50,7 @@ impl std::fmt::Debug for DataKeys {
 }
 
 impl DataKeys {
-    pub(super) fn new(active: u32, keys: BTreeMap<u32, Arc<SecretKey>>) -> Self {
+    pub(crate) fn new(active: u32, keys: BTreeMap<u32, Arc<SecretKey>>) -> Self {
         Self { active, keys }
     }
 
@@ -123,7 +126,7 @@ pub struct DataKeyStatus {
 
 /// Re-encryption jobs: progress per firm, and pacing.
 #[derive(Debug)]
-pub(super) struct Jobs {
+pub(crate) struct Jobs {
     progress: Mutex<HashMap<FirmId, Reencryption>>,
     batch: AtomicU64,
     pause_ms: AtomicU64,
@@ -161,7 +164,7 @@ fn reseal(keys: &DataKeys, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     keys.seal(aad, &plain).ok()
 }
 
-impl Firms {
+impl Lifecycle {
     /// Items per re-encryption transaction and the pause between two (so
     /// the job leaves the writer to the API).
     pub fn set_reencrypt_pacing(&self, batch: u64, pause: Duration) {
@@ -179,13 +182,13 @@ impl Firms {
     }
 
     /// Drops a deleted firm's job progress.
-    pub(super) fn forget_jobs(&self, id: &FirmId) {
+    pub(crate) fn forget_jobs(&self, id: &FirmId) {
         lock(&self.data_jobs.progress).remove(id);
     }
 
     /// The data-key versions and the re-encryption job's progress.
     pub fn data_key_status(&self, id: &FirmId) -> Result<DataKeyStatus, FirmError> {
-        let keys = self.registry.keys(id.as_str())?;
+        let keys = self.pool.registry.keys(id.as_str())?;
         let data = keys.iter().filter(|k| k.purpose == Purpose::Data.as_str());
         let active = data
             .clone()
@@ -207,14 +210,14 @@ impl Firms {
     pub fn rotate_data_key(
         &self,
         id: &FirmId,
-        by: &super::AdminActor,
+        by: &AdminActor,
     ) -> Result<(u32, Vec<u32>), FirmError> {
-        match self.state(id) {
+        match self.pool.state(id) {
             None | Some(FirmState::Deleted) => return Err(FirmError::NotFound),
             _ => {}
         }
-        let _ops = lock(&self.admin_ops);
-        let keys = self.registry.keys(id.as_str())?;
+        let _ops = self.pool.admin_ops();
+        let keys = self.pool.registry.keys(id.as_str())?;
         let data: Vec<&WrappedKey> = keys
             .iter()
             .filter(|k| k.purpose == Purpose::Data.as_str())
@@ -233,26 +236,27 @@ impl Firms {
             version,
             state: "active".to_owned(),
             wrapped: self
+                .pool
                 .ring()
                 .wrap(id.as_str(), Purpose::Data, version, &key)?,
-            created_at: self.now(),
+            created_at: self.pool.now(),
         };
-        let e = self.system_entry(
+        let e = self.trail.system_entry(
             by,
             "firm.rotate_data_key",
             id.as_str(),
-            audit::Outcome::Success,
+            Outcome::Success,
             "admin_socket",
             json!({ "data_key_version": version, "retiring": retiring }),
         )?;
-        match self.registry.rotate_key(&wrapped, Some(e)) {
+        match self.pool.registry.rotate_key(&wrapped, Some(e)) {
             Err(StoreError::NotFound) => return Err(FirmError::NotFound),
             other => other?,
         }
         // The open handle switches now; a handle being opened concurrently
         // sees the epoch change and reloads (see `handle`).
-        let open = lock(&self.open);
-        self.key_epoch.fetch_add(1, Ordering::SeqCst);
+        let open = lock(&self.pool.open);
+        self.pool.key_epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(h) = open.get(id) {
             let next = h.data_keys().rotated(version, key);
             h.set_data_keys(next);
@@ -264,7 +268,11 @@ impl Firms {
     /// job running (after a restart, or when a job failed). Blocking: runs
     /// the jobs one after another.
     pub fn resume_reencryption(&self) {
-        let firms = match self.registry.firms_with_retired(Purpose::Data.as_str()) {
+        let firms = match self
+            .pool
+            .registry
+            .firms_with_retired(Purpose::Data.as_str())
+        {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list firms with retired data keys");
@@ -272,7 +280,10 @@ impl Firms {
             }
         };
         for id in firms.iter().filter_map(|f| FirmId::parse(f)) {
-            if matches!(self.state(&id), Some(FirmState::Active | FirmState::Frozen)) {
+            if matches!(
+                self.pool.state(&id),
+                Some(FirmState::Active | FirmState::Frozen)
+            ) {
                 self.reencrypt_data(&id);
             }
         }
@@ -295,7 +306,7 @@ impl Firms {
                     to_version: 0,
                     total: 0,
                     done: 0,
-                    started_at: self.now(),
+                    started_at: self.pool.now(),
                     finished_at: None,
                     error: None,
                     destroyed: Vec::new(),
@@ -307,7 +318,7 @@ impl Firms {
         let Some(p) = jobs.get_mut(id) else {
             return;
         };
-        p.finished_at = Some(self.now());
+        p.finished_at = Some(self.pool.now());
         match outcome {
             Ok(destroyed) => {
                 tracing::info!(firm = %id, re_encrypted = p.done, ?destroyed, "data-key re-encryption finished");
@@ -329,7 +340,7 @@ impl Firms {
     }
 
     fn run_reencryption(&self, id: &FirmId) -> Result<Vec<u32>, FirmError> {
-        let h = self.handle(id)?;
+        let h = self.pool.handle(id)?;
         let active = h.data_keys().active();
         let total = h.db.read_blocking(|r| r.count_sealed_not_under(active))?;
         self.progress(id, |p| {
@@ -350,7 +361,7 @@ impl Firms {
                     ));
                 }
                 // A fresh handle each batch, so a rekey or an idle close is never held up.
-                let h = self.handle(id)?;
+                let h = self.pool.handle(id)?;
                 let b = self.reencrypt_batch(&h, c)?;
                 drop(h);
                 failed += b.failed;
@@ -368,8 +379,8 @@ impl Firms {
             )));
         }
         // No rotation may slip in between the check and the destruction.
-        let _ops = lock(&self.admin_ops);
-        let h = self.handle(id)?;
+        let _ops = self.pool.admin_ops();
+        let h = self.pool.handle(id)?;
         let keys = h.data_keys();
         let active = keys.active();
         // A write transaction: it comes after every write that sealed under a retired version.
@@ -381,6 +392,7 @@ impl Firms {
             )));
         }
         let destroyed: Vec<u32> = self
+            .pool
             .registry
             .keys(id.as_str())?
             .into_iter()
@@ -389,16 +401,17 @@ impl Firms {
             .collect();
         if !destroyed.is_empty() {
             let done = lock(&self.data_jobs.progress).get(id).map_or(0, |p| p.done);
-            let e = self.system_entry_for(
+            let e = self.trail.system_entry_for(
                 "system:data-keys",
                 "",
                 "firm.data_keys_destroyed",
                 id.as_str(),
-                audit::Outcome::Success,
+                Outcome::Success,
                 "reencryption_complete",
                 json!({ "destroyed": destroyed, "active": active, "re_encrypted": done }),
             )?;
-            self.registry
+            self.pool
+                .registry
                 .destroy_retired(id.as_str(), Purpose::Data.as_str(), Some(e))?;
         }
         // Security invariant: a destroyed key version leaves memory with its registry row.
@@ -425,7 +438,7 @@ impl Firms {
                     let rows = tx.records_sealed_not_under(active, (c, i), limit)?;
                     let full = rows.len() as u64 == limit;
                     for (coll, rid, version, sealed) in rows {
-                        let aad = super::records::record_aad(firm, &coll, &rid, version);
+                        let aad = crate::records::record_aad(firm, &coll, &rid, version);
                         match reseal(&keys, &aad, &sealed) {
                             Some(new) => {
                                 tx.reseal_record(&coll, &rid, &new)?;
@@ -440,7 +453,7 @@ impl Firms {
                     let rows = tx.secrets_sealed_not_under(active, after, limit)?;
                     let full = rows.len() as u64 == limit;
                     for (name, version, sealed) in rows {
-                        let aad = super::secrets::secret_aad(firm, &name, version);
+                        let aad = crate::vault::secret_aad(firm, &name, version);
                         match reseal(&keys, &aad, &sealed) {
                             Some(new) => {
                                 tx.reseal_secret(&name, &new)?;

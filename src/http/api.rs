@@ -7,15 +7,14 @@ use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
+use super::AppState;
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::policy::perm;
-use crate::daemon::Shared;
-use crate::firms::FirmError;
-use crate::ids::FirmId;
+use crate::firms::{FirmError, FirmView};
 
 /// A JSON body, parsed strictly; errors are problem+json.
 pub struct ApiJson<T>(pub T);
@@ -72,63 +71,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The public view of a firm.
-#[derive(Serialize)]
-pub struct FirmView {
-    id: String,
-    name: String,
-    state: String,
-    created_at: String,
-    profile: serde_json::Map<String, serde_json::Value>,
-}
-
-/// Request work that blocks (SQLite, key unwrapping) runs on at most this
-/// many threads at once. More would only add context switches on an
-/// appliance with few cores, and each open firm keeps as many read
-/// connections warm (`store::firm::MAX_IDLE_READERS`).
-static LANES: tokio::sync::Semaphore =
-    tokio::sync::Semaphore::const_new(crate::store::firm::MAX_IDLE_READERS);
-
-/// Runs blocking request work on one of the bounded lanes.
+/// Runs blocking request work on one of the service layer's bounded lanes.
 pub(super) async fn lane<R: Send + 'static>(
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, Problem> {
-    let _permit = LANES.acquire().await.map_err(|e| Problem::internal(&e))?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Problem::internal(&e))
+    crate::firms::lane(f).await.map_err(Problem::from)
 }
 
 pub(super) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, FirmError> + Send + 'static,
 ) -> Result<R, Problem> {
-    lane(f).await?.map_err(Problem::from)
-}
-
-fn firm_view(shared: &Shared, id: &FirmId) -> Result<FirmView, FirmError> {
-    let row = shared.firms.row(id)?;
-    let profile = shared
-        .firms
-        .profile(id)?
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
-        .collect();
-    Ok(FirmView {
-        id: row.id,
-        name: row.name,
-        state: row.state,
-        created_at: row.created_at,
-        profile,
-    })
+    crate::firms::blocking(f).await.map_err(Problem::from)
 }
 
 /// `GET /api/v1/firms/{firm_id}`
 pub async fn get_firm(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::FirmRead>,
 ) -> Result<Json<FirmView>, Problem> {
-    let id = auth.firm().clone();
-    Ok(Json(blocking(move || firm_view(&shared, &id)).await?))
+    let svc = shared.lifecycle.clone();
+    Ok(Json(blocking(move || svc.view(&auth)).await?))
 }
 
 /// Body of `PATCH /api/v1/firms/{firm_id}`.
@@ -143,7 +105,7 @@ const MAX_PROFILE_CHARS: usize = 500;
 
 /// `PATCH /api/v1/firms/{firm_id}`: the firm's own profile fields.
 pub async fn patch_firm(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::FirmUpdate>,
     headers: axum::http::HeaderMap,
     body: Bytes,
@@ -170,8 +132,8 @@ pub async fn patch_firm(
             changes.push((k, v));
         }
     }
-    let id = auth.firm().clone();
-    let firms = shared.firms.clone();
-    blocking(move || firms.set_profile(&auth, changes)).await?;
-    Ok(Json(blocking(move || firm_view(&shared, &id)).await?))
+    let svc = shared.lifecycle.clone();
+    Ok(Json(
+        blocking(move || svc.set_profile(&auth, changes)).await?,
+    ))
 }

@@ -6,12 +6,12 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 
+use super::AppState;
 use super::api::{ApiQuery, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
+use crate::audit::{AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE};
 use crate::auth::policy::perm;
-use crate::daemon::Shared;
-use crate::firms::{AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,11 +56,11 @@ fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
 /// matching entries in sequence order, details decrypted; `next` is the
 /// cursor (pass it as `from`, with the same filters) for the following page.
 pub async fn list(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::AuditRead>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<AuditPage>, Problem> {
-    let firms = shared.firms.clone();
+    let svc = shared.audit.clone();
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     if limit == 0 {
         return Err(Problem::new(
@@ -77,18 +77,18 @@ pub async fn list(
         resource: q.resource,
     };
     Ok(Json(
-        blocking(move || firms.audit_page(&auth, q.from, limit, &filter)).await?,
+        blocking(move || svc.audit_page(&auth, q.from, limit, &filter)).await?,
     ))
 }
 
 /// `GET /api/v1/audit/{firm_id}/verify`: re-derives every leaf, the chain
 /// and the tree; names the first sequence number that fails.
 pub async fn verify(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::AuditRead>,
 ) -> Result<Json<AuditVerifyView>, Problem> {
-    let firms = shared.firms.clone();
-    Ok(Json(blocking(move || firms.audit_verify(&auth)).await?))
+    let svc = shared.audit.clone();
+    Ok(Json(blocking(move || svc.audit_verify(&auth)).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,13 +100,13 @@ pub struct InclusionQuery {
 
 /// `GET /api/v1/audit/{firm_id}/proof/inclusion?seq=N&size=M`
 pub async fn inclusion(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::AuditRead>,
     ApiQuery(q): ApiQuery<InclusionQuery>,
 ) -> Result<Json<InclusionView>, Problem> {
-    let firms = shared.firms.clone();
+    let svc = shared.audit.clone();
     Ok(Json(
-        blocking(move || firms.audit_inclusion(&auth, q.seq, q.size)).await?,
+        blocking(move || svc.audit_inclusion(&auth, q.seq, q.size)).await?,
     ))
 }
 
@@ -119,13 +119,13 @@ pub struct ConsistencyQuery {
 
 /// `GET /api/v1/audit/{firm_id}/proof/consistency?from=A&to=B`
 pub async fn consistency(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::AuditRead>,
     ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyView>, Problem> {
-    let firms = shared.firms.clone();
+    let svc = shared.audit.clone();
     Ok(Json(
-        blocking(move || firms.audit_consistency(&auth, q.from, q.to)).await?,
+        blocking(move || svc.audit_consistency(&auth, q.from, q.to)).await?,
     ))
 }
 
@@ -144,34 +144,34 @@ fn text_plain(body: String) -> axum::response::Response {
 /// `GET /api/v1/audit/{firm_id}/checkpoint`: the latest C2SP checkpoint,
 /// signed now if the log grew since the last one.
 pub async fn checkpoint(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::AuditRead>,
 ) -> Result<axum::response::Response, Problem> {
-    let firms = shared.firms.clone();
+    let svc = shared.audit.clone();
     let firm = auth.firm().clone();
-    let note = blocking(move || firms.checkpoint(&firm)).await?;
+    let note = blocking(move || svc.checkpoint(&firm)).await?;
     Ok(text_plain(note))
 }
 
 /// `GET /api/v1/audit/{firm_id}/verifier-key`: the appliance's checkpoint
 /// verifier key (`name+hash+base64`).
 pub async fn verifier_key(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(_auth): Authz<perm::AuditRead>,
 ) -> axum::response::Response {
-    text_plain(format!("{}\n", shared.firms.verifier_key()))
+    text_plain(format!("{}\n", shared.trail.verifier_key()))
 }
 
 /// `GET /api/v1/audit/{firm_id}/export`: CloudEvents 1.0, as NDJSON, or as
 /// a JSON array with `Accept: application/cloudevents-batch+json`.
 pub async fn export(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::AuditRead>,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, Problem> {
     use axum::response::IntoResponse;
-    let firms = shared.firms.clone();
-    let events = blocking(move || firms.audit_export(&auth)).await?;
+    let svc = shared.audit.clone();
+    let events = blocking(move || svc.audit_export(&auth)).await?;
     let batch = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -15,12 +15,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
 use super::middleware::PeerAddr;
 use super::problem::Problem;
+use crate::audit::Outcome;
+use crate::auth::AuthError;
 use crate::auth::policy::{self, Authorized, Decision, Permission, perm};
 use crate::auth::{self, Origin, Principal};
-use crate::daemon::Shared;
-use crate::firms::{AuthError, FirmError, Outcome};
+use crate::firms::FirmError;
 use crate::ids::FirmId;
 
 /// Who asked and what the policy said: put on the response for the request
@@ -57,7 +59,7 @@ fn denied(decision: Decision) -> Problem {
     Problem::new(StatusCode::FORBIDDEN, decision.rule.denial_code(), detail)
 }
 
-async fn authenticate(shared: &Arc<Shared>, parts: &Parts) -> Result<Principal, Problem> {
+async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal, Problem> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err(unauthenticated(
             "an API key is required (Authorization: Bearer sr_...)",
@@ -69,12 +71,12 @@ async fn authenticate(shared: &Arc<Shared>, parts: &Parts) -> Result<Principal, 
         .and_then(auth::bearer)
         .ok_or_else(|| unauthenticated("malformed Authorization header"))?
         .to_owned();
-    let firms = shared.firms.clone();
+    let keys = shared.keys.clone();
     // A firm that is open and a key seen before: no database read, so no
     // trip to a blocking thread.
-    let result = match firms.authenticate_cached(&token) {
+    let result = match keys.authenticate_cached(&token) {
         Some(r) => r,
-        None => super::api::lane(move || firms.authenticate(&token)).await?,
+        None => super::api::lane(move || keys.authenticate(&token)).await?,
     };
     match result {
         Ok(p) => Ok(p),
@@ -95,11 +97,11 @@ async fn authenticate(shared: &Arc<Shared>, parts: &Parts) -> Result<Principal, 
                     | AuthError::Expired
             ) {
                 if let Some(t) = token_ids(parts) {
-                    let firms = shared.firms.clone();
+                    let keys = shared.keys.clone();
                     let origin = origin(parts);
                     let reason = e.to_string();
                     let logged = tokio::task::spawn_blocking(move || {
-                        firms.audit_auth_failure(&t.0, &t.1, &origin, &reason)
+                        keys.audit_auth_failure(&t.0, &t.1, &origin, &reason)
                     })
                     .await;
                     if let Ok(Err(err)) = logged {
@@ -132,7 +134,7 @@ fn origin(parts: &Parts) -> Origin {
 
 /// The route layer for an API route needing `permission`.
 pub async fn enforce(
-    State((shared, permission)): State<(Arc<Shared>, Permission)>,
+    State((shared, permission)): State<(Arc<AppState>, Permission)>,
     params: RawPathParams,
     req: Request,
     next: Next,
@@ -173,7 +175,7 @@ pub async fn enforce(
         }
         _ => {
             // Every denial is audited, in the caller's own firm's log.
-            let firms = shared.firms.clone();
+            let trail = shared.trail.clone();
             // The route template, never the raw path (client input, could hold anything).
             let resource = parts
                 .extensions
@@ -181,7 +183,7 @@ pub async fn enforce(
                 .map_or_else(|| "<unmatched>".to_owned(), |m| m.as_str().to_owned());
             let details = serde_json::json!({ "method": parts.method.as_str(), "route": resource });
             let logged = tokio::task::spawn_blocking(move || {
-                firms.audit_refusal(
+                trail.audit_refusal(
                     &principal,
                     decision,
                     permission.as_str(),
@@ -204,12 +206,12 @@ pub async fn enforce(
 /// A handler's proof of authorization for `P`.
 pub struct Authz<P: perm::Marker>(pub Authorized<P>);
 
-impl<P: perm::Marker> FromRequestParts<Arc<Shared>> for Authz<P> {
+impl<P: perm::Marker> FromRequestParts<Arc<AppState>> for Authz<P> {
     type Rejection = Problem;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        _shared: &Arc<Shared>,
+        _shared: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let Some(g) = parts.extensions.remove::<Granted>() else {
             return Err(Problem::internal(&"route has no policy layer"));

@@ -10,14 +10,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::AppState;
 use super::api::{ApiJson, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::Role;
 use crate::auth::policy::{Overrides, perm};
+use crate::auth::{KeyView, Minted, NewKey};
 use crate::clock::parse_rfc3339;
-use crate::daemon::Shared;
-use crate::firms::{KeyView, Minted, NewKey};
 
 /// Body of `POST /api/v1/keys/{firm_id}`.
 #[derive(Debug, Deserialize)]
@@ -88,59 +88,57 @@ fn new_key(body: MintBody) -> Result<NewKey, Problem> {
 
 /// `POST /api/v1/keys/{firm_id}`: mint a key.
 pub async fn mint(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::KeysCreate>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<MintedView>), Problem> {
     let ApiJson(body) = ApiJson::<MintBody>::parse(&headers, &body)?;
     let new = new_key(body)?;
-    let firms = shared.firms.clone();
-    let minted = blocking(move || firms.mint_key(&auth, new)).await?;
+    let svc = shared.keys.clone();
+    let minted = blocking(move || svc.mint_key(&auth, new)).await?;
     Ok((StatusCode::CREATED, Json(minted.into())))
 }
 
 /// `GET /api/v1/keys/{firm_id}`: every key's metadata, revoked ones included.
 pub async fn list(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::KeysRead>,
 ) -> Result<Json<KeyList>, Problem> {
-    let firms = shared.firms.clone();
-    let keys = blocking(move || firms.list_keys(&auth)).await?;
+    let svc = shared.keys.clone();
+    let keys = blocking(move || svc.list_keys(&auth)).await?;
     Ok(Json(KeyList { keys }))
 }
 
 /// `GET /api/v1/keys/{firm_id}/{key_id}`
 pub async fn show(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::KeysRead>,
     Path((_, key_id)): Path<(String, String)>,
 ) -> Result<Json<KeyView>, Problem> {
-    let firms = shared.firms.clone();
-    Ok(Json(
-        blocking(move || firms.show_key(&auth, &key_id)).await?,
-    ))
+    let svc = shared.keys.clone();
+    Ok(Json(blocking(move || svc.show_key(&auth, &key_id)).await?))
 }
 
 /// `POST /api/v1/keys/{firm_id}/{key_id}/rotate`: a new key replaces this one.
 pub async fn rotate(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::KeysRotate>,
     Path((_, key_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<MintedView>), Problem> {
-    let firms = shared.firms.clone();
-    let minted = blocking(move || firms.rotate_key(&auth, &key_id)).await?;
+    let svc = shared.keys.clone();
+    let minted = blocking(move || svc.rotate_key(&auth, &key_id)).await?;
     Ok((StatusCode::CREATED, Json(minted.into())))
 }
 
 /// `DELETE /api/v1/keys/{firm_id}/{key_id}`: revoke.
 pub async fn revoke(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::KeysRevoke>,
     Path((_, key_id)): Path<(String, String)>,
 ) -> Result<Json<KeyView>, Problem> {
-    let firms = shared.firms.clone();
+    let svc = shared.keys.clone();
     Ok(Json(
-        blocking(move || firms.revoke_key(&auth, &key_id)).await?,
+        blocking(move || svc.revoke_key(&auth, &key_id)).await?,
     ))
 }

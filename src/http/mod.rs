@@ -25,8 +25,28 @@ use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 pub use middleware::PeerAddr;
 
+use crate::audit::{AuditLog, AuditTrail};
+use crate::auth::Keys;
 use crate::auth::policy::Permission;
-use crate::daemon::Shared;
+use crate::firms::Lifecycle;
+use crate::records::Records;
+use crate::runtime::Runtime;
+use crate::vault::Vault;
+
+/// What the HTTP layer serves from: the capability services and the
+/// runtime facts, built by the daemon and handed down.
+#[derive(Debug)]
+pub struct AppState {
+    pub runtime: Arc<Runtime>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub keys: Arc<Keys>,
+    pub records: Arc<Records>,
+    pub vault: Arc<Vault>,
+    pub audit: Arc<AuditLog>,
+    pub trail: Arc<AuditTrail>,
+    /// Largest request body accepted (`server.max_body_bytes`).
+    pub max_body_bytes: usize,
+}
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +65,7 @@ pub struct RouteSpec {
     pub access: Access,
 }
 
-type Handler = MethodRouter<Arc<Shared>>;
+type Handler = MethodRouter<Arc<AppState>>;
 
 /// The route table: every route the daemon serves, with who may call it.
 /// The router is built from this table and nothing else, so the permission
@@ -237,8 +257,8 @@ pub fn route_table() -> Vec<RouteSpec> {
 }
 
 /// Builds the API router over the daemon's shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
-    let body_limit = shared.config.server.max_body_bytes;
+pub fn router(shared: Arc<AppState>) -> Router {
+    let body_limit = shared.max_body_bytes;
     let mut router = Router::new();
     for (spec, handler) in table() {
         let handler = match spec.access {

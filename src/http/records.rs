@@ -11,26 +11,26 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::api::{ApiJson, ApiQuery, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::policy::perm;
-use crate::daemon::Shared;
-use crate::firms::{CollectionView, RecordPage, Written};
 use crate::records::schema::Schema;
+use crate::records::{CollectionView, RecordPage, Written};
 
 /// `PUT /api/v1/collections/{firm_id}/{collection}`: declare or change a
 /// schema (201 when new).
 pub async fn put_collection(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::CollectionsWrite>,
     Path((_, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CollectionView>), Problem> {
     let ApiJson(schema) = ApiJson::<Schema>::parse(&headers, &body)?;
-    let firms = shared.firms.clone();
-    let (view, created) = blocking(move || firms.put_collection(&auth, &name, schema)).await?;
+    let svc = shared.records.clone();
+    let (view, created) = blocking(move || svc.put_collection(&auth, &name, schema)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -41,13 +41,13 @@ pub async fn put_collection(
 
 /// `GET /api/v1/collections/{firm_id}/{collection}`
 pub async fn get_collection(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::RecordsRead>,
     Path((_, name)): Path<(String, String)>,
 ) -> Result<Json<CollectionView>, Problem> {
-    let firms = shared.firms.clone();
+    let svc = shared.records.clone();
     Ok(Json(
-        blocking(move || firms.get_collection(&auth, &name)).await?,
+        blocking(move || svc.get_collection(&auth, &name)).await?,
     ))
 }
 
@@ -114,7 +114,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u32>, Problem> {
 
 /// `POST /api/v1/records/{firm_id}/{collection}`: create (201, ETag).
 pub async fn create(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::RecordsWrite>,
     Path((_, collection)): Path<(String, String)>,
     headers: HeaderMap,
@@ -122,42 +122,17 @@ pub async fn create(
 ) -> Result<Response, Problem> {
     let ApiJson(body) = ApiJson::<Value>::parse(&headers, &body)?;
     let key = idempotency_key(&headers)?;
-    let firms = shared.firms.clone();
-    // An open firm with a cached schema: prepared here and committed
-    // through the group-commit writer while this task waits, holding no
-    // thread. Anything else takes the blocking path.
-    let w = match firms.create_record_now(&auth, &collection, &body, key.clone()) {
-        Some(Ok(pending)) => match firms.commit_create(pending).await {
-            Ok(w) => w,
-            Err(e) => return Err(refused(firms, auth, collection, e).await),
-        },
-        Some(Err(e)) => return Err(refused(firms, auth, collection, e).await),
-        None => blocking(move || firms.create_record(&auth, &collection, body, key)).await?,
-    };
+    let w = shared
+        .records
+        .clone()
+        .create(auth, collection, body, key)
+        .await?;
     Ok(written(w, StatusCode::CREATED))
-}
-
-/// Records a refused create (blocking) and answers with its error.
-async fn refused(
-    firms: Arc<crate::firms::Firms>,
-    auth: crate::auth::policy::Authorized<perm::RecordsWrite>,
-    collection: String,
-    e: crate::firms::FirmError,
-) -> Problem {
-    match super::api::lane(move || {
-        firms.audit_create_refusal(&auth, &collection, &e);
-        e
-    })
-    .await
-    {
-        Ok(e) => Problem::from(e),
-        Err(p) => p,
-    }
 }
 
 /// `GET /api/v1/records/{firm_id}/{collection}?after=ID&limit=N&<field>=<value>`
 pub async fn list(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::RecordsRead>,
     Path((_, collection)): Path<(String, String)>,
     ApiQuery(mut q): ApiQuery<HashMap<String, String>>,
@@ -181,28 +156,19 @@ pub async fn list(
         ));
     }
     let filter = q.into_iter().next();
-    let firms = shared.firms.clone();
+    let svc = shared.records.clone();
     Ok(Json(
-        blocking(move || firms.list_records(&auth, &collection, &after, limit, filter)).await?,
+        blocking(move || svc.list_records(&auth, &collection, &after, limit, filter)).await?,
     ))
 }
 
 /// `GET /api/v1/records/{firm_id}/{collection}/{record_id}` (ETag).
 pub async fn get(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::RecordsRead>,
     Path((_, collection, id)): Path<(String, String, String)>,
 ) -> Result<Response, Problem> {
-    // An open firm, a cached schema and a read already audited this
-    // minute: one pooled read (page-cache hits), done here without a trip
-    // to a blocking thread. Anything else takes the blocking path.
-    let view = match shared.firms.get_record_now(&auth, &collection, &id) {
-        Some(v) => v?,
-        None => {
-            let firms = shared.firms.clone();
-            blocking(move || firms.get_record(&auth, &collection, &id)).await?
-        }
-    };
+    let view = shared.records.clone().get(auth, collection, id).await?;
     let etag = view.etag();
     let mut resp = Json(view).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -214,7 +180,7 @@ pub async fn get(
 /// `PUT /api/v1/records/{firm_id}/{collection}/{record_id}`: replace; needs
 /// `If-Match` (428 without, 412 when stale).
 pub async fn replace(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::RecordsWrite>,
     Path((_, collection, id)): Path<(String, String, String)>,
     headers: HeaderMap,
@@ -222,8 +188,8 @@ pub async fn replace(
 ) -> Result<Response, Problem> {
     let ApiJson(body) = ApiJson::<Value>::parse(&headers, &body)?;
     let m = if_match(&headers)?;
-    let firms = shared.firms.clone();
-    let w = blocking(move || firms.update_record(&auth, &collection, &id, body, m, false)).await?;
+    let svc = shared.records.clone();
+    let w = blocking(move || svc.update_record(&auth, &collection, &id, body, m, false)).await?;
     Ok(written(w, StatusCode::OK))
 }
 
@@ -231,7 +197,7 @@ pub async fn replace(
 /// patch (RFC 7396; `application/merge-patch+json` or `application/json`);
 /// needs `If-Match`.
 pub async fn patch(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::RecordsWrite>,
     Path((_, collection, id)): Path<(String, String, String)>,
     mut headers: HeaderMap,
@@ -251,21 +217,21 @@ pub async fn patch(
     }
     let ApiJson(body) = ApiJson::<Value>::parse(&headers, &body)?;
     let m = if_match(&headers)?;
-    let firms = shared.firms.clone();
-    let w = blocking(move || firms.update_record(&auth, &collection, &id, body, m, true)).await?;
+    let svc = shared.records.clone();
+    let w = blocking(move || svc.update_record(&auth, &collection, &id, body, m, true)).await?;
     Ok(written(w, StatusCode::OK))
 }
 
 /// `DELETE /api/v1/records/{firm_id}/{collection}/{record_id}` (204;
 /// `If-Match` optional).
 pub async fn delete(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::RecordsDelete>,
     Path((_, collection, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
     let m = if_match(&headers)?;
-    let firms = shared.firms.clone();
-    blocking(move || firms.delete_record(&auth, &collection, &id, m)).await?;
+    let svc = shared.records.clone();
+    blocking(move || svc.delete_record(&auth, &collection, &id, m)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
+use super::AppState;
 use super::problem::Problem;
-use crate::daemon::Shared;
 
 /// `GET /status`: public, so it says only what a client may know.
 #[derive(Serialize)]
@@ -23,13 +23,13 @@ pub struct StatusBody {
     pub policy_version: &'static str,
 }
 
-pub async fn status(State(shared): State<Arc<Shared>>) -> Json<StatusBody> {
+pub async fn status(State(shared): State<Arc<AppState>>) -> Json<StatusBody> {
     Json(StatusBody {
         version: crate::VERSION,
         commit: crate::BUILD_COMMIT,
-        uptime_seconds: shared.started.elapsed().as_secs(),
-        fips: shared.module.fips,
-        crypto_module: shared.module.module.clone(),
+        uptime_seconds: shared.runtime.uptime_seconds(),
+        fips: shared.runtime.module.fips,
+        crypto_module: shared.runtime.module.module.clone(),
         policy_version: crate::auth::policy::policy_version(),
     })
 }

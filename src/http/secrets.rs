@@ -10,12 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::AppState;
 use super::api::{ApiJson, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::policy::perm;
-use crate::daemon::Shared;
-use crate::firms::{SecretValue, SecretView};
+use crate::vault::{SecretValue, SecretView};
 
 /// Body of PUT and of verify: `{"value": "..."}`. The string is wiped when
 /// it is dropped (after it is copied into a [`SecretValue`]).
@@ -55,15 +55,15 @@ pub struct VerifyAnswer {
 /// `PUT /api/v1/secrets/{firm_id}/{name}`: 201 for a new secret, 200 for a
 /// new version of an existing one; metadata only.
 pub async fn put(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::SecretsWrite>,
     Path((_, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SecretView>), Problem> {
     let value = value_of(&headers, &body)?;
-    let firms = shared.firms.clone();
-    let (view, created) = blocking(move || firms.put_secret(&auth, &name, value)).await?;
+    let svc = shared.vault.clone();
+    let (view, created) = blocking(move || svc.put_secret(&auth, &name, value)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -74,47 +74,45 @@ pub async fn put(
 
 /// `GET /api/v1/secrets/{firm_id}/{name}`: metadata, never the value.
 pub async fn show(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::SecretsRead>,
     Path((_, name)): Path<(String, String)>,
 ) -> Result<Json<SecretView>, Problem> {
-    let firms = shared.firms.clone();
-    Ok(Json(
-        blocking(move || firms.secret_meta(&auth, &name)).await?,
-    ))
+    let svc = shared.vault.clone();
+    Ok(Json(blocking(move || svc.secret_meta(&auth, &name)).await?))
 }
 
 /// `GET /api/v1/secrets/{firm_id}`: every secret's metadata.
 pub async fn list(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::SecretsRead>,
 ) -> Result<Json<SecretList>, Problem> {
-    let firms = shared.firms.clone();
-    let secrets = blocking(move || firms.list_secrets(&auth)).await?;
+    let svc = shared.vault.clone();
+    let secrets = blocking(move || svc.list_secrets(&auth)).await?;
     Ok(Json(SecretList { secrets }))
 }
 
 /// `DELETE /api/v1/secrets/{firm_id}/{name}`: destroy (204).
 pub async fn delete(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::SecretsDelete>,
     Path((_, name)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
-    let firms = shared.firms.clone();
-    blocking(move || firms.delete_secret(&auth, &name)).await?;
+    let svc = shared.vault.clone();
+    blocking(move || svc.delete_secret(&auth, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/v1/secrets/{firm_id}/{name}/verify`: `{"match": true|false}`.
 pub async fn verify(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AppState>>,
     Authz(auth): Authz<perm::SecretsVerify>,
     Path((_, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<VerifyAnswer>, Problem> {
     let value = value_of(&headers, &body)?;
-    let firms = shared.firms.clone();
-    let matched = blocking(move || firms.verify_secret(&auth, &name, value)).await?;
+    let svc = shared.vault.clone();
+    let matched = blocking(move || svc.verify_secret(&auth, &name, value)).await?;
     Ok(Json(VerifyAnswer { matched }))
 }

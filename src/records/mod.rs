@@ -1,4 +1,11 @@
-//! Firm data: collection schemas, record validation and PII scanning.
+//! Firm data: collection schemas, record validation and PII scanning, and
+//! the records service.
 
 pub mod pii;
 pub mod schema;
+mod service;
+
+pub(crate) use service::record_aad;
+pub use service::{
+    CollectionView, PendingCreate, PiiWarning, RecordPage, RecordView, Records, Written,
+};

@@ -11,10 +11,13 @@ use serde::Serialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::audit::Outcome;
-use super::{FirmError, FirmHandle, Firms, lock};
+use std::sync::Arc;
+
+use crate::audit::trail::{AuditTrail, Outcome};
 use crate::auth::policy::{Authorized, perm};
 use crate::crypto::{hex, keyring};
+use crate::firms::pool::{FirmHandle, Pool};
+use crate::firms::{FirmError, lock};
 use crate::store::StoreError;
 use crate::store::firm::SecretRow;
 
@@ -100,7 +103,7 @@ fn validate_value(v: &SecretValue) -> Result<(), FirmError> {
     Ok(())
 }
 
-pub(super) fn secret_aad(firm: &str, name: &str, version: u32) -> Vec<u8> {
+pub(crate) fn secret_aad(firm: &str, name: &str, version: u32) -> Vec<u8> {
     format!("strongroom/secret/v1|{firm}|{name}|{version}").into_bytes()
 }
 
@@ -111,7 +114,24 @@ fn fingerprint(h: &FirmHandle, name: &str, value: &SecretValue) -> String {
     )
 }
 
-impl Firms {
+/// The write-only vault: secrets stored sealed, never read back.
+#[derive(Debug)]
+pub struct Vault {
+    pool: Arc<Pool>,
+    trail: Arc<AuditTrail>,
+    /// Recent verification attempts, for rate limiting.
+    attempts: Attempts,
+}
+
+impl Vault {
+    pub fn new(pool: Arc<Pool>, trail: Arc<AuditTrail>) -> Self {
+        Self {
+            pool,
+            trail,
+            attempts: Attempts::default(),
+        }
+    }
+
     /// Writes a secret, or replaces its value with a new version. Returns its
     /// metadata and whether it was created.
     pub fn put_secret(
@@ -120,42 +140,43 @@ impl Firms {
         name: &str,
         value: SecretValue,
     ) -> Result<(SecretView, bool), FirmError> {
-        self.audited(auth, "secrets.write", name, json!({}), || {
-            validate_name(name)?;
-            validate_value(&value)?;
-            self.require_writable(auth.firm())?;
-            let h = self.handle(auth.firm())?;
-            let fp = fingerprint(&h, name, &value);
-            let now = self.now();
-            let (keys, name_owned) = (h.clone(), name.to_owned());
-            // Called inside the write transaction: the data key active at
-            // commit seals it, so a data-key rotation never misses it.
-            let seal = move |version: u32| -> Result<Vec<u8>, StoreError> {
-                keys.data_keys()
-                    .seal(
-                        &secret_aad(keys.id.as_str(), &name_owned, version),
-                        &value.0,
-                    )
-                    .map_err(|e| StoreError::Command(format!("sealing a secret: {e}")))
-            };
-            // The entry's details never hold the value: version and fingerprint only.
-            let entry = self.audit_entry(
-                &h,
-                auth.principal(),
-                auth.decision(),
-                "secrets.write",
-                name,
-                Outcome::Success,
-                json!({ "fingerprint": fp }),
-            )?;
-            let (name, fp2) = (name.to_owned(), fp.clone());
-            let row = h.db.write_blocking(move |tx| {
-                let row = tx.put_secret(&name, &fp2, &now, &seal)?;
-                tx.append_audit(entry.clone())?;
-                Ok(row)
-            })?;
-            Ok((SecretView::from(&row), row.version == 1))
-        })
+        self.trail
+            .audited(auth, "secrets.write", name, json!({}), || {
+                validate_name(name)?;
+                validate_value(&value)?;
+                self.pool.require_writable(auth.firm())?;
+                let h = self.pool.handle(auth.firm())?;
+                let fp = fingerprint(&h, name, &value);
+                let now = self.pool.now();
+                let (keys, name_owned) = (h.clone(), name.to_owned());
+                // Called inside the write transaction: the data key active at
+                // commit seals it, so a data-key rotation never misses it.
+                let seal = move |version: u32| -> Result<Vec<u8>, StoreError> {
+                    keys.data_keys()
+                        .seal(
+                            &secret_aad(keys.id.as_str(), &name_owned, version),
+                            &value.0,
+                        )
+                        .map_err(|e| StoreError::Command(format!("sealing a secret: {e}")))
+                };
+                // The entry's details never hold the value: version and fingerprint only.
+                let entry = self.trail.audit_entry(
+                    &h,
+                    auth.principal(),
+                    auth.decision(),
+                    "secrets.write",
+                    name,
+                    Outcome::Success,
+                    json!({ "fingerprint": fp }),
+                )?;
+                let (name, fp2) = (name.to_owned(), fp.clone());
+                let row = h.db.write_blocking(move |tx| {
+                    let row = tx.put_secret(&name, &fp2, &now, &seal)?;
+                    tx.append_audit(entry.clone())?;
+                    Ok(row)
+                })?;
+                Ok((SecretView::from(&row), row.version == 1))
+            })
     }
 
     /// A secret's metadata. Audited, once per key, secret and minute.
@@ -164,11 +185,12 @@ impl Firms {
         auth: &Authorized<perm::SecretsRead>,
         name: &str,
     ) -> Result<SecretView, FirmError> {
-        let h = self.handle(auth.firm())?;
+        let h = self.pool.handle(auth.firm())?;
         let row =
             h.db.read_blocking(|r| r.secret(name))?
                 .ok_or(FirmError::SecretNotFound)?;
-        self.audit_read(&h, auth.principal(), auth.decision(), "secrets.read", name)?;
+        self.trail
+            .audit_read(&h, auth.principal(), auth.decision(), "secrets.read", name)?;
         Ok(SecretView::from(&row))
     }
 
@@ -177,9 +199,10 @@ impl Firms {
         &self,
         auth: &Authorized<perm::SecretsRead>,
     ) -> Result<Vec<SecretView>, FirmError> {
-        let h = self.handle(auth.firm())?;
+        let h = self.pool.handle(auth.firm())?;
         let rows = h.db.read_blocking(|r| r.secrets())?;
-        self.audit_read(&h, auth.principal(), auth.decision(), "secrets.list", "*")?;
+        self.trail
+            .audit_read(&h, auth.principal(), auth.decision(), "secrets.list", "*")?;
         Ok(rows.iter().map(SecretView::from).collect())
     }
 
@@ -189,33 +212,34 @@ impl Firms {
         auth: &Authorized<perm::SecretsDelete>,
         name: &str,
     ) -> Result<(), FirmError> {
-        self.audited(auth, "secrets.delete", name, json!({}), || {
-            self.require_writable(auth.firm())?;
-            let h = self.handle(auth.firm())?;
-            let entry = self.audit_entry(
-                &h,
-                auth.principal(),
-                auth.decision(),
-                "secrets.delete",
-                name,
-                Outcome::Success,
-                json!({}),
-            )?;
-            let name = name.to_owned();
-            let destroyed = h.db.write_blocking(move |tx| {
-                let Some(version) = tx.delete_secret(&name)? else {
-                    // Nothing destroyed: roll back (no entry for a non-event).
-                    return Err(StoreError::NotFound);
-                };
-                tx.append_audit(entry.clone())?;
-                Ok(version)
-            });
-            match destroyed {
-                Ok(_) => Ok(()),
-                Err(StoreError::NotFound) => Err(FirmError::SecretNotFound),
-                Err(e) => Err(e.into()),
-            }
-        })
+        self.trail
+            .audited(auth, "secrets.delete", name, json!({}), || {
+                self.pool.require_writable(auth.firm())?;
+                let h = self.pool.handle(auth.firm())?;
+                let entry = self.trail.audit_entry(
+                    &h,
+                    auth.principal(),
+                    auth.decision(),
+                    "secrets.delete",
+                    name,
+                    Outcome::Success,
+                    json!({}),
+                )?;
+                let name = name.to_owned();
+                let destroyed = h.db.write_blocking(move |tx| {
+                    let Some(version) = tx.delete_secret(&name)? else {
+                        // Nothing destroyed: roll back (no entry for a non-event).
+                        return Err(StoreError::NotFound);
+                    };
+                    tx.append_audit(entry.clone())?;
+                    Ok(version)
+                });
+                match destroyed {
+                    Ok(_) => Ok(()),
+                    Err(StoreError::NotFound) => Err(FirmError::SecretNotFound),
+                    Err(e) => Err(e.into()),
+                }
+            })
     }
 
     /// Checks `presented` against the secret in constant time; answers
@@ -227,14 +251,14 @@ impl Firms {
         name: &str,
         presented: SecretValue,
     ) -> Result<bool, FirmError> {
-        let h = self.handle(auth.firm())?;
+        let h = self.pool.handle(auth.firm())?;
         if let Err(wait) = self.take_attempt(&h, auth.principal().key_id.as_str(), name) {
-            if self.first_in_window(
+            if self.trail.first_in_window(
                 auth.principal().key_id.as_str(),
                 "secrets.verify.limited",
                 &format!("{}/{name}", h.id),
             ) {
-                self.audit_refusal(
+                self.trail.audit_refusal(
                     auth.principal(),
                     auth.decision(),
                     "secrets.verify",
@@ -249,7 +273,7 @@ impl Firms {
         let row = h.db.read_blocking(|r| r.secret(name))?;
         // Missing at use time is a hard error, never a fallback.
         let Some(row) = row else {
-            self.audit_refusal(
+            self.trail.audit_refusal(
                 auth.principal(),
                 auth.decision(),
                 "secrets.verify",
@@ -268,7 +292,7 @@ impl Firms {
         );
         // Security invariant: a presented secret is compared in constant time.
         let matched = keyring::ct_eq(&stored, &presented.0);
-        let e = self.audit_entry(
+        let e = self.trail.audit_entry(
             &h,
             auth.principal(),
             auth.decision(),
@@ -284,7 +308,7 @@ impl Firms {
     /// Counts one verification attempt, or says how many seconds to wait.
     fn take_attempt(&self, h: &FirmHandle, key: &str, name: &str) -> Result<(), u64> {
         let now = Instant::now();
-        let mut all = lock(&self.verify_attempts.0);
+        let mut all = lock(&self.attempts.0);
         all.retain(|_, q| {
             q.back()
                 .is_some_and(|t| now.duration_since(*t) < VERIFY_WINDOW)

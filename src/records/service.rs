@@ -8,9 +8,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::audit::Outcome;
-use super::{DataKeys, FirmError, FirmHandle, Firms};
+use crate::audit::trail::{AuditTrail, Outcome};
 use crate::auth::policy::{self, Authorized, Permission, perm};
+use crate::firms::pool::{FirmHandle, Pool};
+use crate::firms::{DataKeys, FirmError};
 use crate::ids::RecordId;
 use crate::records::schema::{self, Invalid, MASK, Schema};
 use crate::store::StoreError;
@@ -68,7 +69,7 @@ pub struct RecordPage {
     pub next: Option<String>,
 }
 
-pub(super) fn record_aad(firm: &str, collection: &str, id: &str, version: u32) -> Vec<u8> {
+pub(crate) fn record_aad(firm: &str, collection: &str, id: &str, version: u32) -> Vec<u8> {
     format!("strongroom/record/v1|{firm}|{collection}|{id}|{version}").into_bytes()
 }
 
@@ -173,7 +174,67 @@ impl CreateCmd {
     }
 }
 
-impl Firms {
+/// Collections and records: schemas, validated and PII-scanned writes,
+/// sensitive fields sealed in the write transaction and masked on read.
+#[derive(Debug)]
+pub struct Records {
+    pool: Arc<Pool>,
+    trail: Arc<AuditTrail>,
+}
+
+impl Records {
+    pub fn new(pool: Arc<Pool>, trail: Arc<AuditTrail>) -> Self {
+        Self { pool, trail }
+    }
+
+    /// Creates a record. On an open firm with a cached schema it is
+    /// prepared on the caller's task and committed through the group-commit
+    /// writer while the caller awaits, holding no thread; anything else
+    /// runs on a blocking lane. A refused create is audited either way.
+    pub async fn create(
+        self: Arc<Self>,
+        auth: Authorized<perm::RecordsWrite>,
+        collection: String,
+        body: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Written, FirmError> {
+        let failed =
+            match self.create_record_now(&auth, &collection, &body, idempotency_key.clone()) {
+                Some(Ok(pending)) => match self.commit_create(pending).await {
+                    Ok(w) => return Ok(w),
+                    Err(e) => e,
+                },
+                Some(Err(e)) => e,
+                None => {
+                    return crate::firms::blocking(move || {
+                        self.create_record(&auth, &collection, body, idempotency_key)
+                    })
+                    .await;
+                }
+            };
+        let e = crate::firms::lane(move || {
+            self.audit_create_refusal(&auth, &collection, &failed);
+            failed
+        })
+        .await?;
+        Err(e)
+    }
+
+    /// Reads a record. On an open firm with a cached schema, and a clear
+    /// read (if any) already audited this minute, it is one pooled read on
+    /// the caller's task; anything else runs on a blocking lane.
+    pub async fn get(
+        self: Arc<Self>,
+        auth: Authorized<perm::RecordsRead>,
+        collection: String,
+        id: String,
+    ) -> Result<RecordView, FirmError> {
+        if let Some(v) = self.get_record_now(&auth, &collection, &id) {
+            return v;
+        }
+        crate::firms::blocking(move || self.get_record(&auth, &collection, &id)).await
+    }
+
     /// A collection's schema, from the firm's cache or its database.
     fn schema_of(&self, h: &FirmHandle, collection: &str) -> Result<Arc<Schema>, FirmError> {
         if let Some(s) = h.schemas.get(collection) {
@@ -200,7 +261,7 @@ impl Firms {
         name: &str,
         schema: Schema,
     ) -> Result<(CollectionView, bool), FirmError> {
-        self.audited(auth, "collections.put", name, json!({}), || {
+        self.trail.audited(auth, "collections.put", name, json!({}), || {
             if !schema::valid_name(name) {
                 return Err(FirmError::Invalid(format!(
                     "collection name {name:?}: 1 to {} of a-z 0-9 _, starting with a letter",
@@ -208,8 +269,8 @@ impl Firms {
                 )));
             }
             schema.check().map_err(FirmError::Invalid)?;
-            self.require_writable(auth.firm())?;
-            let h = self.handle(auth.firm())?;
+            self.pool.require_writable(auth.firm())?;
+            let h = self.pool.handle(auth.firm())?;
             // Fields the old schema did not declare: records of an
             // `allow_unknown` collection may already hold them in clear.
             let mut undeclared: Vec<String> = Vec::new();
@@ -238,7 +299,7 @@ impl Firms {
             }
             let text =
                 serde_json::to_string(&schema).map_err(|e| FirmError::Invalid(e.to_string()))?;
-            let entry = self.audit_entry(
+            let entry = self.trail.audit_entry(
                 &h,
                 auth.principal(),
                 auth.decision(),
@@ -247,7 +308,7 @@ impl Firms {
                 Outcome::Success,
                 json!({ "schema": schema }),
             )?;
-            let (n, now) = (name.to_owned(), self.now());
+            let (n, now) = (name.to_owned(), self.pool.now());
             let version = h.db.write_blocking(move |tx| {
                 // Security invariant: a field is declared (sensitive or
                 // typed) only while no record holds it undeclared, checked
@@ -287,7 +348,7 @@ impl Firms {
         auth: &Authorized<perm::RecordsRead>,
         name: &str,
     ) -> Result<CollectionView, FirmError> {
-        let h = self.handle(auth.firm())?;
+        let h = self.pool.handle(auth.firm())?;
         let (text, version) =
             h.db.read_blocking(|r| r.collection(name))?
                 .ok_or(FirmError::CollectionNotFound)?;
@@ -319,7 +380,7 @@ impl Firms {
                     .map_err(|e| FirmError::Invalid(e.to_string()))?,
             ))
         };
-        let now = self.now();
+        let now = self.pool.now();
         Ok(Prepared {
             row: RecordRow {
                 collection: collection.to_owned(),
@@ -399,52 +460,54 @@ impl Firms {
         body: Value,
         idempotency_key: Option<String>,
     ) -> Result<Written, FirmError> {
-        self.audited(auth, "records.create", collection, json!({}), || {
-            self.require_writable(auth.firm())?;
-            let h = self.handle(auth.firm())?;
-            let schema = self.schema_of(&h, collection)?;
-            let p = self.create_command(auth, h, schema, collection, &body, idempotency_key)?;
-            let cmd = p.cmd.clone();
-            let stored = p.h.db.write_blocking(move |tx| cmd.run(tx));
-            self.created(p, stored)
-        })
+        self.trail
+            .audited(auth, "records.create", collection, json!({}), || {
+                self.pool.require_writable(auth.firm())?;
+                let h = self.pool.handle(auth.firm())?;
+                let schema = self.schema_of(&h, collection)?;
+                let p = self.create_command(auth, h, schema, collection, &body, idempotency_key)?;
+                let cmd = p.cmd.clone();
+                let stored = p.h.db.write_blocking(move |tx| cmd.run(tx));
+                self.created(p, stored)
+            })
     }
 
     /// `create_record` up to its write, on the calling thread, for the
     /// async request path: None when that would block (firm not open,
     /// schema not cached). Commit with `commit_create`; a refusal is
     /// recorded with `audit_create_refusal`.
-    pub fn create_record_now(
+    fn create_record_now(
         &self,
         auth: &Authorized<perm::RecordsWrite>,
         collection: &str,
         body: &Value,
         idempotency_key: Option<String>,
     ) -> Option<Result<PendingCreate, FirmError>> {
-        let h = self.cached_handle(auth.firm())?;
+        let h = self.pool.cached_handle(auth.firm())?;
         let schema = h.schemas.get(collection)?;
         Some(
-            self.require_writable(auth.firm()).and_then(|()| {
+            self.pool.require_writable(auth.firm()).and_then(|()| {
                 self.create_command(auth, h, schema, collection, body, idempotency_key)
             }),
         )
     }
 
     /// Commits a prepared create; the task waits, no thread does.
-    pub async fn commit_create(&self, p: PendingCreate) -> Result<Written, FirmError> {
+    async fn commit_create(&self, p: PendingCreate) -> Result<Written, FirmError> {
         let cmd = p.cmd.clone();
         let stored = p.h.db.write(move |tx| cmd.run(tx)).await;
         self.created(p, stored)
     }
 
     /// Records a refused create in the audit log (blocking).
-    pub fn audit_create_refusal(
+    fn audit_create_refusal(
         &self,
         auth: &Authorized<perm::RecordsWrite>,
         collection: &str,
         e: &FirmError,
     ) {
-        self.audit_failure(auth, "records.create", collection, json!({}), e);
+        self.trail
+            .audit_failure(auth, "records.create", collection, json!({}), e);
     }
 
     fn create_command(
@@ -457,10 +520,10 @@ impl Firms {
         idempotency_key: Option<String>,
     ) -> Result<PendingCreate, FirmError> {
         let id = RecordId::generate_ordered()?.to_string();
-        let now = self.now();
+        let now = self.pool.now();
         let p = self.prepare(&schema, collection, &id, 1, &now, body)?;
         let request_hash = crate::crypto::sha256(body.to_string().as_bytes());
-        let entry = self.audit_entry(
+        let entry = self.trail.audit_entry(
             &h,
             auth.principal(),
             auth.decision(),
@@ -525,7 +588,7 @@ impl Firms {
         if !(decision.allowed && has_sensitive) {
             return Ok(false);
         }
-        self.audit_read(
+        self.trail.audit_read(
             h,
             auth.principal(),
             decision,
@@ -541,7 +604,7 @@ impl Firms {
         collection: &str,
         id: &str,
     ) -> Result<RecordView, FirmError> {
-        let h = self.handle(auth.firm())?;
+        let h = self.pool.handle(auth.firm())?;
         let schema = self.schema_of(&h, collection)?;
         let keys = h.data_keys();
         let row =
@@ -559,13 +622,13 @@ impl Firms {
     /// `get_record` on the calling thread, for the async request path:
     /// None when it would need more than one pooled read (firm not open,
     /// schema not cached, or a clear read whose audit entry is due).
-    pub fn get_record_now(
+    fn get_record_now(
         &self,
         auth: &Authorized<perm::RecordsRead>,
         collection: &str,
         id: &str,
     ) -> Option<Result<RecordView, FirmError>> {
-        let h = self.cached_handle(auth.firm())?;
+        let h = self.pool.cached_handle(auth.firm())?;
         let schema = h.schemas.get(collection)?;
         let clear = policy::decide(
             auth.principal(),
@@ -575,7 +638,7 @@ impl Firms {
         .allowed;
         // Security invariant: a clear read takes this path only if its audit entry already exists this window.
         if clear
-            && !self.read_recorded(
+            && !self.trail.read_recorded(
                 auth.principal().key_id.as_str(),
                 "records.read_sensitive",
                 &format!("{}/{collection}/{id}", h.id),
@@ -607,7 +670,7 @@ impl Firms {
         limit: u64,
         filter: Option<(String, String)>,
     ) -> Result<RecordPage, FirmError> {
-        let h = self.handle(auth.firm())?;
+        let h = self.pool.handle(auth.firm())?;
         let schema = self.schema_of(&h, collection)?;
         if let Some((field, _)) = &filter
             && !schema.fields.get(field).is_some_and(|f| f.indexed)
@@ -660,10 +723,10 @@ impl Firms {
             "records.replace"
         };
         let resource = format!("{collection}/{id}");
-        self.audited(auth, action, &resource, json!({}), || {
-            self.require_writable(auth.firm())?;
+        self.trail.audited(auth, action, &resource, json!({}), || {
+            self.pool.require_writable(auth.firm())?;
             let expected = if_match.ok_or(FirmError::PreconditionRequired)?;
-            let h = self.handle(auth.firm())?;
+            let h = self.pool.handle(auth.firm())?;
             let schema = self.schema_of(&h, collection)?;
             let keys = h.data_keys();
             let current =
@@ -690,7 +753,7 @@ impl Firms {
                 &current.created_at,
                 &body,
             )?;
-            let entry = self.audit_entry(
+            let entry = self.trail.audit_entry(
                 &h,
                 auth.principal(),
                 auth.decision(),
@@ -729,34 +792,35 @@ impl Firms {
         if_match: Option<u32>,
     ) -> Result<(), FirmError> {
         let resource = format!("{collection}/{id}");
-        self.audited(auth, "records.delete", &resource, json!({}), || {
-            self.require_writable(auth.firm())?;
-            let h = self.handle(auth.firm())?;
-            self.schema_of(&h, collection)?;
-            let entry = self.audit_entry(
-                &h,
-                auth.principal(),
-                auth.decision(),
-                "records.delete",
-                &resource,
-                Outcome::Success,
-                json!({}),
-            )?;
-            let (c, i) = (collection.to_owned(), id.to_owned());
-            let r = h.db.write_blocking(move |tx| {
-                let Some(v) = tx.delete_record(&c, &i, if_match)? else {
-                    return Err(StoreError::NotFound);
-                };
-                tx.append_audit(entry.clone())?;
-                Ok(v)
-            });
-            match r {
-                Ok(_) => Ok(()),
-                Err(StoreError::NotFound) => Err(FirmError::RecordNotFound),
-                Err(StoreError::Conflict(_)) => Err(FirmError::StaleVersion),
-                Err(e) => Err(e.into()),
-            }
-        })
+        self.trail
+            .audited(auth, "records.delete", &resource, json!({}), || {
+                self.pool.require_writable(auth.firm())?;
+                let h = self.pool.handle(auth.firm())?;
+                self.schema_of(&h, collection)?;
+                let entry = self.trail.audit_entry(
+                    &h,
+                    auth.principal(),
+                    auth.decision(),
+                    "records.delete",
+                    &resource,
+                    Outcome::Success,
+                    json!({}),
+                )?;
+                let (c, i) = (collection.to_owned(), id.to_owned());
+                let r = h.db.write_blocking(move |tx| {
+                    let Some(v) = tx.delete_record(&c, &i, if_match)? else {
+                        return Err(StoreError::NotFound);
+                    };
+                    tx.append_audit(entry.clone())?;
+                    Ok(v)
+                });
+                match r {
+                    Ok(_) => Ok(()),
+                    Err(StoreError::NotFound) => Err(FirmError::RecordNotFound),
+                    Err(StoreError::Conflict(_)) => Err(FirmError::StaleVersion),
+                    Err(e) => Err(e.into()),
+                }
+            })
     }
 }
 

@@ -1,0 +1,431 @@
+//! API key lifecycle: mint, list, show, rotate, revoke. Every method takes
+//! the policy's proof of authorization for exactly what it does, and works
+//! on the firm that proof names.
+
+use serde::Serialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use std::sync::Arc;
+
+use super::policy::{self, Authorized, Overrides, perm};
+use super::{ApiKeySecret, Principal, Role};
+use crate::audit::trail::{AuditTrail, Outcome};
+use crate::clock::{parse_rfc3339, rfc3339};
+use crate::crypto::keyring;
+use crate::firms::pool::Pool;
+use crate::firms::{ApiKeySecretToken, FirmError, validate_name};
+use crate::ids::ApiKeyId;
+use crate::store::firm::ApiKeyRow;
+
+/// How stale `last_used_at` may get before a request refreshes it.
+const LAST_USED_GRANULARITY_SECS: i64 = 60;
+
+/// A key's metadata, as the API shows it. Never the secret or its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub allow: Vec<&'static str>,
+    pub deny: Vec<&'static str>,
+    /// `active`, `revoked` or `expired`.
+    pub state: &'static str,
+    pub created_at: String,
+    pub created_by: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub replaced_by: Option<String>,
+}
+
+/// What a new key should be.
+#[derive(Debug)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+    pub overrides: Overrides,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A freshly minted key: its metadata and the token, shown once.
+#[derive(Debug)]
+pub struct Minted {
+    pub view: KeyView,
+    pub token: ApiKeySecretToken,
+}
+
+/// The role and overrides stored on a row.
+pub(crate) fn grants_of(row: &ApiKeyRow) -> Result<(Role, Overrides), FirmError> {
+    let corrupt = |what: &str| {
+        FirmError::Store(crate::store::StoreError::Corrupt(format!(
+            "api key {}: {what}",
+            row.id
+        )))
+    };
+    let role = Role::parse(&row.role).ok_or_else(|| corrupt("bad role"))?;
+    let list = |s: &str| serde_json::from_str::<Vec<String>>(s).map_err(|_| corrupt("bad list"));
+    let (allow, deny) = (list(&row.allow)?, list(&row.deny)?);
+    let overrides = Overrides::parse(
+        allow.iter().map(String::as_str),
+        deny.iter().map(String::as_str),
+    )
+    .map_err(|p| corrupt(&format!("unknown permission {p}")))?;
+    Ok((role, overrides))
+}
+
+fn list_json(names: &[&str]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// A new key row and its token (shown once), the secret stored only as
+/// its HMAC under the firm's auth key.
+pub(crate) fn new_key_row(
+    pool: &Pool,
+    auth_key: &crate::crypto::secret::SecretKey,
+    firm: &crate::ids::FirmId,
+    new: &NewKey,
+    created_by: Option<&ApiKeyId>,
+) -> Result<(ApiKeyRow, ApiKeySecretToken), FirmError> {
+    let key_id = ApiKeyId::generate()?;
+    let secret = ApiKeySecret::generate()?;
+    let mac = keyring::api_key_mac(auth_key, key_id.as_str(), secret.as_bytes());
+    let row = ApiKeyRow {
+        id: key_id.to_string(),
+        name: new.name.clone(),
+        role: new.role.as_str().to_owned(),
+        mac: mac.to_vec(),
+        allow: list_json(&new.overrides.allow_names()),
+        deny: list_json(&new.overrides.deny_names()),
+        created_at: pool.now(),
+        created_by: created_by.map(ToString::to_string),
+        expires_at: new.expires_at.map(rfc3339),
+        revoked_at: None,
+        last_used_at: None,
+        replaced_by: None,
+    };
+    Ok((row, ApiKeySecretToken(secret.token(firm, &key_id))))
+}
+
+/// API keys and authentication: the key lifecycle here, authentication and
+/// the accounting of failed attempts in `authn.rs`.
+#[derive(Debug)]
+pub struct Keys {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) trail: Arc<AuditTrail>,
+    /// Failed authentications being counted, per firm and source.
+    pub(crate) failures: std::sync::Mutex<super::failures::FailureCounter>,
+}
+
+impl Keys {
+    pub fn new(pool: Arc<Pool>, trail: Arc<AuditTrail>) -> Self {
+        Self {
+            pool,
+            trail,
+            failures: Default::default(),
+        }
+    }
+
+    fn view(&self, row: &ApiKeyRow) -> Result<KeyView, FirmError> {
+        let (role, overrides) = grants_of(row)?;
+        let expired = row
+            .expires_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .is_some_and(|t| t <= self.pool.clock.now());
+        Ok(KeyView {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            role,
+            allow: overrides.allow_names(),
+            deny: overrides.deny_names(),
+            state: if row.revoked_at.is_some() {
+                "revoked"
+            } else if expired {
+                "expired"
+            } else {
+                "active"
+            },
+            created_at: row.created_at.clone(),
+            created_by: row.created_by.clone(),
+            expires_at: row.expires_at.clone(),
+            revoked_at: row.revoked_at.clone(),
+            last_used_at: row.last_used_at.clone(),
+            replaced_by: row.replaced_by.clone(),
+        })
+    }
+
+    /// Builds the stored row and the token for a new key.
+    pub fn mint_key(
+        &self,
+        auth: &Authorized<perm::KeysCreate>,
+        mut new: NewKey,
+    ) -> Result<Minted, FirmError> {
+        new.name = validate_name(&new.name)?.to_owned();
+        if let Some(t) = new.expires_at {
+            if t <= self.pool.clock.now() {
+                return Err(FirmError::Invalid(
+                    "expires_at must be in the future".into(),
+                ));
+            }
+        }
+        let details = json!({
+            "name": new.name,
+            "role": new.role,
+            "allow": new.overrides.allow_names(),
+            "deny": new.overrides.deny_names(),
+        });
+        self.trail
+            .audited(auth, "keys.create", "", details.clone(), || {
+                escalation_check(auth.principal(), new.role, &new.overrides)?;
+                lifetime_check(auth.principal(), new.expires_at)?;
+                self.pool.require_writable(auth.firm())?;
+                let h = self.pool.handle(auth.firm())?;
+                let (row, token) = new_key_row(
+                    &self.pool,
+                    &h.auth_key,
+                    auth.firm(),
+                    &new,
+                    Some(&auth.principal().key_id),
+                )?;
+                let view = self.view(&row)?;
+                let entry = self.trail.audit_entry(
+                    &h,
+                    auth.principal(),
+                    auth.decision(),
+                    "keys.create",
+                    &row.id,
+                    Outcome::Success,
+                    details.clone(),
+                )?;
+                h.db.write_blocking(move |tx| {
+                    tx.insert_api_key(&row)?;
+                    tx.append_audit(entry.clone())?;
+                    Ok(())
+                })?;
+                Ok(Minted { view, token })
+            })
+    }
+
+    pub fn list_keys(&self, auth: &Authorized<perm::KeysRead>) -> Result<Vec<KeyView>, FirmError> {
+        let h = self.pool.handle(auth.firm())?;
+        let rows = h.db.read_blocking(|r| r.api_keys())?;
+        rows.iter().map(|r| self.view(r)).collect()
+    }
+
+    fn key_row(&self, firm: &crate::ids::FirmId, key: &str) -> Result<ApiKeyRow, FirmError> {
+        let id = ApiKeyId::parse(key).ok_or(FirmError::KeyNotFound)?;
+        let h = self.pool.handle(firm)?;
+        h.db.read_blocking(|r| r.api_key(id.as_str()))?
+            .ok_or(FirmError::KeyNotFound)
+    }
+
+    pub fn show_key(
+        &self,
+        auth: &Authorized<perm::KeysRead>,
+        key: &str,
+    ) -> Result<KeyView, FirmError> {
+        self.view(&self.key_row(auth.firm(), key)?)
+    }
+
+    /// Replaces a key by a new one with the same name, role, overrides and
+    /// expiry; the old key is revoked in the same transaction, so it fails
+    /// on the very next request.
+    pub fn rotate_key(
+        &self,
+        auth: &Authorized<perm::KeysRotate>,
+        key: &str,
+    ) -> Result<Minted, FirmError> {
+        let resource = audit_resource(key);
+        self.trail
+            .audited(auth, "keys.rotate", &resource, json!({}), || {
+                self.pool.require_writable(auth.firm())?;
+                let old = self.key_row(auth.firm(), key)?;
+                let (role, overrides) = grants_of(&old)?;
+                // Rotating hands the caller the key's power: same rule as minting.
+                escalation_check(auth.principal(), role, &overrides)?;
+                lifetime_check(
+                    auth.principal(),
+                    old.expires_at.as_deref().and_then(parse_rfc3339),
+                )?;
+                if old.revoked_at.is_some() {
+                    return Err(FirmError::KeyRevoked);
+                }
+                if old
+                    .expires_at
+                    .as_deref()
+                    .is_some_and(|e| parse_rfc3339(e).is_none_or(|t| t <= self.pool.clock.now()))
+                {
+                    return Err(FirmError::Invalid(
+                        "the key has expired: mint a new one instead of rotating it".into(),
+                    ));
+                }
+                let new = NewKey {
+                    name: old.name.clone(),
+                    role,
+                    overrides,
+                    expires_at: old.expires_at.as_deref().and_then(parse_rfc3339),
+                };
+                let h = self.pool.handle(auth.firm())?;
+                let (row, token) = new_key_row(
+                    &self.pool,
+                    &h.auth_key,
+                    auth.firm(),
+                    &new,
+                    Some(&auth.principal().key_id),
+                )?;
+                let view = self.view(&row)?;
+                let entry = self.trail.audit_entry(
+                    &h,
+                    auth.principal(),
+                    auth.decision(),
+                    "keys.rotate",
+                    &old.id,
+                    Outcome::Success,
+                    json!({ "replaced_by": row.id }),
+                )?;
+                let now = self.pool.now();
+                let replaced = h.db.write_blocking(move |tx| {
+                    if !tx.revoke_api_key(&old.id, &now, Some(&row.id))? {
+                        return Ok(false);
+                    }
+                    tx.insert_api_key(&row)?;
+                    tx.append_audit(entry.clone())?;
+                    Ok(true)
+                });
+                // After the commit: the old key fails on the very next request.
+                h.key_cache.invalidate();
+                let replaced = replaced?;
+                if !replaced {
+                    return Err(FirmError::KeyRevoked);
+                }
+                Ok(Minted { view, token })
+            })
+    }
+
+    /// Revokes a key; it fails on the very next request. Revoking a revoked
+    /// key changes nothing and answers the same. The firm's last live owner
+    /// key cannot be revoked (rotate it instead).
+    pub fn revoke_key(
+        &self,
+        auth: &Authorized<perm::KeysRevoke>,
+        key: &str,
+    ) -> Result<KeyView, FirmError> {
+        let resource = audit_resource(key);
+        self.trail
+            .audited(auth, "keys.revoke", &resource, json!({}), || {
+                self.pool.require_writable(auth.firm())?;
+                let row = self.key_row(auth.firm(), key)?;
+                let (role, overrides) = grants_of(&row)?;
+                escalation_check(auth.principal(), role, &overrides)?;
+                let h = self.pool.handle(auth.firm())?;
+                let now = self.pool.now();
+                let id = row.id.clone();
+                let entry = self.trail.audit_entry(
+                    &h,
+                    auth.principal(),
+                    auth.decision(),
+                    "keys.revoke",
+                    &id,
+                    Outcome::Success,
+                    json!({ "already_revoked": row.revoked_at.is_some() }),
+                )?;
+                let (n, id2) = (now.clone(), id.clone());
+                let now_t = self.pool.clock.now();
+                let outcome = h.db.write_blocking(move |tx| {
+                    // Security invariant: the firm keeps at least one live owner key
+                    // that can still manage keys; revoking the last one is refused.
+                    let r = tx.read();
+                    let keys = r.api_keys()?;
+                    let managing: Vec<&str> = keys
+                        .iter()
+                        .filter(|k| manages_as_owner(k, now_t))
+                        .map(|k| k.id.as_str())
+                        .collect();
+                    if managing == [id2.as_str()] {
+                        return Ok(RevokeOutcome::LastOwner);
+                    }
+                    let changed = tx.revoke_api_key(&id2, &n, None)?;
+                    tx.append_audit(entry.clone())?;
+                    Ok(if changed {
+                        RevokeOutcome::Revoked
+                    } else {
+                        RevokeOutcome::AlreadyRevoked
+                    })
+                });
+                // After the commit: the key fails on the very next request.
+                h.key_cache.invalidate();
+                let outcome = outcome?;
+                if outcome == RevokeOutcome::LastOwner {
+                    return Err(FirmError::LastOwnerKey);
+                }
+                self.view(&self.key_row(auth.firm(), &id)?)
+            })
+    }
+
+    /// Records (to the minute, best effort, never blocking the request) that
+    /// a key was used. Skipped on frozen firms: they take no writes.
+    pub(crate) fn note_key_use(&self, h: &crate::firms::pool::FirmHandle, row: &ApiKeyRow) {
+        let now = self.pool.clock.now();
+        let fresh = row
+            .last_used_at
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .is_some_and(|t| (now - t).whole_seconds() < LAST_USED_GRANULARITY_SECS);
+        if fresh || self.pool.require_writable(&h.id).is_err() {
+            return;
+        }
+        let (id, at) = (row.id.clone(), rfc3339(now));
+        h.key_cache
+            .update(&id, |r| r.last_used_at = Some(at.clone()));
+        h.db.write_detached(move |tx| tx.touch_api_key(&id, &at));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RevokeOutcome {
+    Revoked,
+    AlreadyRevoked,
+    LastOwner,
+}
+
+/// What the audit log records for a key id from a URL: the id if it is one,
+/// never raw client input (which could be anything, a secret included).
+fn audit_resource(key: &str) -> String {
+    ApiKeyId::parse(key).map_or_else(|| "<invalid key id>".to_owned(), |k| k.to_string())
+}
+
+/// A live (not revoked, not expired) owner key that can still mint, rotate
+/// and revoke keys.
+fn manages_as_owner(k: &ApiKeyRow, now: OffsetDateTime) -> bool {
+    use crate::auth::policy::Permission as P;
+    let live = k.revoked_at.is_none()
+        && k.expires_at
+            .as_deref()
+            .is_none_or(|e| parse_rfc3339(e).is_some_and(|t| t > now));
+    live && grants_of(k).is_ok_and(|(role, o)| {
+        let eff = policy::effective(role, &o);
+        role == Role::Owner
+            && [P::KeysCreate, P::KeysRotate, P::KeysRevoke]
+                .iter()
+                .all(|p| eff.contains(p))
+    })
+}
+
+/// Security invariant: a credential that expires cannot hand out one that
+/// outlives it (never-expiring included); a lifetime is power too.
+fn lifetime_check(p: &Principal, expires_at: Option<OffsetDateTime>) -> Result<(), FirmError> {
+    match (p.expires_at, expires_at) {
+        (None, _) => Ok(()),
+        (Some(mine), Some(theirs)) if theirs <= mine => Ok(()),
+        _ => Err(FirmError::Escalation),
+    }
+}
+
+fn escalation_check(p: &Principal, role: Role, overrides: &Overrides) -> Result<(), FirmError> {
+    if policy::may_manage(p, role, overrides).allowed {
+        Ok(())
+    } else {
+        Err(FirmError::Escalation)
+    }
+}
