@@ -348,7 +348,10 @@ pub(crate) fn checkpoint_size(note: &str) -> Result<u64, FirmError> {
     let body = &note[..note.find("\n\n").map_or(0, |i| i + 1)];
     note::parse_checkpoint(body)
         .map(|(_, size, _)| size)
-        .map_err(|e| FirmError::Invalid(e.to_string()))
+        .map_err(|e| {
+            tracing::error!(error = %e, "a checkpoint this appliance signed does not parse");
+            FirmError::Internal("checkpoint does not parse")
+        })
 }
 
 /// Signs a checkpoint and reads the export under it; if a retention purge

@@ -24,7 +24,7 @@ use crate::crypto::sign::SigningKey;
 use crate::firms::pool::{ApplianceKeys, FirmHandle, Pool};
 use crate::firms::{FirmError, lock};
 use crate::ids::FirmId;
-use crate::store::firm::AuditRow;
+use crate::store::firm::{AuditRow, WriteTx};
 
 /// Reads of sensitive data are audited once per (actor, action, resource)
 /// in this window.
@@ -110,7 +110,7 @@ impl SystemSeal {
         let at = rfc3339(self.clock.now());
         let aad = payload_aad(SYSTEM, &at, request_id, action);
         let payload = envelope::seal(&self.key, 1, &aad, details.to_string().as_bytes())
-            .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
+            .map_err(|_| FirmError::Seal)?;
         Ok(Entry {
             seq: 0,
             at,
@@ -129,6 +129,44 @@ impl SystemSeal {
             .to_owned(),
             rule: rule.to_owned(),
             payload,
+        })
+    }
+}
+
+/// A change to one firm in progress: the firm's handle, and the commit that
+/// writes the change with its audit entry. Made only by
+/// [`AuditTrail::change`], after the writable check.
+pub(crate) struct Change<'a, P: perm::Marker> {
+    trail: &'a AuditTrail,
+    auth: &'a Authorized<P>,
+    action: &'a str,
+    pub h: Arc<FirmHandle>,
+}
+
+impl<P: perm::Marker> Change<'_, P> {
+    /// Commits `write` and its success entry (`resource`, `details`) in one
+    /// transaction of the firm's writer: no change without its entry, no
+    /// entry without its change. `write` may refuse with a `FirmError`: then
+    /// nothing is written, and the refusal path records why.
+    pub fn commit<R: Send + 'static>(
+        &self,
+        resource: &str,
+        details: Value,
+        write: impl Fn(&WriteTx<'_>) -> Result<R, FirmError> + Send + 'static,
+    ) -> Result<R, FirmError> {
+        let entry = self.trail.audit_entry(
+            &self.h,
+            self.auth.principal(),
+            self.auth.decision(),
+            self.action,
+            resource,
+            Outcome::Success,
+            details,
+        )?;
+        self.h.db.write_with(move |tx| {
+            let r = write(tx)?;
+            tx.append_audit(entry.clone())?;
+            Ok(r)
         })
     }
 }
@@ -160,6 +198,32 @@ impl AuditTrail {
         self.seal.key()
     }
 
+    /// The one way a service changes a firm: refused unless the firm takes
+    /// writes; `f` gets the firm's handle and the commit for its write, and
+    /// whatever `f` refuses or fails is recorded in the firm's log (the
+    /// refusal path, [`AuditTrail::audited`]). A service says only what it
+    /// checks, what it writes and what it records.
+    pub(crate) fn change<P: perm::Marker, R>(
+        &self,
+        auth: &Authorized<P>,
+        action: &str,
+        resource: &str,
+        details: Value,
+        f: impl FnOnce(&Change<'_, P>) -> Result<R, FirmError>,
+    ) -> Result<R, FirmError> {
+        self.audited(auth, action, resource, details, || {
+            // Security invariant: no change reaches a frozen or deleted firm.
+            self.pool.require_writable(auth.firm())?;
+            let h = self.pool.handle(auth.firm())?;
+            f(&Change {
+                trail: self,
+                auth,
+                action,
+                h,
+            })
+        })
+    }
+
     /// Builds an entry (its `seq` is set at append) with the details sealed
     /// under the firm's audit key.
     #[allow(clippy::too_many_arguments)]
@@ -183,7 +247,7 @@ impl AuditTrail {
             &aad,
             details.to_string().as_bytes(),
         )
-        .map_err(|e| FirmError::Invalid(format!("sealing audit details: {e}")))?;
+        .map_err(|_| FirmError::Seal)?;
         Ok(Entry {
             seq: 0,
             at,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::policy::{self, Authorized, Overrides, perm};
 use super::{ApiKeySecret, Principal, Role};
-use crate::audit::trail::{AuditTrail, Outcome};
+use crate::audit::trail::AuditTrail;
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::crypto::keyring;
 use crate::firms::pool::Pool;
@@ -176,32 +176,19 @@ impl Keys {
             "deny": new.overrides.deny_names(),
         });
         self.trail
-            .audited(auth, "keys.create", "", details.clone(), || {
+            .change(auth, "keys.create", "", details.clone(), |c| {
                 escalation_check(auth.principal(), new.role, &new.overrides)?;
                 lifetime_check(auth.principal(), new.expires_at)?;
-                self.pool.require_writable(auth.firm())?;
-                let h = self.pool.handle(auth.firm())?;
                 let (row, token) = new_key_row(
                     &self.pool,
-                    &h.auth_key,
+                    &c.h.auth_key,
                     auth.firm(),
                     &new,
                     Some(&auth.principal().key_id),
                 )?;
                 let view = self.view(&row)?;
-                let entry = self.trail.audit_entry(
-                    &h,
-                    auth.principal(),
-                    auth.decision(),
-                    "keys.create",
-                    &row.id,
-                    Outcome::Success,
-                    details.clone(),
-                )?;
-                h.db.write_blocking(move |tx| {
-                    tx.insert_api_key(&row)?;
-                    tx.append_audit(entry.clone())?;
-                    Ok(())
+                c.commit(&row.id.clone(), details.clone(), move |tx| {
+                    Ok(tx.insert_api_key(&row)?)
                 })?;
                 Ok(Minted { view, token })
             })
@@ -238,8 +225,7 @@ impl Keys {
     ) -> Result<Minted, FirmError> {
         let resource = audit_resource(key);
         self.trail
-            .audited(auth, "keys.rotate", &resource, json!({}), || {
-                self.pool.require_writable(auth.firm())?;
+            .change(auth, "keys.rotate", &resource, json!({}), |c| {
                 let old = self.key_row(auth.firm(), key)?;
                 let (role, overrides) = grants_of(&old)?;
                 // Rotating hands the caller the key's power: same rule as minting.
@@ -266,39 +252,25 @@ impl Keys {
                     overrides,
                     expires_at: old.expires_at.as_deref().and_then(parse_rfc3339),
                 };
-                let h = self.pool.handle(auth.firm())?;
                 let (row, token) = new_key_row(
                     &self.pool,
-                    &h.auth_key,
+                    &c.h.auth_key,
                     auth.firm(),
                     &new,
                     Some(&auth.principal().key_id),
                 )?;
                 let view = self.view(&row)?;
-                let entry = self.trail.audit_entry(
-                    &h,
-                    auth.principal(),
-                    auth.decision(),
-                    "keys.rotate",
-                    &old.id,
-                    Outcome::Success,
-                    json!({ "replaced_by": row.id }),
-                )?;
                 let now = self.pool.now();
-                let replaced = h.db.write_blocking(move |tx| {
-                    if !tx.revoke_api_key(&old.id, &now, Some(&row.id))? {
-                        return Ok(false);
+                let old_id = old.id.clone();
+                let replaced = c.commit(&old.id, json!({ "replaced_by": row.id }), move |tx| {
+                    if !tx.revoke_api_key(&old_id, &now, Some(&row.id))? {
+                        return Err(FirmError::KeyRevoked);
                     }
-                    tx.insert_api_key(&row)?;
-                    tx.append_audit(entry.clone())?;
-                    Ok(true)
+                    Ok(tx.insert_api_key(&row)?)
                 });
                 // After the commit: the old key fails on the very next request.
-                h.key_cache.invalidate();
-                let replaced = replaced?;
-                if !replaced {
-                    return Err(FirmError::KeyRevoked);
-                }
+                c.h.key_cache.invalidate();
+                replaced?;
                 Ok(Minted { view, token })
             })
     }
@@ -313,53 +285,32 @@ impl Keys {
     ) -> Result<KeyView, FirmError> {
         let resource = audit_resource(key);
         self.trail
-            .audited(auth, "keys.revoke", &resource, json!({}), || {
-                self.pool.require_writable(auth.firm())?;
+            .change(auth, "keys.revoke", &resource, json!({}), |c| {
                 let row = self.key_row(auth.firm(), key)?;
                 let (role, overrides) = grants_of(&row)?;
                 escalation_check(auth.principal(), role, &overrides)?;
-                let h = self.pool.handle(auth.firm())?;
                 let now = self.pool.now();
-                let id = row.id.clone();
-                let entry = self.trail.audit_entry(
-                    &h,
-                    auth.principal(),
-                    auth.decision(),
-                    "keys.revoke",
-                    &id,
-                    Outcome::Success,
-                    json!({ "already_revoked": row.revoked_at.is_some() }),
-                )?;
-                let (n, id2) = (now.clone(), id.clone());
                 let now_t = self.pool.clock.now();
-                let outcome = h.db.write_blocking(move |tx| {
+                let id = row.id.clone();
+                let details = json!({ "already_revoked": row.revoked_at.is_some() });
+                let outcome = c.commit(&row.id, details, move |tx| {
                     // Security invariant: the firm keeps at least one live owner key
                     // that can still manage keys; revoking the last one is refused.
-                    let r = tx.read();
-                    let keys = r.api_keys()?;
+                    let keys = tx.read().api_keys()?;
                     let managing: Vec<&str> = keys
                         .iter()
                         .filter(|k| manages_as_owner(k, now_t))
                         .map(|k| k.id.as_str())
                         .collect();
-                    if managing == [id2.as_str()] {
-                        return Ok(RevokeOutcome::LastOwner);
+                    if managing == [id.as_str()] {
+                        return Err(FirmError::LastOwnerKey);
                     }
-                    let changed = tx.revoke_api_key(&id2, &n, None)?;
-                    tx.append_audit(entry.clone())?;
-                    Ok(if changed {
-                        RevokeOutcome::Revoked
-                    } else {
-                        RevokeOutcome::AlreadyRevoked
-                    })
+                    Ok(tx.revoke_api_key(&id, &now, None)?)
                 });
                 // After the commit: the key fails on the very next request.
-                h.key_cache.invalidate();
-                let outcome = outcome?;
-                if outcome == RevokeOutcome::LastOwner {
-                    return Err(FirmError::LastOwnerKey);
-                }
-                self.view(&self.key_row(auth.firm(), &id)?)
+                c.h.key_cache.invalidate();
+                outcome?;
+                self.view(&self.key_row(auth.firm(), &row.id)?)
             })
     }
 
@@ -380,13 +331,6 @@ impl Keys {
             .update(&id, |r| r.last_used_at = Some(at.clone()));
         h.db.write_detached(move |tx| tx.touch_api_key(&id, &at));
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RevokeOutcome {
-    Revoked,
-    AlreadyRevoked,
-    LastOwner,
 }
 
 /// What the audit log records for a key id from a URL: the id if it is one,

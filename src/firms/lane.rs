@@ -4,7 +4,6 @@
 //! keeps as many read connections warm (`store::firm::MAX_IDLE_READERS`).
 
 use super::FirmError;
-use crate::store::StoreError;
 
 static LANES: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(crate::store::firm::MAX_IDLE_READERS);
@@ -16,10 +15,11 @@ pub async fn lane<R: Send + 'static>(
     let _permit = LANES
         .acquire()
         .await
-        .map_err(|e| StoreError::Command(format!("blocking lanes closed: {e}")))?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Command(format!("blocking task failed: {e}")).into())
+        .map_err(|_| FirmError::Internal("blocking lanes closed"))?;
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "blocking task failed");
+        FirmError::Internal("blocking task failed")
+    })
 }
 
 /// [`lane`] for work that returns a service result.

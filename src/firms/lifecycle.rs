@@ -323,27 +323,14 @@ impl Lifecycle {
         }
         let firm = auth.firm().to_string();
         self.trail
-            .audited(auth, "firm.update", &firm, json!(details), || {
-                self.pool.require_writable(auth.firm())?;
-                let h = self.pool.handle(auth.firm())?;
-                let entry = self.trail.audit_entry(
-                    &h,
-                    auth.principal(),
-                    auth.decision(),
-                    "firm.update",
-                    &firm,
-                    Outcome::Success,
-                    json!(details),
-                )?;
+            .change(auth, "firm.update", &firm, json!(details), |c| {
                 let now = self.pool.now();
-                h.db.write_blocking(move |tx| {
+                c.commit(&firm, json!(details), move |tx| {
                     for (k, v) in &changes {
                         tx.set_profile(k, v, &now)?;
                     }
-                    tx.append_audit(entry.clone())?;
                     Ok(())
-                })?;
-                Ok(())
+                })
             })?;
         self.view_of(auth.firm())
     }

@@ -76,6 +76,12 @@ pub enum FirmError {
     LastOwnerKey,
     #[error("a key cannot create or take over a key with more power than its own")]
     Escalation,
+    /// Sealing or opening an envelope failed (a crypto failure: 500, no detail).
+    #[error("sealing failed")]
+    Seal,
+    /// A failure with no cause worth telling the caller (500).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -109,6 +115,8 @@ impl FirmError {
             FirmError::KeyRevoked => "key_revoked",
             FirmError::LastOwnerKey => "last_owner_key",
             FirmError::Escalation => "forbidden_escalation",
+            FirmError::Seal => "crypto_error",
+            FirmError::Internal(_) => "internal",
             FirmError::Store(StoreError::Busy) => "busy",
             FirmError::Store(StoreError::Full) => "storage_full",
             FirmError::Store(_) => "storage_error",

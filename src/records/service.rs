@@ -110,7 +110,7 @@ impl Prepared {
     /// The row to store, its sensitive fields sealed now. Called inside the
     /// write transaction: the seal uses the data key active at commit, so a
     /// data-key rotation never misses a row (see `datakeys`).
-    fn sealed_row(&self, h: &FirmHandle) -> Result<RecordRow, StoreError> {
+    fn sealed_row(&self, h: &FirmHandle) -> Result<RecordRow, FirmError> {
         let mut row = self.row.clone();
         if let Some(plain) = &self.sensitive {
             row.sealed = Some(
@@ -119,7 +119,7 @@ impl Prepared {
                         &record_aad(h.id.as_str(), &row.collection, &row.id, row.version),
                         plain,
                     )
-                    .map_err(|e| StoreError::Command(format!("sealing a record: {e}")))?,
+                    .map_err(|_| FirmError::Seal)?,
             );
         }
         Ok(row)
@@ -146,17 +146,18 @@ struct CreateCmd {
 }
 
 impl CreateCmd {
-    fn run(&self, tx: &WriteTx<'_>) -> Result<(RecordRow, bool), StoreError> {
+    fn run(&self, tx: &WriteTx<'_>) -> Result<(RecordRow, bool), FirmError> {
         let row = &self.p.row;
         if let Some(k) = &self.key {
             if let Some((hash, existing)) = tx.read().idempotency(&self.collection, k)? {
                 if hash != self.request_hash {
-                    return Err(StoreError::Conflict("idempotency".into()));
+                    return Err(FirmError::IdempotencyConflict);
                 }
+                // The first request's record may have been deleted since.
                 let row = tx
                     .read()
                     .record(&self.collection, &existing)?
-                    .ok_or(StoreError::NotFound)?;
+                    .ok_or(FirmError::RecordNotFound)?;
                 return Ok((row, true));
             }
             tx.put_idempotency(
@@ -261,7 +262,7 @@ impl Records {
         name: &str,
         schema: Schema,
     ) -> Result<(CollectionView, bool), FirmError> {
-        self.trail.audited(auth, "collections.put", name, json!({}), || {
+        self.trail.change(auth, "collections.put", name, json!({}), |c| {
             if !schema::valid_name(name) {
                 return Err(FirmError::Invalid(format!(
                     "collection name {name:?}: 1 to {} of a-z 0-9 _, starting with a letter",
@@ -269,12 +270,10 @@ impl Records {
                 )));
             }
             schema.check().map_err(FirmError::Invalid)?;
-            self.pool.require_writable(auth.firm())?;
-            let h = self.pool.handle(auth.firm())?;
             // Fields the old schema did not declare: records of an
             // `allow_unknown` collection may already hold them in clear.
             let mut undeclared: Vec<String> = Vec::new();
-            if let Ok(old) = self.schema_of(&h, name) {
+            if let Ok(old) = self.schema_of(&c.h, name) {
                 undeclared = schema
                     .fields
                     .keys()
@@ -299,17 +298,8 @@ impl Records {
             }
             let text =
                 serde_json::to_string(&schema).map_err(|e| FirmError::Invalid(e.to_string()))?;
-            let entry = self.trail.audit_entry(
-                &h,
-                auth.principal(),
-                auth.decision(),
-                "collections.put",
-                name,
-                Outcome::Success,
-                json!({ "schema": schema }),
-            )?;
             let (n, now) = (name.to_owned(), self.pool.now());
-            let version = h.db.write_blocking(move |tx| {
+            let version = c.commit(name, json!({ "schema": schema }), move |tx| {
                 // Security invariant: a field is declared (sensitive or
                 // typed) only while no record holds it undeclared, checked
                 // in the transaction that changes the schema, so no value
@@ -317,21 +307,16 @@ impl Records {
                 for f in &undeclared {
                     let held = tx.read().records_holding(&n, f)?;
                     if held > 0 {
-                        return Err(StoreError::Conflict(format!(
+                        return Err(FirmError::SchemaConflict(format!(
                             "field {f:?} is already held, undeclared, by {held} record(s): a field can be declared only while no record holds it"
                         )));
                     }
                 }
-                let v = tx.put_collection(&n, &text, &now)?;
-                tx.append_audit(entry.clone())?;
-                Ok(v)
+                Ok(tx.put_collection(&n, &text, &now)?)
             });
             // After the commit: the next write validates against the new schema.
-            h.schemas.invalidate();
-            let version = match version {
-                Err(StoreError::Conflict(why)) => return Err(FirmError::SchemaConflict(why)),
-                other => other?,
-            };
+            c.h.schemas.invalidate();
+            let version = version?;
             Ok((
                 CollectionView {
                     name: name.to_owned(),
@@ -460,14 +445,22 @@ impl Records {
         body: Value,
         idempotency_key: Option<String>,
     ) -> Result<Written, FirmError> {
+        // The create's entry is built with its record id (see
+        // `create_command`), so it commits through its own command; the
+        // refusal path is the trail's.
         self.trail
-            .audited(auth, "records.create", collection, json!({}), || {
-                self.pool.require_writable(auth.firm())?;
-                let h = self.pool.handle(auth.firm())?;
-                let schema = self.schema_of(&h, collection)?;
-                let p = self.create_command(auth, h, schema, collection, &body, idempotency_key)?;
+            .change(auth, "records.create", collection, json!({}), |c| {
+                let schema = self.schema_of(&c.h, collection)?;
+                let p = self.create_command(
+                    auth,
+                    c.h.clone(),
+                    schema,
+                    collection,
+                    &body,
+                    idempotency_key,
+                )?;
                 let cmd = p.cmd.clone();
-                let stored = p.h.db.write_blocking(move |tx| cmd.run(tx));
+                let stored = p.h.db.write_with(move |tx| cmd.run(tx));
                 self.created(p, stored)
             })
     }
@@ -553,15 +546,9 @@ impl Records {
     fn created(
         &self,
         p: PendingCreate,
-        stored: Result<(RecordRow, bool), StoreError>,
+        stored: Result<(RecordRow, bool), FirmError>,
     ) -> Result<Written, FirmError> {
-        let (row, replayed) = match stored {
-            Ok(x) => x,
-            Err(StoreError::Conflict(_)) => return Err(FirmError::IdempotencyConflict),
-            // The first request's record was deleted since.
-            Err(StoreError::NotFound) => return Err(FirmError::RecordNotFound),
-            Err(e) => return Err(e.into()),
-        };
+        let (row, replayed) = stored?;
         Ok(Written {
             record: self.record_view(p.h.id.as_str(), &p.schema, &row, None),
             warnings: if replayed { Vec::new() } else { p.warnings },
@@ -723,10 +710,9 @@ impl Records {
             "records.replace"
         };
         let resource = format!("{collection}/{id}");
-        self.trail.audited(auth, action, &resource, json!({}), || {
-            self.pool.require_writable(auth.firm())?;
+        self.trail.change(auth, action, &resource, json!({}), |c| {
             let expected = if_match.ok_or(FirmError::PreconditionRequired)?;
-            let h = self.pool.handle(auth.firm())?;
+            let h = c.h.clone();
             let schema = self.schema_of(&h, collection)?;
             let keys = h.data_keys();
             let current =
@@ -753,28 +739,17 @@ impl Records {
                 &current.created_at,
                 &body,
             )?;
-            let entry = self.trail.audit_entry(
-                &h,
-                auth.principal(),
-                auth.decision(),
-                action,
-                &resource,
-                Outcome::Success,
-                json!({ "version": expected + 1, "pii": p.warnings }),
-            )?;
             let warnings = p.warnings.clone();
+            let details = json!({ "version": expected + 1, "pii": p.warnings });
             let hh = h.clone();
-            let stored = h.db.write_blocking(move |tx| {
+            let row = c.commit(&resource, details, move |tx| {
                 let row = p.sealed_row(&hh)?;
-                tx.write_record(&row, Some(expected), &p.index)?;
-                tx.append_audit(entry.clone())?;
+                match tx.write_record(&row, Some(expected), &p.index) {
+                    Err(StoreError::Stale) => return Err(FirmError::StaleVersion),
+                    other => other?,
+                }
                 Ok(row)
-            });
-            let row = match stored {
-                Ok(r) => r,
-                Err(StoreError::Conflict(_)) => return Err(FirmError::StaleVersion),
-                Err(e) => return Err(e.into()),
-            };
+            })?;
             Ok(Written {
                 record: self.record_view(h.id.as_str(), &schema, &row, None),
                 warnings,
@@ -793,33 +768,17 @@ impl Records {
     ) -> Result<(), FirmError> {
         let resource = format!("{collection}/{id}");
         self.trail
-            .audited(auth, "records.delete", &resource, json!({}), || {
-                self.pool.require_writable(auth.firm())?;
-                let h = self.pool.handle(auth.firm())?;
-                self.schema_of(&h, collection)?;
-                let entry = self.trail.audit_entry(
-                    &h,
-                    auth.principal(),
-                    auth.decision(),
-                    "records.delete",
-                    &resource,
-                    Outcome::Success,
-                    json!({}),
-                )?;
-                let (c, i) = (collection.to_owned(), id.to_owned());
-                let r = h.db.write_blocking(move |tx| {
-                    let Some(v) = tx.delete_record(&c, &i, if_match)? else {
-                        return Err(StoreError::NotFound);
-                    };
-                    tx.append_audit(entry.clone())?;
-                    Ok(v)
-                });
-                match r {
-                    Ok(_) => Ok(()),
-                    Err(StoreError::NotFound) => Err(FirmError::RecordNotFound),
-                    Err(StoreError::Conflict(_)) => Err(FirmError::StaleVersion),
-                    Err(e) => Err(e.into()),
-                }
+            .change(auth, "records.delete", &resource, json!({}), |c| {
+                self.schema_of(&c.h, collection)?;
+                let (coll, i) = (collection.to_owned(), id.to_owned());
+                c.commit(&resource, json!({}), move |tx| {
+                    match tx.delete_record(&coll, &i, if_match) {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err(FirmError::RecordNotFound),
+                        Err(StoreError::Stale) => Err(FirmError::StaleVersion),
+                        Err(e) => Err(e.into()),
+                    }
+                })
             })
     }
 }

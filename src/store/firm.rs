@@ -255,7 +255,7 @@ impl<'c> WriteTx<'c> {
                 rusqlite::Error::SqliteFailure(f, _)
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    StoreError::Conflict(format!("api key {} exists", k.id))
+                    StoreError::Exists
                 }
                 other => other.into(),
             })?;
@@ -408,7 +408,7 @@ impl<'c> WriteTx<'c> {
                         v
                     ])?;
                 if n != 1 {
-                    return Err(StoreError::Conflict("stale version".into()));
+                    return Err(StoreError::Stale);
                 }
                 self.conn
                     .prepare_cached("DELETE FROM record_index WHERE collection = ?1 AND id = ?2")?
@@ -436,7 +436,7 @@ impl<'c> WriteTx<'c> {
             return Ok(None);
         };
         if expected.is_some_and(|e| e != current) {
-            return Err(StoreError::Conflict("stale version".into()));
+            return Err(StoreError::Stale);
         }
         self.conn
             .prepare_cached("DELETE FROM records WHERE collection = ?1 AND id = ?2")?
@@ -771,16 +771,17 @@ impl ReadTx<'_> {
 
 /// Waits for a writer's reply on a plain thread: polls briefly (a commit is a
 /// few hundred microseconds), then sleeps.
-fn wait_reply<R>(mut rx: oneshot::Receiver<Result<R, StoreError>>) -> Result<R, StoreError> {
+fn wait_reply<R, E: From<StoreError>>(mut rx: oneshot::Receiver<Result<R, E>>) -> Result<R, E> {
     let until = std::time::Instant::now() + std::time::Duration::from_micros(300);
     while std::time::Instant::now() < until {
         match rx.try_recv() {
             Ok(r) => return r,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::WriterGone),
+            Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::WriterGone.into()),
             Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
-    rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
+    rx.blocking_recv()
+        .map_err(|_| E::from(StoreError::WriterGone))?
 }
 
 fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
@@ -892,10 +893,12 @@ impl FirmDb {
     }
 
     /// Queues a write command; the future resolves after its durable commit.
-    pub async fn write<F, R>(&self, f: F) -> Result<R, StoreError>
+    /// The command may refuse with the caller's own error type `E`.
+    pub async fn write<F, R, E>(&self, f: F) -> Result<R, E>
     where
-        F: Fn(&WriteTx<'_>) -> Result<R, StoreError> + Send + 'static,
+        F: Fn(&WriteTx<'_>) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
         self.touch();
         let lone = self.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
@@ -914,20 +917,31 @@ impl FirmDb {
                 match rx.try_recv() {
                     Ok(r) => return r,
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        return Err(StoreError::WriterGone);
+                        return Err(StoreError::WriterGone.into());
                     }
                     Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
                 }
             }
         }
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        rx.await.map_err(|_| E::from(StoreError::WriterGone))?
     }
 
-    /// The same, for threads outside the async runtime (benchmarks, tools).
+    /// [`FirmDb::write_with`] for commands that fail only with store errors.
     pub fn write_blocking<F, R>(&self, f: F) -> Result<R, StoreError>
     where
         F: Fn(&WriteTx<'_>) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
+    {
+        self.write_with(f)
+    }
+
+    /// The blocking form of [`FirmDb::write`]: queues a command and waits
+    /// for its durable commit. The command may refuse with `E`.
+    pub fn write_with<F, R, E>(&self, f: F) -> Result<R, E>
+    where
+        F: Fn(&WriteTx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
         self.touch();
         let rx = self
@@ -1068,7 +1082,7 @@ mod tests {
                 db.write_blocking(move |tx| {
                     if i % 7 == 0 {
                         tx.set_profile("k", "bad", "t")?;
-                        Err(StoreError::Command("refused".into()))
+                        Err(StoreError::NotFound)
                     } else {
                         tx.set_profile(&format!("k{i}"), "v", "t")
                     }
@@ -1108,7 +1122,7 @@ mod tests {
         let writer = db.writer.as_ref().unwrap();
         // The first command holds the writer so the next ones queue into one batch.
         let gate = writer
-            .submit(|_tx| {
+            .submit(|_tx| -> Result<(), StoreError> {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 Ok(())
             })
@@ -1124,7 +1138,7 @@ mod tests {
                         tx.set_profile(&format!("k{i}"), "v", "t")?;
                         if i == 10 {
                             // Wrote, then failed: its write must not survive.
-                            return Err(StoreError::Command("refused".into()));
+                            return Err(StoreError::NotFound);
                         }
                         Ok(i)
                     })
@@ -1135,7 +1149,7 @@ mod tests {
         for (i, rx) in replies.into_iter().enumerate() {
             let r = rx.blocking_recv().unwrap();
             if i == 10 {
-                assert!(matches!(r, Err(StoreError::Command(_))));
+                assert!(matches!(r, Err(StoreError::NotFound)));
             } else {
                 assert_eq!(r.unwrap(), i);
             }

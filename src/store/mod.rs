@@ -40,12 +40,41 @@ pub enum StoreError {
     Busy,
     #[error("the database writer has stopped")]
     WriterGone,
-    #[error("a write command failed: {0}")]
-    Command(String),
+    #[error("a write command panicked")]
+    CommandPanicked,
+    #[error("the commit failed: {0}")]
+    CommitFailed(String),
     #[error("not found")]
     NotFound,
-    #[error("conflict: {0}")]
-    Conflict(String),
+    #[error("the row changed since the version the write names")]
+    Stale,
+    #[error("the row already exists")]
+    Exists,
+    /// Sealing a value inside the transaction failed (a crypto failure).
+    #[error("sealing failed")]
+    SealFailed,
+}
+
+impl StoreError {
+    /// A stable code for logs and replies (the cause, if any, goes to the log).
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::WrongKey { .. } => "wrong_key",
+            StoreError::NotFips { .. } => "not_fips",
+            StoreError::Sql(_) => "storage_error",
+            StoreError::Full => "storage_full",
+            StoreError::Io { .. } => "storage_io",
+            StoreError::Corrupt(_) => "storage_corrupt",
+            StoreError::Busy => "busy",
+            StoreError::WriterGone | StoreError::CommandPanicked | StoreError::CommitFailed(_) => {
+                "storage_error"
+            }
+            StoreError::NotFound => "not_found",
+            StoreError::Stale => "precondition_failed",
+            StoreError::Exists => "conflict",
+            StoreError::SealFailed => "crypto_error",
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -40,21 +40,24 @@ struct Failed {
     message: String,
 }
 
-struct Typed<F, R> {
+/// A command and its reply channel. `E` is the caller's error type, so a
+/// service can refuse inside the transaction with its own typed error.
+struct Typed<F, R, E> {
     f: F,
-    out: Option<Result<R, StoreError>>,
-    reply: oneshot::Sender<Result<R, StoreError>>,
+    out: Option<Result<R, E>>,
+    reply: oneshot::Sender<Result<R, E>>,
 }
 
-impl<F, R> Command for Typed<F, R>
+impl<F, R, E> Command for Typed<F, R, E>
 where
-    F: Fn(&WriteTx<'_>) -> Result<R, StoreError> + Send,
+    F: Fn(&WriteTx<'_>) -> Result<R, E> + Send,
     R: Send,
+    E: From<StoreError> + Send,
 {
     fn run(&mut self, tx: &WriteTx<'_>) -> bool {
         let f = &self.f;
         let out = catch_unwind(AssertUnwindSafe(|| f(tx)))
-            .unwrap_or_else(|_| Err(StoreError::Command("command panicked".to_owned())));
+            .unwrap_or_else(|_| Err(StoreError::CommandPanicked.into()));
         let ok = out.is_ok();
         self.out = Some(out);
         ok
@@ -64,9 +67,9 @@ where
         let msg = match (commit, self.out) {
             (_, Some(Err(e))) => Err(e),
             (Ok(()), Some(ok)) => ok,
-            (Err(Failed { full: true, .. }), _) => Err(StoreError::Full),
-            (Err(e), _) => Err(StoreError::Command(format!("commit failed: {}", e.message))),
-            (Ok(()), None) => Err(StoreError::Command("command did not run".to_owned())),
+            (Err(Failed { full: true, .. }), _) => Err(StoreError::Full.into()),
+            (Err(e), _) => Err(StoreError::CommitFailed(e.message).into()),
+            (Ok(()), None) => Err(StoreError::CommandPanicked.into()),
         };
         let _ = self.reply.send(msg);
     }
@@ -102,13 +105,14 @@ impl Writer {
     }
 
     /// Queues `f`; the receiver yields its result after the durable commit.
-    pub(crate) fn submit<F, R>(
+    pub(crate) fn submit<F, R, E>(
         &self,
         f: F,
-    ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError>
+    ) -> Result<oneshot::Receiver<Result<R, E>>, StoreError>
     where
-        F: Fn(&WriteTx<'_>) -> Result<R, StoreError> + Send + 'static,
+        F: Fn(&WriteTx<'_>) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let cmd: Box<dyn Command> = Box::new(Typed {

@@ -141,14 +141,12 @@ impl Vault {
         value: SecretValue,
     ) -> Result<(SecretView, bool), FirmError> {
         self.trail
-            .audited(auth, "secrets.write", name, json!({}), || {
+            .change(auth, "secrets.write", name, json!({}), |c| {
                 validate_name(name)?;
                 validate_value(&value)?;
-                self.pool.require_writable(auth.firm())?;
-                let h = self.pool.handle(auth.firm())?;
-                let fp = fingerprint(&h, name, &value);
+                let fp = fingerprint(&c.h, name, &value);
                 let now = self.pool.now();
-                let (keys, name_owned) = (h.clone(), name.to_owned());
+                let (keys, name_owned) = (c.h.clone(), name.to_owned());
                 // Called inside the write transaction: the data key active at
                 // commit seals it, so a data-key rotation never misses it.
                 let seal = move |version: u32| -> Result<Vec<u8>, StoreError> {
@@ -157,23 +155,12 @@ impl Vault {
                             &secret_aad(keys.id.as_str(), &name_owned, version),
                             &value.0,
                         )
-                        .map_err(|e| StoreError::Command(format!("sealing a secret: {e}")))
+                        .map_err(|_| StoreError::SealFailed)
                 };
                 // The entry's details never hold the value: version and fingerprint only.
-                let entry = self.trail.audit_entry(
-                    &h,
-                    auth.principal(),
-                    auth.decision(),
-                    "secrets.write",
-                    name,
-                    Outcome::Success,
-                    json!({ "fingerprint": fp }),
-                )?;
                 let (name, fp2) = (name.to_owned(), fp.clone());
-                let row = h.db.write_blocking(move |tx| {
-                    let row = tx.put_secret(&name, &fp2, &now, &seal)?;
-                    tx.append_audit(entry.clone())?;
-                    Ok(row)
+                let row = c.commit(&name.clone(), json!({ "fingerprint": fp }), move |tx| {
+                    Ok(tx.put_secret(&name, &fp2, &now, &seal)?)
                 })?;
                 Ok((SecretView::from(&row), row.version == 1))
             })
@@ -213,32 +200,14 @@ impl Vault {
         name: &str,
     ) -> Result<(), FirmError> {
         self.trail
-            .audited(auth, "secrets.delete", name, json!({}), || {
-                self.pool.require_writable(auth.firm())?;
-                let h = self.pool.handle(auth.firm())?;
-                let entry = self.trail.audit_entry(
-                    &h,
-                    auth.principal(),
-                    auth.decision(),
-                    "secrets.delete",
-                    name,
-                    Outcome::Success,
-                    json!({}),
-                )?;
+            .change(auth, "secrets.delete", name, json!({}), |c| {
                 let name = name.to_owned();
-                let destroyed = h.db.write_blocking(move |tx| {
-                    let Some(version) = tx.delete_secret(&name)? else {
-                        // Nothing destroyed: roll back (no entry for a non-event).
-                        return Err(StoreError::NotFound);
-                    };
-                    tx.append_audit(entry.clone())?;
-                    Ok(version)
-                });
-                match destroyed {
-                    Ok(_) => Ok(()),
-                    Err(StoreError::NotFound) => Err(FirmError::SecretNotFound),
-                    Err(e) => Err(e.into()),
-                }
+                c.commit(&name.clone(), json!({}), move |tx| {
+                    // Nothing destroyed: roll back (no entry for a non-event).
+                    tx.delete_secret(&name)?
+                        .map(|_| ())
+                        .ok_or(FirmError::SecretNotFound)
+                })
             })
     }
 
@@ -288,7 +257,10 @@ impl Vault {
                 &secret_aad(h.id.as_str(), name, row.version),
                 &row.ciphertext,
             )
-            .map_err(|e| FirmError::Invalid(format!("secret {name} does not decrypt: {e}")))?,
+            .map_err(|e| {
+                tracing::error!(secret = %name, error = %e, "a stored secret does not decrypt");
+                FirmError::Seal
+            })?,
         );
         // Security invariant: a presented secret is compared in constant time.
         let matched = keyring::ct_eq(&stored, &presented.0);
