@@ -32,7 +32,7 @@ run: build
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --all-targets --locked --features test-clock -- -D warnings
 
 deny: deps
 	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny@$(DENY_VER)
@@ -44,7 +44,7 @@ $(STOCK_PY):
 
 test: lint deny $(STOCK_PY)
 	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \
-		$(CARGO) test --locked
+		$(CARGO) test --locked --features test-clock
 
 package: build
 	bash packaging/build-packages.sh

@@ -35,6 +35,13 @@ bash packaging/build-packages.sh >/dev/null
 DEB_REVISION=2 bash packaging/build-packages.sh >/dev/null
 [ -f "$deb" ] && [ -f "$deb2" ] && [ -f "$rpmfile" ]
 
+echo "== no test-only controls in the packaged binary"
+# The clock the tests move (feature test-clock) must not exist in a release.
+if dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/strongroomd | grep -aq 'debug.clock_advance'; then
+    echo "FAIL: the packaged strongroomd carries the test clock control" >&2
+    exit 1
+fi
+
 echo "== lintian"
 lintian --fail-on error,warning "$deb"
 

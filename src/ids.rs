@@ -76,12 +76,10 @@ impl RecordId {
     /// commit of many creates dirties a few pages instead of one per record
     /// (each dirty page costs an encryption and a MAC), and lists come in
     /// creation order.
-    pub fn generate_ordered() -> Result<Self, CryptoError> {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+    /// `unix_ms` comes from the injected clock.
+    pub fn generate_ordered(unix_ms: u64) -> Result<Self, CryptoError> {
         let mut b: [u8; 12] = crypto::random_array()?;
-        b[..6].copy_from_slice(&(ms as u64).to_be_bytes()[2..]);
+        b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
         Ok(Self(format!("{}{}", Self::PREFIX, crypto::hex(&b))))
     }
 }
@@ -113,9 +111,8 @@ mod tests {
 
     #[test]
     fn ordered_record_ids_sort_by_time() {
-        let a = RecordId::generate_ordered().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = RecordId::generate_ordered().unwrap();
+        let a = RecordId::generate_ordered(1_790_000_000_000).unwrap();
+        let b = RecordId::generate_ordered(1_790_000_000_001).unwrap();
         assert!(a < b, "{a} < {b}");
         assert_eq!(RecordId::parse(b.as_str()), Some(b.clone()));
         assert_ne!(a.hex()[12..], b.hex()[12..]);

@@ -231,6 +231,20 @@ fn run_as(
             Ok(json!({ "firm": row }))
         }
         "audit.verifier_key" => Ok(json!({ "verifier_key": trail.verifier_key() })),
+        // Test builds only (feature `test-clock`), dev mode only: moves the
+        // daemon's clock forward so tests never sleep to let time pass.
+        #[cfg(feature = "test-clock")]
+        "debug.clock_advance" if shared.runtime.dev => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Secs {
+                secs: u64,
+            }
+            let a: Secs = args(raw)?;
+            shared.clock.advance(std::time::Duration::from_secs(a.secs));
+            tracing::warn!(secs = a.secs, uid = caller.uid, "test clock moved forward");
+            Ok(json!({ "advanced_secs": a.secs }))
+        }
         "audit.verify" => {
             let a: IdArgs = args(raw)?;
             let v = log.audit_verify_admin(&firm_id(&a.id)?)?;

@@ -28,6 +28,8 @@ pub struct AdminState {
     pub trail: Arc<AuditTrail>,
     /// `admin.idle_timeout_secs`.
     pub idle_timeout: Duration,
+    /// The daemon's clock (a test build lets a dev-mode daemon move it).
+    pub clock: Arc<crate::clock::SystemClock>,
 }
 
 /// Protocol version spoken by this build.

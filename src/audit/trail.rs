@@ -338,7 +338,7 @@ impl AuditTrail {
     pub(crate) fn first_in_window(&self, actor: &str, action: &str, resource: &str) -> bool {
         let key = (actor.to_owned(), action.to_owned(), resource.to_owned());
         let mut seen = lock(&self.reads);
-        let now = Instant::now();
+        let now = self.pool.clock.monotonic();
         seen.retain(|_, t| now.duration_since(*t) < READ_COALESCE);
         if seen.contains_key(&key) {
             return false;
@@ -353,7 +353,7 @@ impl AuditTrail {
         let key = (actor.to_owned(), action.to_owned(), resource.to_owned());
         lock(&self.reads)
             .get(&key)
-            .is_some_and(|t| t.elapsed() < READ_COALESCE)
+            .is_some_and(|t| self.pool.clock.monotonic().duration_since(*t) < READ_COALESCE)
     }
 
     /// Audits a read of sensitive data, coalesced per (actor, action,

@@ -2,8 +2,6 @@
 //! (cached while the firm is open), and failed attempts recorded without
 //! letting anyone flood a firm's log (see `failures`).
 
-use std::time::Instant;
-
 use super::keys::Keys;
 use super::{Origin, Principal};
 use crate::audit::trail::Outcome;
@@ -123,7 +121,7 @@ impl Keys {
             ip,
             key_id,
             reason,
-            Instant::now(),
+            self.pool.clock.monotonic(),
             &self.pool.now(),
         );
         let crate::auth::failures::Verdict::Record { source } = verdict else {
@@ -151,7 +149,7 @@ impl Keys {
     /// Writes the summary entry (`auth.failures`) of every failure group
     /// whose window has closed, or of every group with `all` (at shutdown).
     pub fn flush_auth_failures(&self, all: bool) {
-        let due = lock(&self.failures).close(Instant::now(), all);
+        let due = lock(&self.failures).close(self.pool.clock.monotonic(), all);
         for s in due {
             let Some(firm) = FirmId::parse(&s.firm) else {
                 continue;

@@ -160,6 +160,7 @@ impl FailureCounter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -37,6 +37,7 @@ use crate::vault::Vault;
 /// The capability services, wired on the shared firm pool and audit trail.
 #[derive(Debug, Clone)]
 struct Services {
+    clock: Arc<SystemClock>,
     trail: Arc<AuditTrail>,
     lifecycle: Arc<Lifecycle>,
     keys: Arc<Keys>,
@@ -46,10 +47,15 @@ struct Services {
 }
 
 impl Services {
-    fn new(pool: Pool, appliance: crate::firms::pool::ApplianceKeys) -> Self {
+    fn new(
+        clock: Arc<SystemClock>,
+        pool: Pool,
+        appliance: crate::firms::pool::ApplianceKeys,
+    ) -> Self {
         let pool = Arc::new(pool);
         let trail = Arc::new(AuditTrail::new(pool.clone(), appliance));
         Self {
+            clock,
             lifecycle: Arc::new(Lifecycle::new(pool.clone(), trail.clone())),
             keys: Arc::new(Keys::new(pool.clone(), trail.clone())),
             records: Arc::new(Records::new(pool.clone(), trail.clone())),
@@ -287,14 +293,15 @@ fn open_firms(
     }
     ensure_dir(&config.storage.state_dir)?;
     crate::store::space::watch(config.storage.state_dir.clone());
+    let clock = Arc::new(SystemClock::new());
     let (pool, appliance) = Pool::open(
         &config.storage.state_dir,
         &master,
-        Arc::new(SystemClock),
+        clock.clone(),
         Duration::from_secs(config.storage.firm_idle_secs),
     )?;
     drop(master);
-    let services = Services::new(pool, appliance);
+    let services = Services::new(clock, pool, appliance);
     services
         .audit
         .set_default_retention(config.audit.retention());
@@ -391,6 +398,8 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     })?;
     let config = p.config;
     let runtime = Arc::new(Runtime {
+        // clock: uptime is real elapsed time.
+        #[allow(clippy::disallowed_methods)]
         started: Instant::now(),
         module: p.module,
         listen: bound,
@@ -415,6 +424,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         audit: svc.audit.clone(),
         trail: svc.trail.clone(),
         idle_timeout: Duration::from_secs(config.admin.idle_timeout_secs),
+        clock: svc.clock.clone(),
     });
     let drain = Duration::from_secs(config.server.shutdown_timeout_secs);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -129,6 +129,7 @@ impl Lifecycle {
             ))),
             key_cache: Default::default(),
             schemas: Default::default(),
+            last_used_ms: std::sync::atomic::AtomicU64::new(self.pool.ms()),
         };
         let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,

@@ -202,6 +202,7 @@ pub(crate) fn load_or_create_appliance_key(
     registry: &Registry,
     ring: &Keyring,
     purpose: Purpose,
+    now: &str,
 ) -> Result<SecretKey, FirmError> {
     use crate::store::registry::APPLIANCE;
     Ok(match registry.appliance_key(purpose.as_str())? {
@@ -214,7 +215,7 @@ pub(crate) fn load_or_create_appliance_key(
                 version: 1,
                 state: "active".to_owned(),
                 wrapped: ring.wrap(APPLIANCE, purpose, 1, &key)?,
-                created_at: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
+                created_at: now.to_owned(),
             })?;
             key
         }

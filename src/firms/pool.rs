@@ -44,6 +44,8 @@ pub struct FirmHandle {
     pub(crate) key_cache: cache::GenCache<crate::store::firm::ApiKeyRow>,
     /// Collection schemas by name.
     pub(crate) schemas: cache::GenCache<Arc<crate::records::schema::Schema>>,
+    /// When the pool last handed this firm out (ms on the pool's clock).
+    pub(crate) last_used_ms: AtomicU64,
 }
 
 impl FirmHandle {
@@ -89,6 +91,8 @@ pub struct Pool {
     /// Records recoveries (an interrupted rekey completed at open) in the
     /// system log.
     seal: Arc<SystemSeal>,
+    /// The monotonic origin of `FirmHandle::last_used_ms`.
+    epoch: Instant,
     /// Bumped (under the `open` lock) whenever a firm's in-memory keys
     /// change, so a handle opened meanwhile from older registry rows is
     /// discarded instead of cached.
@@ -121,11 +125,12 @@ impl Pool {
             .meta_init("master_generation", "1")?
             .parse()
             .unwrap_or(1);
+        let made_at = rfc3339(clock.now());
         let signer = Arc::new(SigningKey::from_seed(
-            &super::load_or_create_appliance_key(&registry, &ring, Purpose::Signing)?,
+            &super::load_or_create_appliance_key(&registry, &ring, Purpose::Signing, &made_at)?,
         )?);
         let seal = Arc::new(SystemSeal::new(
-            super::load_or_create_appliance_key(&registry, &ring, Purpose::Audit)?,
+            super::load_or_create_appliance_key(&registry, &ring, Purpose::Audit, &made_at)?,
             clock.clone(),
         ));
         let mut states = HashMap::new();
@@ -147,15 +152,34 @@ impl Pool {
             states: RwLock::new(states),
             maintenance: Mutex::new(HashSet::new()),
             admin_ops: Mutex::new(()),
-            clock,
+            clock: clock.clone(),
             idle,
             generation: AtomicU64::new(generation),
             appliance_id,
             seal,
+            epoch: clock.monotonic(),
             key_epoch: AtomicU64::new(0),
         };
         pool.sweep_files();
         Ok((pool, keys))
+    }
+
+    /// Now, in the units of `FirmHandle::last_used_ms`.
+    pub(crate) fn ms(&self) -> u64 {
+        self.clock
+            .monotonic()
+            .duration_since(self.epoch)
+            .as_millis() as u64
+    }
+
+    /// Marks a firm used now (idle close counts from here).
+    fn touch(&self, h: &FirmHandle) {
+        h.last_used_ms.store(self.ms(), Ordering::Relaxed);
+    }
+
+    fn idle_ms(&self, h: &FirmHandle) -> u64 {
+        self.ms()
+            .saturating_sub(h.last_used_ms.load(Ordering::Relaxed))
     }
 
     /// Takes the lock that serializes changes to the registry's keys.
@@ -250,7 +274,7 @@ impl Pool {
         }
         loop {
             if let Some(h) = lock(&self.open).get(id) {
-                h.db.touch();
+                self.touch(h);
                 return Ok(h.clone());
             }
             let epoch = self.key_epoch.load(Ordering::SeqCst);
@@ -306,6 +330,7 @@ impl Pool {
             data: RwLock::new(Arc::new(DataKeys::new(data_active, data))),
             key_cache: Default::default(),
             schemas: Default::default(),
+            last_used_ms: AtomicU64::new(self.ms()),
         })
     }
 
@@ -373,6 +398,8 @@ impl Pool {
         let Some(mut h) = lock(&self.open).remove(id) else {
             return;
         };
+        // clock: a real-time bound on waiting for other threads.
+        #[allow(clippy::disallowed_methods)]
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Arc::try_unwrap(h) {
@@ -380,6 +407,7 @@ impl Pool {
                     handle.db.close();
                     return;
                 }
+                #[allow(clippy::disallowed_methods)]
                 Err(again) if Instant::now() < deadline => {
                     h = again;
                     std::thread::sleep(Duration::from_millis(10));
@@ -404,7 +432,7 @@ impl Pool {
             return None;
         }
         let handle = lock(&self.open).get(id).cloned()?;
-        handle.db.touch();
+        self.touch(&handle);
         Some(handle)
     }
 
@@ -415,7 +443,7 @@ impl Pool {
             let mut open = lock(&self.open);
             let ids: Vec<FirmId> = open
                 .iter()
-                .filter(|(_, h)| Arc::strong_count(h) == 1 && h.db.idle_ms() >= idle_ms)
+                .filter(|(_, h)| Arc::strong_count(h) == 1 && self.idle_ms(h) >= idle_ms)
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.iter().filter_map(|id| open.remove(id)).collect()

@@ -512,7 +512,8 @@ impl Records {
         body: &Value,
         idempotency_key: Option<String>,
     ) -> Result<PendingCreate, FirmError> {
-        let id = RecordId::generate_ordered()?.to_string();
+        let id =
+            RecordId::generate_ordered(crate::clock::unix_ms(self.pool.clock.now()))?.to_string();
         let now = self.pool.now();
         let p = self.prepare(&schema, collection, &id, 1, &now, body)?;
         let request_hash = crate::crypto::sha256(body.to_string().as_bytes());

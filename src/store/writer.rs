@@ -148,6 +148,7 @@ impl Drop for Writer {
 /// a lone submitter's next write) then costs no thread wake-up.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 
+#[allow(clippy::disallowed_methods)] // clock: sub-millisecond real-time lingering
 fn next_command(rx: &Receiver<Box<dyn Command>>) -> Option<Box<dyn Command>> {
     let until = std::time::Instant::now() + LINGER;
     loop {
@@ -171,6 +172,7 @@ const GATHER: std::time::Duration = std::time::Duration::from_micros(400);
 /// a moment for them (at most [`GATHER`], yielding the CPU to them) turns
 /// two half-full commits, each paying an fsync, into one full one. A lone
 /// submitter (previous batch of one) never waits.
+#[allow(clippy::disallowed_methods)] // clock: sub-millisecond real-time gathering
 fn gather(
     rx: &Receiver<Box<dyn Command>>,
     first: Box<dyn Command>,

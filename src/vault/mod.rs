@@ -279,7 +279,7 @@ impl Vault {
 
     /// Counts one verification attempt, or says how many seconds to wait.
     fn take_attempt(&self, h: &FirmHandle, key: &str, name: &str) -> Result<(), u64> {
-        let now = Instant::now();
+        let now = self.pool.clock.monotonic();
         let mut all = lock(&self.attempts.0);
         all.retain(|_, q| {
             q.back()

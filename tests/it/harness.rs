@@ -306,6 +306,26 @@ impl Daemon {
         Client::new(self.addr, &self.state_dir.join("tls/cert.pem"))
     }
 
+    /// Moves the daemon's clock forward (a test build's dev-mode control;
+    /// `make test` builds with the `test-clock` feature).
+    pub fn advance_clock(&self, secs: u64) {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.admin_socket).unwrap();
+        writeln!(
+            s,
+            "{}",
+            serde_json::json!({"v": 1, "cmd": "debug.clock_advance", "args": {"secs": secs}})
+        )
+        .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v["ok"], true,
+            "moving the clock needs a test build: cargo test --features test-clock ({v})"
+        );
+    }
+
     /// Runs `strongroomctl --socket <admin socket> ARGS`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         ctl(&self.admin_socket, args)
