@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod errors;
 pub mod firms;
 pub mod http;
 pub mod ids;

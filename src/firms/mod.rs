@@ -117,9 +117,7 @@ impl FirmError {
             FirmError::Escalation => "forbidden_escalation",
             FirmError::Seal => "crypto_error",
             FirmError::Internal(_) => "internal",
-            FirmError::Store(StoreError::Busy) => "busy",
-            FirmError::Store(StoreError::Full) => "storage_full",
-            FirmError::Store(_) => "storage_error",
+            FirmError::Store(e) => e.code(),
             FirmError::Key(_) => "key_error",
             FirmError::Crypto(_) => "crypto_error",
         }
@@ -254,5 +252,67 @@ pub(crate) fn remove_db_files(path: &Path) -> std::io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every service error's code is in the one code table.
+    #[test]
+    fn every_error_code_is_in_the_table() {
+        let all = [
+            FirmError::CollectionNotFound,
+            FirmError::RecordNotFound,
+            FirmError::StaleVersion,
+            FirmError::PreconditionRequired,
+            FirmError::IdempotencyConflict,
+            FirmError::InvalidRecord(String::new()),
+            FirmError::PiiDetected {
+                field: String::new(),
+                kind: "ssn",
+            },
+            FirmError::SchemaConflict(String::new()),
+            FirmError::SecretNotFound,
+            FirmError::RateLimited(1),
+            FirmError::NotFound,
+            FirmError::Frozen,
+            FirmError::Maintenance,
+            FirmError::InvalidName(String::new()),
+            FirmError::ConfirmMismatch(String::new()),
+            FirmError::Invalid(String::new()),
+            FirmError::InvalidQuery(String::new()),
+            FirmError::KeyNotFound,
+            FirmError::KeyRevoked,
+            FirmError::LastOwnerKey,
+            FirmError::Escalation,
+            FirmError::Seal,
+            FirmError::Internal(""),
+            FirmError::Store(StoreError::Busy),
+            FirmError::Store(StoreError::Full),
+            FirmError::Store(StoreError::Corrupt(String::new())),
+            FirmError::Store(StoreError::NotFound),
+            FirmError::Store(StoreError::Stale),
+            FirmError::Store(StoreError::Exists),
+            FirmError::Store(StoreError::SealFailed),
+            FirmError::Store(StoreError::CommandPanicked),
+            FirmError::Store(StoreError::CommitFailed(String::new())),
+            FirmError::Store(StoreError::WriterGone),
+            FirmError::Store(StoreError::WrongKey {
+                path: String::new(),
+            }),
+            FirmError::Store(StoreError::NotFips {
+                path: String::new(),
+                reason: String::new(),
+            }),
+        ];
+        for e in all {
+            assert!(
+                crate::errors::lookup(e.code()).is_some(),
+                "{} is not in the code table",
+                e.code()
+            );
+        }
     }
 }

@@ -94,78 +94,52 @@ impl IntoResponse for Problem {
 }
 
 impl From<crate::firms::FirmError> for Problem {
+    /// The one mapping from service errors to HTTP: the code is the
+    /// error's, the status the code table's (`crate::errors`).
     fn from(e: crate::firms::FirmError) -> Self {
         use crate::firms::FirmError as E;
-        use crate::store::StoreError;
-        match e {
-            // Inside one's own firm (the scope check already passed).
-            E::NotFound => Problem::not_found(),
-            E::Frozen => Problem::new(
-                StatusCode::LOCKED,
-                "firm_frozen",
-                "the firm is frozen: writes are refused, reads still work",
-            ),
-            E::Maintenance => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "firm_maintenance",
-                "the firm is under maintenance; retry shortly",
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("2")),
-            E::Store(StoreError::Busy) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the write queue is full; retry shortly",
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
-            E::Store(StoreError::Full) => Problem::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "storage_full",
-                "the appliance's storage is full: writes, and reads that must be audited, are refused until an operator frees space",
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")),
-            E::KeyNotFound => Problem::new(
-                StatusCode::NOT_FOUND,
-                "key_not_found",
-                "no API key with that id in this firm",
-            ),
-            E::CollectionNotFound | E::RecordNotFound => {
-                Problem::new(StatusCode::NOT_FOUND, e.code(), e.to_string())
-            }
-            E::StaleVersion => {
-                Problem::new(StatusCode::PRECONDITION_FAILED, e.code(), e.to_string())
-            }
-            E::PreconditionRequired => {
-                Problem::new(StatusCode::PRECONDITION_REQUIRED, e.code(), e.to_string())
-            }
-            E::IdempotencyConflict | E::SchemaConflict(_) => {
-                Problem::new(StatusCode::CONFLICT, e.code(), e.to_string())
-            }
-            E::InvalidRecord(_) | E::PiiDetected { .. } => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
-            }
-            E::SecretNotFound => Problem::new(
-                StatusCode::NOT_FOUND,
-                "secret_not_found",
-                "no secret by that name in this firm",
-            ),
-            E::RateLimited(wait) => Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many attempts; retry in {wait} s"),
-            )
-            .with_header(
+        let code = e.code();
+        let status = StatusCode::from_u16(crate::errors::status(code))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry = |secs: &str| {
+            (
                 header::RETRY_AFTER,
-                HeaderValue::from_str(&wait.to_string()).unwrap_or(HeaderValue::from_static("60")),
+                HeaderValue::from_str(secs).unwrap_or(HeaderValue::from_static("60")),
+            )
+        };
+        let (detail, extra) = match &e {
+            E::Store(crate::store::StoreError::Busy) => (
+                "the write queue is full; retry shortly".to_owned(),
+                Some(retry("1")),
             ),
-            E::KeyRevoked | E::LastOwnerKey => {
-                Problem::new(StatusCode::CONFLICT, e.code(), e.to_string())
+            E::Maintenance => (
+                "the firm is under maintenance; retry shortly".to_owned(),
+                Some(retry("2")),
+            ),
+            E::Store(crate::store::StoreError::Full) => (
+                "the appliance's storage is full: writes, and reads that must be audited, are refused until an operator frees space".to_owned(),
+                Some(retry("30")),
+            ),
+            E::RateLimited(wait) => (e.to_string(), Some(retry(&wait.to_string()))),
+            E::Frozen => (
+                "the firm is frozen: writes are refused, reads still work".to_owned(),
+                None,
+            ),
+            // Security invariant: a 5xx carries only its code and the
+            // request id; the cause goes to the log under that id.
+            _ if status.is_server_error() => {
+                tracing::error!(error = %e, code, "internal error");
+                (
+                    "internal error; quote the request_id to the administrator".to_owned(),
+                    None,
+                )
             }
-            E::Escalation => Problem::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
-            E::InvalidQuery(_) => Problem::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
-            E::InvalidName(_) | E::Invalid(_) | E::ConfirmMismatch(_) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
-            }
-            other => Problem::internal(&other),
+            _ => (e.to_string(), None),
+        };
+        let mut p = Problem::new(status, code, detail);
+        if let Some((k, v)) = extra {
+            p = p.with_header(k, v);
         }
+        p
     }
 }
