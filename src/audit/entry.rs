@@ -98,6 +98,18 @@ pub fn chain_next(previous: &Hash, leaf: &Hash) -> Hash {
     sha256_parts(&[previous, leaf])
 }
 
+/// Conditions on listed entries (all that are set must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// RFC 3339 UTC, inclusive.
+    pub since: Option<String>,
+    /// RFC 3339 UTC, exclusive.
+    pub until: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

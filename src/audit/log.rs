@@ -126,7 +126,7 @@ impl AuditLog {
         auth: &Authorized<perm::AuditRead>,
         from: u64,
         limit: u64,
-        filter: &crate::store::audit_log::Filter,
+        filter: &super::Filter,
     ) -> Result<AuditPage, FirmError> {
         let h = self.pool.handle(auth.firm())?;
         self.trail

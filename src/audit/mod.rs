@@ -11,8 +11,9 @@ pub mod merkle;
 pub mod note;
 mod system;
 pub mod trail;
+pub mod verify;
 
-pub use entry::Entry;
+pub use entry::{Entry, Filter};
 pub use log::{
     AuditEntryView, AuditLog, AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE,
 };

@@ -16,7 +16,7 @@ use super::{Entry, note};
 use crate::config::parse_duration;
 use crate::firms::FirmError;
 use crate::ids::FirmId;
-use crate::store::audit_log::{self, PurgePlan};
+use crate::store::audit_log::PurgePlan;
 
 impl AuditLog {
     /// Reading the system log is itself audited, once per reader a minute.
@@ -42,10 +42,7 @@ impl AuditLog {
     ) -> Result<AuditPage, FirmError> {
         self.system_read(by, "audit.read")?;
         let limit = limit.clamp(1, MAX_PAGE);
-        let (size, rows) = self
-            .pool
-            .registry
-            .with_audit_log(|c| Ok((audit_log::size(c)?, audit_log::entries(c, from, limit)?)))?;
+        let (size, rows) = self.pool.registry.audit_page(from, limit)?;
         let entries: Vec<_> = rows
             .iter()
             .map(|r| self.trail.view_entry_with(self.trail.system_key(), r))
@@ -55,10 +52,7 @@ impl AuditLog {
 
     pub fn system_audit_verify(&self, by: &AdminActor) -> Result<AuditVerifyView, FirmError> {
         self.system_read(by, "audit.verify")?;
-        let (v, _) = self
-            .pool
-            .registry
-            .with_audit_log(|c| audit_log::verify(c, None))?;
+        let v = self.pool.registry.audit_verify()?;
         Ok(self.verify_view(v, &self.trail.system_origin()))
     }
 
@@ -66,18 +60,11 @@ impl AuditLog {
     pub fn system_checkpoint(&self) -> Result<String, FirmError> {
         let sign = self.trail.checkpoint_signer(self.trail.system_origin());
         let at = self.pool.now();
-        Ok(self
-            .pool
-            .registry
-            .with_audit_log(|c| audit_log::checkpoint(c, &at, &sign))?)
+        Ok(self.pool.registry.audit_checkpoint(&at, &sign)?)
     }
 
     pub(crate) fn system_checkpoint_if_grown(&self) -> Result<bool, FirmError> {
-        if !self
-            .pool
-            .registry
-            .with_audit_log(audit_log::needs_checkpoint)?
-        {
+        if !self.pool.registry.audit_needs_checkpoint()? {
             return Ok(false);
         }
         self.system_checkpoint().map(|_| true)
@@ -90,10 +77,7 @@ impl AuditLog {
         let (note, size, (anchor, prefix, rows)) = export_consistent(|| {
             let note = self.system_checkpoint()?;
             let size = checkpoint_size(&note)?;
-            let snap = self
-                .pool
-                .registry
-                .with_audit_log(|c| audit_log::export_snapshot(c, size))?;
+            let snap = self.pool.registry.audit_export_snapshot(size)?;
             Ok((note, size, snap))
         })?;
         Ok(export_events(
@@ -250,11 +234,7 @@ impl AuditLog {
             at.clone(),
         );
         let cutoff = cutoff_of(default);
-        match self
-            .pool
-            .registry
-            .with_audit_log(|c| audit_log::purge(c, &cutoff, &at, &make))
-        {
+        match self.pool.registry.audit_purge(&cutoff, &at, &make) {
             Ok(Some((plan, n))) => {
                 purged += n;
                 tracing::info!(

@@ -69,7 +69,7 @@ pub async fn list(
             format!("limit must be between 1 and {MAX_PAGE} (larger values are lowered to it)"),
         ));
     }
-    let filter = crate::store::audit_log::Filter {
+    let filter = crate::audit::Filter {
         since: utc("since", q.since)?,
         until: utc("until", q.until)?,
         actor: q.actor,

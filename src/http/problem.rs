@@ -108,7 +108,7 @@ impl From<crate::firms::FirmError> for Problem {
             )
         };
         let (detail, extra) = match &e {
-            E::Store(crate::store::StoreError::Busy) => (
+            _ if code == "busy" => (
                 "the write queue is full; retry shortly".to_owned(),
                 Some(retry("1")),
             ),
@@ -116,7 +116,7 @@ impl From<crate::firms::FirmError> for Problem {
                 "the firm is under maintenance; retry shortly".to_owned(),
                 Some(retry("2")),
             ),
-            E::Store(crate::store::StoreError::Full) => (
+            _ if code == "storage_full" => (
                 "the appliance's storage is full: writes, and reads that must be audited, are refused until an operator frees space".to_owned(),
                 Some(retry("30")),
             ),

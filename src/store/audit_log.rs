@@ -7,8 +7,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 use crate::audit::Entry;
-use crate::audit::entry::{CHAIN_START, chain_next, encode_canonical};
-use crate::audit::merkle::{self, Hash, MemoryTree, MerkleError, NodeSource};
+pub use crate::audit::entry::Filter;
+use crate::audit::entry::{CHAIN_START, chain_next};
+use crate::audit::merkle::{self, Hash, MerkleError, NodeSource};
+pub use crate::audit::verify::AuditVerification;
+use crate::audit::verify::{LogReader, Stored};
 
 /// The tables as created in a new database (firm databases reached the same
 /// shape through their migrations).
@@ -117,22 +120,6 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     })
 }
 
-/// What re-verifying an audit log found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditVerification {
-    pub size: u64,
-    pub root: Hash,
-    /// The first entry still stored (after retention purges).
-    pub first_retained: u64,
-    /// The first sequence number that does not check out, and why.
-    pub first_bad: Option<(u64, String)>,
-    /// The purge anchor the check started from.
-    pub anchor: Option<PurgeAnchor>,
-    /// The latest signed checkpoint (size, root, note), whose tree the log
-    /// was checked to contain.
-    pub checkpoint: Option<(u64, Hash, String)>,
-}
-
 /// The latest retention purge: where the retained log starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeAnchor {
@@ -223,18 +210,6 @@ pub fn entries(conn: &Connection, from: u64, limit: u64) -> Result<Vec<AuditRow>
         .query_map(params![from as i64, limit as i64], audit_row)?
         .collect::<Result<_, _>>()?;
     Ok(rows)
-}
-
-/// Conditions on listed entries (all that are set must hold).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// RFC 3339 UTC, inclusive.
-    pub since: Option<String>,
-    /// RFC 3339 UTC, exclusive.
-    pub until: Option<String>,
-    pub actor: Option<String>,
-    pub action: Option<String>,
-    pub resource: Option<String>,
 }
 
 /// Rows one filtered page may scan: a filter that matches nothing costs a
@@ -500,113 +475,153 @@ pub fn purge(
     Ok(Some((plan, deleted)))
 }
 
-/// What checking a range of entries found: their leaf hashes (up to the
-/// first bad one) and the first bad one.
-struct RangeCheck {
-    leaves: Vec<Hash>,
-    first_bad: Option<(u64, String)>,
-}
+/// A log read on one connection, for `audit::verify` (inside the caller's
+/// snapshot).
+struct ConnLog<'c>(&'c Connection);
 
-/// Checks entries `[from, to)`: each leaf recomputed from the stored fields
-/// against the stored leaf and the tree's level-0 node, and the chain from
-/// `chain` (the value of entry `from - 1`) against the stored chain values.
-fn check_range(
-    conn: &Connection,
-    from: u64,
-    to: u64,
-    mut chain: Hash,
-) -> Result<RangeCheck, StoreError> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM audit_entries WHERE seq >= ?1 AND seq < ?2 ORDER BY seq"
-    ))?;
-    // The tree's leaves, read in step with the entries (one range scan).
-    let mut nodes_st = conn.prepare_cached(
-        "SELECT idx, hash FROM audit_nodes WHERE level = 0 AND idx >= ?1 AND idx < ?2 ORDER BY idx",
-    )?;
-    let mut nodes = nodes_st.query(params![from as i64, to as i64])?;
-    let mut rows = st.query(params![from as i64, to as i64])?;
-    // Not sized from `to - from`: a forged seq must not make us allocate.
-    let mut leaves = Vec::new();
-    let mut buf = Vec::with_capacity(512);
-    let mut expected = from;
-    while let Some(r) = rows.next()? {
-        let seq = r.get::<_, i64>(0)? as u64;
-        let blob = |i: usize| -> Result<&[u8], StoreError> {
-            r.get_ref(i)?
-                .as_bytes()
-                .map_err(|e| StoreError::Corrupt(format!("audit entry {seq}: {e}")))
-        };
-        encode_canonical(
-            &mut buf,
-            seq,
-            [
-                blob(1)?,
-                blob(2)?,
-                blob(3)?,
-                blob(4)?,
-                blob(5)?,
-                blob(6)?,
-                blob(7)?,
-                blob(8)?,
-                blob(9)?,
-                blob(10)?,
-            ],
-            blob(11)?,
-        );
-        let leaf = merkle::leaf_hash(&buf);
-        chain = chain_next(&chain, &leaf);
-        let node_ok = match nodes.next()? {
-            Some(n) => {
-                n.get::<_, i64>(0)? == seq as i64 && n.get_ref(1)?.as_bytes().ok() == Some(&leaf)
-            }
-            None => false,
-        };
-        let problem = if seq != expected {
-            Some((
-                expected,
-                format!("entry {expected} is missing (next is {seq})"),
-            ))
-        } else if blob(12)? != leaf {
-            Some((
-                seq,
-                "the entry's fields do not match its leaf hash".to_owned(),
-            ))
-        } else if blob(13)? != chain {
-            Some((seq, "the hash chain breaks here".to_owned()))
-        } else if !node_ok {
-            Some((
-                seq,
-                "the Merkle tree's leaf differs from the entry".to_owned(),
-            ))
-        } else {
-            None
-        };
-        if problem.is_some() {
-            return Ok(RangeCheck {
-                leaves,
-                first_bad: problem,
-            });
-        }
-        leaves.push(leaf);
-        expected += 1;
+/// A second connection reading the same log in its own snapshot (on the
+/// verify's second thread).
+struct OwnedLog(Connection);
+
+impl LogReader for ConnLog<'_> {
+    fn size(&self) -> Result<u64, StoreError> {
+        size(self.0)
     }
-    let first_bad = (expected < to).then(|| (expected, format!("entry {expected} is missing")));
-    Ok(RangeCheck { leaves, first_bad })
+
+    fn anchor(&self) -> Result<Option<PurgeAnchor>, StoreError> {
+        anchor(self.0)
+    }
+
+    fn prefix_nodes(&self, k: u64) -> Result<Vec<Hash>, StoreError> {
+        prefix_nodes(self.0, k)
+    }
+
+    fn lowest_seq(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT min(seq) FROM audit_entries")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    fn stored_chain(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT chain FROM audit_entries WHERE seq = ?1")?
+            .query_row([seq as i64], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn root(&self, size: u64) -> Result<Hash, StoreError> {
+        root(self.0, size)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, Hash, String)>, StoreError> {
+        latest_checkpoint(self.0)
+    }
+
+    fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(&Stored<'_>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut st = self.0.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM audit_entries WHERE seq >= ?1 AND seq < ?2 ORDER BY seq"
+        ))?;
+        // The tree's leaves, read in step with the entries (one range scan).
+        let mut nodes_st = self.0.prepare_cached(
+            "SELECT idx, hash FROM audit_nodes WHERE level = 0 AND idx >= ?1 AND idx < ?2 ORDER BY idx",
+        )?;
+        let mut nodes = nodes_st.query(params![from as i64, to as i64])?;
+        let mut rows = st.query(params![from as i64, to as i64])?;
+        while let Some(r) = rows.next()? {
+            let seq = r.get::<_, i64>(0)? as u64;
+            let blob = |i: usize| -> Result<&[u8], StoreError> {
+                r.get_ref(i)?
+                    .as_bytes()
+                    .map_err(|e| StoreError::Corrupt(format!("audit entry {seq}: {e}")))
+            };
+            let node = match nodes.next()? {
+                Some(n) => Some((n.get::<_, i64>(0)?, n.get_ref(1)?.as_bytes().ok())),
+                None => None,
+            };
+            let stored = Stored {
+                seq,
+                fields: [
+                    blob(1)?,
+                    blob(2)?,
+                    blob(3)?,
+                    blob(4)?,
+                    blob(5)?,
+                    blob(6)?,
+                    blob(7)?,
+                    blob(8)?,
+                    blob(9)?,
+                    blob(10)?,
+                ],
+                payload: blob(11)?,
+                leaf: blob(12)?,
+                chain: blob(13)?,
+                node,
+            };
+            if !f(&stored)? {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Below this many entries a second thread is not worth starting (unit
-/// tests split small logs, to exercise both paths).
-const PARALLEL_MIN: u64 = if cfg!(test) { 8 } else { 1 << 16 };
+impl LogReader for OwnedLog {
+    fn size(&self) -> Result<u64, StoreError> {
+        ConnLog(&self.0).size()
+    }
 
-/// Re-derives every retained leaf from the stored fields, the chain from
-/// the leaves (from the purge anchor, if any) and the tree from the leaves,
-/// and compares each with what is stored: an edited, deleted or reordered
-/// entry is named by the first sequence number that fails.
-///
-/// With `second` (another connection to the same database) a large log is
-/// checked in two halves on two threads: the left half is the largest
-/// perfect subtree, so each half's tree is built on its own and the root is
-/// their node hash. Returns `second` for reuse.
+    fn anchor(&self) -> Result<Option<PurgeAnchor>, StoreError> {
+        ConnLog(&self.0).anchor()
+    }
+
+    fn prefix_nodes(&self, k: u64) -> Result<Vec<Hash>, StoreError> {
+        ConnLog(&self.0).prefix_nodes(k)
+    }
+
+    fn lowest_seq(&self) -> Result<Option<i64>, StoreError> {
+        ConnLog(&self.0).lowest_seq()
+    }
+
+    fn stored_chain(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        ConnLog(&self.0).stored_chain(seq)
+    }
+
+    fn root(&self, size: u64) -> Result<Hash, StoreError> {
+        ConnLog(&self.0).root(size)
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, Hash, String)>, StoreError> {
+        ConnLog(&self.0).latest_checkpoint()
+    }
+
+    fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(&Stored<'_>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        ConnLog(&self.0).scan(from, to, f)
+    }
+
+    fn begin(&self) -> Result<(), StoreError> {
+        self.0.execute_batch("BEGIN")?;
+        Ok(())
+    }
+
+    fn end(&self) {
+        let _ = self.0.execute_batch("COMMIT");
+    }
+}
+
+/// Verifies the log on `conn` (see `audit::verify`), in one snapshot; with
+/// `second`, a large log on two threads. Returns `second` for reuse.
 pub fn verify(
     conn: &Connection,
     second: Option<Connection>,
@@ -616,176 +631,9 @@ pub fn verify(
     if own {
         conn.execute_batch("BEGIN")?;
     }
-    let result = verify_in_txn(conn, second);
+    let result = crate::audit::verify::verify(&ConnLog(conn), second.map(OwnedLog));
     if own {
         let _ = conn.execute_batch("COMMIT");
     }
-    result
-}
-
-fn verify_in_txn(
-    conn: &Connection,
-    second: Option<Connection>,
-) -> Result<(AuditVerification, Option<Connection>), StoreError> {
-    let anchor = anchor(conn)?;
-    let size = size(conn)?;
-    let (start, chain0, prefix) = match &anchor {
-        None => (0, CHAIN_START, Vec::new()),
-        Some(a) => (a.before, a.chain, prefix_nodes(conn, a.before)?),
-    };
-    let left_tree = |leaves: &[Hash]| -> Result<MemoryTree, StoreError> {
-        let mut t = MemoryTree::with_prefix(start, &prefix).map_err(merkle_err)?;
-        for l in leaves {
-            t.push(*l).map_err(merkle_err)?;
-        }
-        Ok(t)
-    };
-    // Rows below the purge anchor, or an anchor past the end, are forged.
-    let lowest: Option<i64> = conn
-        .prepare_cached("SELECT min(seq) FROM audit_entries")?
-        .query_row([], |r| r.get(0))?;
-    if let Some(low) = lowest.filter(|l| (*l as u64) < start || *l < 0) {
-        let v = AuditVerification {
-            size,
-            root: [0; 32],
-            first_retained: start,
-            first_bad: Some((
-                low.max(0) as u64,
-                "an entry is stored below the purge anchor".to_owned(),
-            )),
-            anchor,
-            checkpoint: None,
-        };
-        return Ok((v, second));
-    }
-    let k = if size >= 2 {
-        1u64 << (63 - (size - 1).leading_zeros())
-    } else {
-        0
-    };
-    let parallel = size - start >= PARALLEL_MIN && k > start;
-    let other = match second {
-        Some(c) if parallel => c,
-        unused => {
-            let c = check_range(conn, start, size, chain0)?;
-            let tree = left_tree(&c.leaves)?;
-            let v = finish(conn, anchor, size, start, c.first_bad, &|n| {
-                merkle::root(&tree, n).ok()
-            })?;
-            return Ok((v, unused));
-        }
-    };
-    // The second connection must see the same log (same anchor, at least as
-    // many entries); otherwise check on one thread.
-    other.execute_batch("BEGIN")?;
-    if self::anchor(&other)? != anchor || self::size(&other)? < size {
-        let _ = other.execute_batch("COMMIT");
-        return verify_in_txn(conn, None).map(|(v, _)| (v, Some(other)));
-    }
-    let chain_k: Vec<u8> = other
-        .prepare_cached("SELECT chain FROM audit_entries WHERE seq = ?1")?
-        .query_row([k as i64 - 1], |r| r.get(0))
-        .optional()?
-        .unwrap_or_default();
-    let (left, right, other) = std::thread::scope(|s| {
-        let right = s.spawn(move || {
-            let r = (|| {
-                // Entry k-1's stored chain value: the left half checks it
-                // (and names k-1 if it is missing).
-                let Ok(chain) = to_hash(&chain_k) else {
-                    let missing = (k - 1, format!("entry {} is missing", k - 1));
-                    return Ok((Some(missing), MemoryTree::new()));
-                };
-                let c = check_range(&other, k, size, chain)?;
-                let mut t = MemoryTree::new();
-                for l in &c.leaves {
-                    t.push(*l).map_err(merkle_err)?;
-                }
-                Ok::<_, StoreError>((c.first_bad, t))
-            })();
-            let _ = other.execute_batch("COMMIT");
-            (r, other)
-        });
-        let left = check_range(conn, start, k, chain0)
-            .and_then(|c| Ok((c.first_bad, left_tree(&c.leaves)?)));
-        match right.join() {
-            Ok((r, other)) => (left, r, Some(other)),
-            Err(_) => (
-                left,
-                Err(StoreError::Corrupt("the verify thread failed".into())),
-                None,
-            ),
-        }
-    });
-    let (left_bad, left_tree) = left?;
-    let (right_bad, right_tree) = right?;
-    // The left half is the largest perfect subtree: MTH(D[0:n]) for n > k is
-    // the node hash of the two halves' roots.
-    let root_at = |n: u64| -> Option<Hash> {
-        if n <= k {
-            merkle::root(&left_tree, n).ok()
-        } else {
-            let l = merkle::root(&left_tree, k).ok()?;
-            let r = merkle::root(&right_tree, n - k).ok()?;
-            Some(merkle::node_hash(&l, &r))
-        }
-    };
-    let v = finish(conn, anchor, size, start, left_bad.or(right_bad), &root_at)?;
-    Ok((v, other))
-}
-
-/// Compares the rebuilt tree (`root_at(n)`: the rebuilt root of size n, if
-/// every leaf up to n checked out) with the stored tree and the purge anchor.
-fn finish(
-    conn: &Connection,
-    anchor: Option<PurgeAnchor>,
-    size: u64,
-    start: u64,
-    mut first_bad: Option<(u64, String)>,
-    root_at: &dyn Fn(u64) -> Option<Hash>,
-) -> Result<AuditVerification, StoreError> {
-    let rebuilt = root_at(size);
-    if first_bad.is_none() {
-        let stored = root(conn, size).ok();
-        if rebuilt.is_none() || stored != rebuilt {
-            first_bad = Some((
-                start,
-                "the stored Merkle tree does not match the entries".to_owned(),
-            ));
-        }
-    }
-    if first_bad.is_none()
-        && let Some(a) = &anchor
-    {
-        // The retained entries and the kept prefix must rebuild the tree the
-        // purge receipt signed.
-        if a.tree_size > size || root_at(a.tree_size) != Some(a.root) {
-            first_bad = Some((
-                a.before,
-                "the retained log does not rebuild the tree its purge receipt names".to_owned(),
-            ));
-        }
-    }
-    // The log must still hold the tree its latest signed checkpoint names:
-    // cutting entries off the end is found here (the caller checks the
-    // note's signature).
-    let checkpoint = latest_checkpoint(conn)?;
-    if first_bad.is_none()
-        && let Some((cp_size, cp_root, _)) = &checkpoint
-        && *cp_size >= start
-        && (*cp_size > size || root_at(*cp_size) != Some(*cp_root))
-    {
-        first_bad = Some((
-            (*cp_size).min(size),
-            format!("the log does not contain the tree of its signed checkpoint at size {cp_size}"),
-        ));
-    }
-    Ok(AuditVerification {
-        size,
-        root: rebuilt.unwrap_or_default(),
-        first_retained: start,
-        first_bad,
-        anchor,
-        checkpoint,
-    })
+    result.map(|(v, second)| (v, second.map(|o| o.0)))
 }

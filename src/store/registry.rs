@@ -250,9 +250,8 @@ impl Registry {
         self.with_audit_log(|c| audit_log::append(c, e))
     }
 
-    /// Runs `f` on the system audit log in one transaction (reads, checkpoint
-    /// signing, purges).
-    pub fn with_audit_log<R>(
+    /// Runs `f` on the system audit log in one transaction.
+    fn with_audit_log<R>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
@@ -261,6 +260,53 @@ impl Registry {
         let r = f(&tx)?;
         tx.commit()?;
         Ok(r)
+    }
+
+    /// The system log's size and a page of its entries from `from`.
+    pub fn audit_page(
+        &self,
+        from: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<audit_log::AuditRow>), StoreError> {
+        self.with_audit_log(|c| Ok((audit_log::size(c)?, audit_log::entries(c, from, limit)?)))
+    }
+
+    /// Verifies the system log (see `audit::verify`).
+    pub fn audit_verify(&self) -> Result<audit_log::AuditVerification, StoreError> {
+        self.with_audit_log(|c| audit_log::verify(c, None).map(|(v, _)| v))
+    }
+
+    /// The system log's latest signed checkpoint, signing one if it grew.
+    pub fn audit_checkpoint(
+        &self,
+        at: &str,
+        sign: &dyn Fn(u64, &crate::audit::merkle::Hash) -> String,
+    ) -> Result<String, StoreError> {
+        self.with_audit_log(|c| audit_log::checkpoint(c, at, sign))
+    }
+
+    /// True if the system log grew since its latest checkpoint.
+    pub fn audit_needs_checkpoint(&self) -> Result<bool, StoreError> {
+        self.with_audit_log(audit_log::needs_checkpoint)
+    }
+
+    /// What an export of the system log's first `size` entries needs.
+    pub fn audit_export_snapshot(
+        &self,
+        size: u64,
+    ) -> Result<audit_log::ExportSnapshot, StoreError> {
+        self.with_audit_log(|c| audit_log::export_snapshot(c, size))
+    }
+
+    /// Purges the system log's entries older than `cutoff` (see
+    /// `audit_log::purge`).
+    pub fn audit_purge(
+        &self,
+        cutoff: &str,
+        at: &str,
+        receipt: &dyn Fn(&audit_log::PurgePlan) -> (String, Entry),
+    ) -> Result<Option<(audit_log::PurgePlan, u64)>, StoreError> {
+        self.with_audit_log(|c| audit_log::purge(c, cutoff, at, receipt))
     }
 
     /// Crypto-shred: marks the firm deleted and destroys every wrapped key in
