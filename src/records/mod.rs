@@ -2,6 +2,7 @@
 //! the records service.
 
 pub mod pii;
+mod read;
 pub mod schema;
 mod service;
 

@@ -1,0 +1,649 @@
+//! A firm's database (`<state_dir>/firms/<firm_id>.db`): WAL, `synchronous=FULL`,
+//! `secure_delete=ON`, foreign keys on. One writer thread (group commit) and a
+//! small pool of read-only connections. Writes run on the writer thread.
+//! Reads block their caller: services run them on a blocking lane, except
+//! the request path's hot reads (a cached API key, an already-audited record
+//! read), which run one pooled read on an async worker by design, because a
+//! page-cache hit costs microseconds and a lane hop costs more.
+
+mod read;
+mod rows;
+mod schema;
+mod write;
+
+pub use read::ReadTx;
+pub use rows::{ApiKeyRow, RecordRow, SealedRecord, SecretRow};
+pub use write::WriteTx;
+
+use schema::MIGRATIONS;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use super::audit_log;
+pub use super::audit_log::{AuditRow, AuditVerification};
+use super::writer::Writer;
+use super::{StoreError, migrate, open_encrypted};
+use crate::crypto::keyring::SqlcipherKey;
+
+/// Read-only connections kept open per firm (the HTTP layer runs at most
+/// this many blocking requests at once, so they stay warm).
+pub const MAX_IDLE_READERS: usize = 16;
+
+/// Waits for a writer's reply on a plain thread: polls briefly (a commit is a
+/// few hundred microseconds), then sleeps.
+fn wait_reply<R, E: From<StoreError>>(mut rx: oneshot::Receiver<Result<R, E>>) -> Result<R, E> {
+    // clock: a real-time spin of a few hundred microseconds, not domain time.
+    #[allow(clippy::disallowed_methods)]
+    let until = std::time::Instant::now() + std::time::Duration::from_micros(300);
+    #[allow(clippy::disallowed_methods)]
+    while std::time::Instant::now() < until {
+        match rx.try_recv() {
+            Ok(r) => return r,
+            Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::WriterGone.into()),
+            Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+    rx.blocking_recv()
+        .map_err(|_| E::from(StoreError::WriterGone))?
+}
+
+fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!("journal_mode is {mode}")));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(())
+}
+
+/// One open firm database.
+pub struct FirmDb {
+    firm_id: String,
+    path: PathBuf,
+    key: SqlcipherKey,
+    writer: Option<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    /// Async writes queued and not yet answered.
+    in_flight: AtomicUsize,
+}
+
+/// Decrements the in-flight count however the write future ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a lone async write polls for its reply before it sleeps.
+const LONE_WRITE_POLL: std::time::Duration = std::time::Duration::from_micros(300);
+
+impl std::fmt::Debug for FirmDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirmDb")
+            .field("firm_id", &self.firm_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FirmDb {
+    /// Opens (creating if `create`) the firm's database, runs migrations and
+    /// starts its writer thread. Blocking: call from a blocking context.
+    pub fn open(
+        firm_id: &str,
+        path: &Path,
+        key: SqlcipherKey,
+        create: bool,
+    ) -> Result<Self, StoreError> {
+        if !create && !path.exists() {
+            return Err(StoreError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "firm database missing"),
+            });
+        }
+        let conn = open_encrypted(path, &key, OpenFlags::default())?;
+        configure_writer(&conn)?;
+        migrate(&conn, MIGRATIONS)?;
+        conn.execute(
+            "INSERT INTO meta (k, v) VALUES ('firm_id', ?1) ON CONFLICT (k) DO NOTHING",
+            [firm_id],
+        )?;
+        let stored: String =
+            conn.query_row("SELECT v FROM meta WHERE k = 'firm_id'", [], |r| r.get(0))?;
+        if stored != firm_id {
+            return Err(StoreError::Corrupt(format!(
+                "{} belongs to firm {stored}, not {firm_id}",
+                path.display()
+            )));
+        }
+        let writer = Writer::spawn(conn, format!("w-{}", &firm_id[..firm_id.len().min(12)]))?;
+        Ok(Self {
+            firm_id: firm_id.to_owned(),
+            path: path.to_owned(),
+            key,
+            writer: Some(writer),
+            readers: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn firm_id(&self) -> &str {
+        &self.firm_id
+    }
+
+    /// Queues a write command; the future resolves after its durable commit.
+    /// The command may refuse with the caller's own error type `E`.
+    pub async fn write<F, R, E>(&self, f: F) -> Result<R, E>
+    where
+        F: Fn(&WriteTx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let lone = self.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
+        let _guard = InFlight(&self.in_flight);
+        let mut rx = self
+            .writer
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .submit(f)?;
+        if lone {
+            // The only write in flight: the writer is idle and commits it at
+            // once (~150 us), so poll for the answer rather than pay a worker
+            // wake-up. Under load answers come in batches and tasks sleep.
+            // clock: a real-time poll of a few hundred microseconds.
+            #[allow(clippy::disallowed_methods)]
+            let until = std::time::Instant::now() + LONE_WRITE_POLL;
+            #[allow(clippy::disallowed_methods)]
+            while std::time::Instant::now() < until {
+                match rx.try_recv() {
+                    Ok(r) => return r,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        return Err(StoreError::WriterGone.into());
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                }
+            }
+        }
+        rx.await.map_err(|_| E::from(StoreError::WriterGone))?
+    }
+
+    /// [`FirmDb::write_with`] for commands that fail only with store errors.
+    pub fn write_blocking<F, R>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: Fn(&WriteTx<'_>) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.write_with(f)
+    }
+
+    /// The blocking form of [`FirmDb::write`]: queues a command and waits
+    /// for its durable commit. The command may refuse with `E`.
+    pub fn write_with<F, R, E>(&self, f: F) -> Result<R, E>
+    where
+        F: Fn(&WriteTx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let rx = self
+            .writer
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .submit(f)?;
+        wait_reply(rx)
+    }
+
+    /// Queues a best-effort write nobody waits for (metadata such as a key's
+    /// last use). Never acknowledged, so never reported as lost; dropped if
+    /// the queue is full.
+    pub fn write_detached<F>(&self, f: F)
+    where
+        F: Fn(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        if let Some(w) = self.writer.as_ref() {
+            let _ = w.submit(f);
+        }
+    }
+
+    /// Runs `f` on a pooled read-only connection. Blocking.
+    pub fn read_blocking<R>(
+        &self,
+        f: impl FnOnce(&ReadTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let conn = match self.lock_readers().pop() {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let out = f(&ReadTx { conn: &conn });
+        let mut pool = self.lock_readers();
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Re-verifies the whole audit log on two pooled read connections (two
+    /// threads for a large log; see [`audit_log::verify`]). Blocking.
+    pub fn audit_verify(&self) -> Result<AuditVerification, StoreError> {
+        let second = match self.lock_readers().pop() {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        self.read_blocking(move |r| {
+            let (v, second) = audit_log::verify(r.conn, Some(second))?;
+            if let Some(c) = second {
+                let mut pool = self.lock_readers();
+                if pool.len() < MAX_IDLE_READERS {
+                    pool.push(c);
+                }
+            }
+            Ok(v)
+        })
+    }
+
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        // One thread at a time uses a pooled connection (checked out of the
+        // pool), so SQLite's per-call mutex is pure overhead.
+        let c = open_encrypted(
+            &self.path,
+            &self.key,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+        Ok(c)
+    }
+
+    fn lock_readers(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        match self.readers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Drains the writer and closes every connection. Blocking.
+    pub fn close(mut self) {
+        self.lock_readers().clear();
+        if let Some(w) = self.writer.take() {
+            w.close();
+        }
+    }
+
+    /// Replaces the database's key with `new_key` (`PRAGMA rekey`, which
+    /// rewrites every page in one transaction). The firm must be closed.
+    pub fn rekey(
+        path: &Path,
+        old: &SqlcipherKey,
+        new_key: &SqlcipherKey,
+    ) -> Result<(), StoreError> {
+        let conn = open_encrypted(path, old, OpenFlags::default())?;
+        configure_writer(&conn)?;
+        // Fold the WAL into the main file first, then leave WAL mode so the
+        // rekey rewrites one file; WAL mode comes back on the next open.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let _: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+        conn.pragma_update(None, "rekey", new_key.as_pragma_value())?;
+        drop(conn);
+        // Prove the new key opens it before the caller forgets the old one.
+        let check = open_encrypted(path, new_key, OpenFlags::default())?;
+        drop(check);
+        Ok(())
+    }
+
+    /// Whether `key` opens the database at `path`.
+    pub fn key_opens(path: &Path, key: &SqlcipherKey) -> bool {
+        open_encrypted(path, key, OpenFlags::SQLITE_OPEN_READ_ONLY).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Entry;
+    use crate::audit::merkle;
+    use crate::crypto::keyring::SqlcipherKey;
+    use crate::crypto::secret::SecretKey;
+    use std::sync::Arc;
+
+    fn key(b: u8) -> SqlcipherKey {
+        SqlcipherKey::from_secret(&SecretKey::from_bytes([b; 32]))
+    }
+
+    #[test]
+    fn writes_are_durable_and_failures_are_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = Arc::new(FirmDb::open("frm_x", &path, key(1), true).unwrap());
+        let ok = db.write_blocking(|tx| tx.set_profile("display_name", "A", "t"));
+        assert!(ok.is_ok());
+        // A failing command in the same batch does not sink the others.
+        let mut handles = Vec::new();
+        for i in 0..50 {
+            let db = db.clone();
+            handles.push(std::thread::spawn(move || {
+                db.write_blocking(move |tx| {
+                    if i % 7 == 0 {
+                        tx.set_profile("k", "bad", "t")?;
+                        Err(StoreError::NotFound)
+                    } else {
+                        tx.set_profile(&format!("k{i}"), "v", "t")
+                    }
+                })
+            }));
+        }
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 8);
+        let profile = db.read_blocking(|r| r.profile()).unwrap();
+        assert_eq!(profile.len(), 1 + 42);
+        assert!(
+            !profile.iter().any(|(k, _)| k == "k"),
+            "failed command rolled back"
+        );
+        Arc::try_unwrap(db).unwrap().close();
+
+        // Reopen: everything acknowledged is there; the wrong key is refused.
+        assert!(matches!(
+            FirmDb::open("frm_x", &path, key(2), false),
+            Err(StoreError::WrongKey { .. })
+        ));
+        let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 43);
+        // Another firm's id on this file is refused.
+        db.close();
+        assert!(matches!(
+            FirmDb::open("frm_y", &path, key(1), false),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_failing_command_in_a_batch_rolls_back_alone() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let db = FirmDb::open("frm_x", &dir.path().join("f.db"), key(1), true).unwrap();
+        let writer = db.writer.as_ref().unwrap();
+        // The first command holds the writer so the next ones queue into one batch.
+        let gate = writer
+            .submit(|_tx| -> Result<(), StoreError> {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Ok(())
+            })
+            .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut replies = Vec::new();
+        for i in 0..20 {
+            let runs = runs.clone();
+            replies.push(
+                writer
+                    .submit(move |tx| {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tx.set_profile(&format!("k{i}"), "v", "t")?;
+                        if i == 10 {
+                            // Wrote, then failed: its write must not survive.
+                            return Err(StoreError::NotFound);
+                        }
+                        Ok(i)
+                    })
+                    .unwrap(),
+            );
+        }
+        gate.blocking_recv().unwrap().unwrap();
+        for (i, rx) in replies.into_iter().enumerate() {
+            let r = rx.blocking_recv().unwrap();
+            if i == 10 {
+                assert!(matches!(r, Err(StoreError::NotFound)));
+            } else {
+                assert_eq!(r.unwrap(), i);
+            }
+        }
+        // Optimistic pass stopped at the failure (11 runs), replay ran all 20.
+        assert_eq!(runs.load(Ordering::SeqCst), 31);
+        let keys: Vec<String> = db
+            .read_blocking(|r| r.profile())
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys.len(), 19);
+        assert!(!keys.contains(&"k10".to_owned()));
+        db.close();
+    }
+
+    /// Runs SQL on the closed database with its raw key (tampering).
+    fn raw_sql(path: &Path, sql: &str) {
+        let c = crate::store::open_encrypted(path, &key(1), OpenFlags::default()).unwrap();
+        c.execute_batch(sql).unwrap();
+    }
+
+    /// Reopens the database and verifies it (on one thread, or on two for
+    /// a log large enough): the first bad seq, if any.
+    fn first_bad(path: &Path, two_threads: bool) -> Option<u64> {
+        let db = FirmDb::open("frm_x", path, key(1), false).unwrap();
+        let v = if two_threads {
+            db.audit_verify()
+        } else {
+            db.read_blocking(|r| r.audit_verify())
+        }
+        .unwrap();
+        db.close();
+        v.first_bad.map(|(seq, _)| seq)
+    }
+
+    fn audit_entry(i: u64) -> Entry {
+        Entry {
+            seq: 0,
+            at: format!("2026-11-22T10:00:{:02}Z", i % 60),
+            firm: "frm_x".into(),
+            actor: format!("key_{i}"),
+            source_ip: "127.0.0.1".into(),
+            request_id: format!("req{i}"),
+            action: "keys.create".into(),
+            resource: format!("res{i}"),
+            outcome: "success".into(),
+            decision: "allow".into(),
+            rule: "role:owner".into(),
+            payload: vec![i as u8; 5],
+        }
+    }
+
+    #[test]
+    fn audit_log_proves_and_finds_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for i in 0..40u64 {
+            let seq = db
+                .write_blocking(move |tx| tx.append_audit(audit_entry(i)))
+                .unwrap();
+            assert_eq!(seq, i);
+        }
+        let v = db.read_blocking(|r| r.audit_verify()).unwrap();
+        assert_eq!((v.size, v.first_bad.clone()), (40, None));
+        let root = db.read_blocking(|r| r.audit_root(40)).unwrap();
+        assert_eq!(v.root, root);
+        let rows = db.read_blocking(|r| r.audit_entries(0, 100)).unwrap();
+        for size in [1u64, 17, 40] {
+            let root_n = db.read_blocking(move |r| r.audit_root(size)).unwrap();
+            for i in (0..size).step_by(3) {
+                let p = db
+                    .read_blocking(move |r| r.audit_inclusion(i, size))
+                    .unwrap();
+                assert!(merkle::verify_inclusion(
+                    i,
+                    size,
+                    &rows[i as usize].entry.leaf(),
+                    &p,
+                    &root_n
+                ));
+            }
+            let p = db
+                .read_blocking(move |r| r.audit_consistency(size, 40))
+                .unwrap();
+            assert!(merkle::verify_consistency(size, 40, &root_n, &root, &p));
+        }
+        db.close();
+
+        let raw = |sql: &str| raw_sql(&path, sql);
+        let verify = || first_bad(&path, false);
+        // One flipped byte in one entry's payload.
+        raw("UPDATE audit_entries SET payload = x'0c0c0c0c0d' WHERE seq = 12");
+        assert_eq!(verify(), Some(12));
+        raw("UPDATE audit_entries SET payload = x'0c0c0c0c0c' WHERE seq = 12");
+        assert_eq!(verify(), None);
+        // Two entries swapped (every column but seq).
+        raw("UPDATE audit_entries SET seq = -1 WHERE seq = 20;
+             UPDATE audit_entries SET seq = 20 WHERE seq = 21;
+             UPDATE audit_entries SET seq = 21 WHERE seq = -1;");
+        assert_eq!(verify(), Some(20));
+        raw("UPDATE audit_entries SET seq = -1 WHERE seq = 20;
+             UPDATE audit_entries SET seq = 20 WHERE seq = 21;
+             UPDATE audit_entries SET seq = 21 WHERE seq = -1;");
+        assert_eq!(verify(), None);
+        // A deleted entry.
+        raw("DELETE FROM audit_entries WHERE seq = 30");
+        assert_eq!(verify(), Some(30));
+    }
+
+    #[test]
+    fn a_purged_log_still_proves_and_a_forged_anchor_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for i in 0..30u64 {
+            db.write_blocking(move |tx| tx.append_audit(audit_entry(i)))
+                .unwrap();
+        }
+        let root30 = db.read_blocking(|r| r.audit_root(30)).unwrap();
+        let purge = || {
+            db.write_blocking(|tx| {
+                tx.purge_audit("2026-11-22T10:00:20Z", "2026-11-22T11:00:00Z", &|_| {
+                    ("receipt".to_owned(), audit_entry(99))
+                })
+            })
+            .unwrap()
+        };
+        let (plan, deleted) = purge().unwrap();
+        assert_eq!((plan.before, deleted, plan.tree_size), (20, 20, 30));
+        assert_eq!(plan.root, root30);
+        assert!(purge().is_none(), "nothing more is old enough");
+        let v = db.read_blocking(|r| r.audit_verify()).unwrap();
+        assert_eq!((v.size, v.first_retained, v.first_bad), (31, 20, None));
+        // Proofs for purged and retained entries alike, across the purge.
+        let root31 = db.read_blocking(|r| r.audit_root(31)).unwrap();
+        assert_eq!(v.root, root31);
+        for i in [0u64, 19, 20, 30] {
+            let leaf = db.read_blocking(move |r| r.audit_leaf(i)).unwrap();
+            let p = db.read_blocking(move |r| r.audit_inclusion(i, 31)).unwrap();
+            assert!(merkle::verify_inclusion(i, 31, &leaf, &p, &root31));
+        }
+        let p = db.read_blocking(|r| r.audit_consistency(30, 31)).unwrap();
+        assert!(merkle::verify_consistency(30, 31, &root30, &root31, &p));
+        db.close();
+        let raw = |sql: &str| raw_sql(&path, sql);
+        let verify = || first_bad(&path, false);
+        // A forged entry in the purged range.
+        raw("INSERT INTO audit_entries SELECT 5, at, firm, actor, source_ip, request_id, action,
+             resource, outcome, decision, rule, payload, leaf, chain FROM audit_entries WHERE seq = 25");
+        assert_eq!(verify(), Some(5));
+        raw("DELETE FROM audit_entries WHERE seq = 5");
+        assert_eq!(verify(), None);
+        raw("UPDATE audit_purges SET chain = zeroblob(32)");
+        assert_eq!(verify(), Some(20));
+    }
+
+    #[test]
+    fn cutting_entries_off_the_end_is_found_against_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for i in 0..40u64 {
+            db.write_blocking(move |tx| tx.append_audit(audit_entry(i)))
+                .unwrap();
+        }
+        db.write_blocking(|tx| tx.checkpoint_audit("2026-11-22T11:00:00Z", &|_, _| "note".into()))
+            .unwrap();
+        let v = db.audit_verify().unwrap();
+        assert_eq!((v.first_bad, v.checkpoint.map(|c| c.0)), (None, Some(40)));
+        db.close();
+        let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
+        // The last five entries and their leaves go; the tree below 35 stays whole.
+        c.execute_batch(
+            "DELETE FROM audit_entries WHERE seq >= 35;
+             DELETE FROM audit_nodes WHERE level = 0 AND idx >= 35;",
+        )
+        .unwrap();
+        drop(c);
+        let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+        let v = db.audit_verify().unwrap();
+        assert_eq!(v.size, 35);
+        assert_eq!(v.first_bad.map(|b| b.0), Some(35));
+        db.close();
+    }
+
+    #[test]
+    fn two_thread_verify_agrees_with_one_thread_and_finds_tampering_in_either_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        for n in 1..=40u64 {
+            db.write_blocking(move |tx| tx.append_audit(audit_entry(n)))
+                .unwrap();
+            let one = db.read_blocking(|r| r.audit_verify()).unwrap();
+            let two = db.audit_verify().unwrap();
+            assert_eq!(one, two, "size {n}");
+            assert_eq!((two.size, two.first_bad), (n, None));
+        }
+        db.close();
+        let raw = |sql: &str| raw_sql(&path, sql);
+        let verify = || first_bad(&path, true);
+        // The halves are [0, 32) and [32, 40).
+        for seq in [3, 31, 32, 39] {
+            raw(&format!(
+                "UPDATE audit_entries SET actor = 'x' WHERE seq = {seq}"
+            ));
+            assert_eq!(verify(), Some(seq));
+            raw(&format!(
+                "UPDATE audit_entries SET actor = 'key_{}' WHERE seq = {seq}",
+                seq + 1
+            ));
+            assert_eq!(verify(), None);
+        }
+        raw("DELETE FROM audit_entries WHERE seq = 31");
+        assert_eq!(verify(), Some(31));
+    }
+
+    #[test]
+    fn rekey_switches_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(1), true).unwrap();
+        db.write_blocking(|tx| tx.set_profile("a", "b", "t"))
+            .unwrap();
+        db.close();
+        FirmDb::rekey(&path, &key(1), &key(3)).unwrap();
+        assert!(!FirmDb::key_opens(&path, &key(1)));
+        let db = FirmDb::open("frm_x", &path, key(3), false).unwrap();
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 1);
+        db.close();
+    }
+
+    #[test]
+    fn database_runs_on_our_fips_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_encrypted(&dir.path().join("p.db"), &key(5), OpenFlags::default()).unwrap();
+        let v: String = conn
+            .query_row("PRAGMA cipher_provider_version", [], |r| r.get(0))
+            .unwrap();
+        assert!(v.starts_with("AWS-LC FIPS"), "{v}");
+        assert!(crate::store::sqlcipher_version().starts_with("4."));
+    }
+}

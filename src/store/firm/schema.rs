@@ -1,0 +1,107 @@
+//! The firm database's migrations, oldest first.
+
+use super::super::audit_log;
+
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE profile (
+    k           TEXT PRIMARY KEY,
+    v           TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    mac           BLOB NOT NULL,
+    allow         TEXT NOT NULL DEFAULT '[]',
+    deny          TEXT NOT NULL DEFAULT '[]',
+    created_at    TEXT NOT NULL,
+    created_by    TEXT,
+    expires_at    TEXT,
+    revoked_at    TEXT
+)
+"#,
+    r#"
+ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+ALTER TABLE api_keys ADD COLUMN replaced_by TEXT
+"#,
+    r#"
+CREATE TABLE audit_entries (
+    seq         INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    firm        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    source_ip   TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    leaf        BLOB NOT NULL,
+    chain       BLOB NOT NULL
+);
+CREATE TABLE audit_nodes (
+    level  INTEGER NOT NULL,
+    idx    INTEGER NOT NULL,
+    hash   BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID
+"#,
+    r#"
+CREATE TABLE audit_checkpoints (
+    size       INTEGER PRIMARY KEY,
+    root       BLOB NOT NULL,
+    note       TEXT NOT NULL,
+    signed_at  TEXT NOT NULL
+)
+"#,
+    audit_log::PURGES_SCHEMA,
+    r#"
+CREATE TABLE secrets (
+    name         TEXT PRIMARY KEY,
+    version      INTEGER NOT NULL,
+    ciphertext   BLOB NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    rotated_at   TEXT
+)
+"#,
+    r#"
+CREATE TABLE collections (
+    name        TEXT PRIMARY KEY,
+    schema      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE records (
+    collection  TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    clear       TEXT NOT NULL,
+    sealed      BLOB,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
+CREATE TABLE record_index (
+    collection  TEXT NOT NULL,
+    field       TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    PRIMARY KEY (collection, field, value, id)
+) WITHOUT ROWID;
+CREATE TABLE idempotency (
+    collection    TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  BLOB NOT NULL,
+    record_id     TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    PRIMARY KEY (collection, key)
+) WITHOUT ROWID
+"#,
+];
