@@ -38,11 +38,6 @@ impl SecretKey {
     pub(crate) fn expose(&self) -> &[u8; 32] {
         &self.bytes
     }
-
-    /// Whether the key's page is mlocked (informational).
-    pub fn is_locked(&self) -> bool {
-        self.locked
-    }
 }
 
 fn lock(b: &mut Box<[u8; 32]>) -> bool {

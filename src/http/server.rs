@@ -201,7 +201,3 @@ fn refused_by_parser(peer: SocketAddr, e: &hyper::Error) {
         "request refused by the HTTP parser"
     );
 }
-
-pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
-    listener.local_addr()
-}

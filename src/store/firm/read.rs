@@ -204,11 +204,4 @@ impl ReadTx<'_> {
             .query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
-
-    pub fn count_api_keys(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM api_keys", [], |r| r.get::<_, i64>(0))?
-            as u64)
-    }
 }

@@ -323,12 +323,4 @@ impl<'c> WriteTx<'c> {
     pub fn read(&self) -> ReadTx<'_> {
         ReadTx { conn: self.conn }
     }
-
-    pub fn set_meta(&self, k: &str, v: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-            [k, v],
-        )?;
-        Ok(())
-    }
 }
