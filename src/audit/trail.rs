@@ -198,6 +198,12 @@ impl AuditTrail {
         self.seal.key()
     }
 
+    /// The system log's seal, for entries by the daemon itself
+    /// (`system:<job>`).
+    pub(crate) fn seal(&self) -> &SystemSeal {
+        &self.seal
+    }
+
     /// The one way a service changes a firm: refused unless the firm takes
     /// writes; `f` gets the firm's handle and the commit for its write, and
     /// whatever `f` refuses or fails is recorded in the firm's log (the
@@ -444,7 +450,7 @@ impl AuditTrail {
         rule: &str,
         details: Value,
     ) -> Result<Entry, FirmError> {
-        self.system_entry_for(
+        self.seal.entry_for(
             &by.label(),
             &by.request_id,
             action,
@@ -453,23 +459,6 @@ impl AuditTrail {
             rule,
             details,
         )
-    }
-
-    /// A system-log entry for `actor` (an admin, or the daemon itself as
-    /// `system:<job>`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn system_entry_for(
-        &self,
-        actor: &str,
-        request_id: &str,
-        action: &str,
-        resource: &str,
-        outcome: Outcome,
-        rule: &str,
-        details: Value,
-    ) -> Result<Entry, FirmError> {
-        self.seal
-            .entry_for(actor, request_id, action, resource, outcome, rule, details)
     }
 
     /// Records an admin action that changed nothing in the registry (a read

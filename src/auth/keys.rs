@@ -207,6 +207,20 @@ impl Keys {
             .ok_or(FirmError::KeyNotFound)
     }
 
+    /// The key a rotate or revoke acts on, with its grants, once the caller
+    /// is shown to hold at least as much power as it.
+    fn target(
+        &self,
+        firm: &crate::ids::FirmId,
+        caller: &Principal,
+        key: &str,
+    ) -> Result<(ApiKeyRow, Role, Overrides), FirmError> {
+        let row = self.key_row(firm, key)?;
+        let (role, overrides) = grants_of(&row)?;
+        escalation_check(caller, role, &overrides)?;
+        Ok((row, role, overrides))
+    }
+
     pub fn show_key(
         &self,
         auth: &Authorized<perm::KeysRead>,
@@ -226,10 +240,8 @@ impl Keys {
         let resource = audit_resource(key);
         self.trail
             .change(auth, "keys.rotate", &resource, json!({}), |c| {
-                let old = self.key_row(auth.firm(), key)?;
-                let (role, overrides) = grants_of(&old)?;
                 // Rotating hands the caller the key's power: same rule as minting.
-                escalation_check(auth.principal(), role, &overrides)?;
+                let (old, role, overrides) = self.target(auth.firm(), auth.principal(), key)?;
                 lifetime_check(
                     auth.principal(),
                     old.expires_at.as_deref().and_then(parse_rfc3339),
@@ -286,9 +298,7 @@ impl Keys {
         let resource = audit_resource(key);
         self.trail
             .change(auth, "keys.revoke", &resource, json!({}), |c| {
-                let row = self.key_row(auth.firm(), key)?;
-                let (role, overrides) = grants_of(&row)?;
-                escalation_check(auth.principal(), role, &overrides)?;
+                let (row, _, _) = self.target(auth.firm(), auth.principal(), key)?;
                 let now = self.pool.now();
                 let now_t = self.pool.clock.now();
                 let id = row.id.clone();

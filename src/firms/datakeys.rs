@@ -401,7 +401,7 @@ impl Lifecycle {
             .collect();
         if !destroyed.is_empty() {
             let done = lock(&self.data_jobs.progress).get(id).map_or(0, |p| p.done);
-            let e = self.trail.system_entry_for(
+            let e = self.trail.seal().entry_for(
                 "system:data-keys",
                 "",
                 "firm.data_keys_destroyed",
