@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn one_entry_then_one_summary_per_source_whatever_the_key_ids() {
         let mut c = FailureCounter::default();
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // clock: a test's fixed origin
         let v = c.note("f1", ip("10.0.0.9"), "k0", "unknown key", t0, "T0");
         assert_eq!(
             v,
@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn sources_beyond_the_per_firm_bound_share_one_group() {
         let mut c = FailureCounter::default();
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // clock: a test's fixed origin
         let mut recorded = 0;
         for i in 0..200u32 {
             let a = ip(&format!("127.0.{}.{}", i / 250, i % 250 + 1));

@@ -155,7 +155,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             failed: AtomicU64::new(0),
             seq: AtomicU64::new(0),
         });
-        let start = Instant::now();
+        let start = Instant::now(); // clock: benchmark timing
         let deadline = start + run_for;
         match args.mode {
             Mode::Threads => {
@@ -164,6 +164,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                         let (db, c) = (db.clone(), counters.clone());
                         std::thread::spawn(move || {
                             while Instant::now() < deadline {
+                                // clock: benchmark timing
                                 let r = c.next_row();
                                 c.record(db.write_blocking(move |tx| tx.insert_api_key(&r)));
                             }
@@ -180,6 +181,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                         let (db, c) = (db.clone(), counters.clone());
                         tokio::spawn(async move {
                             while Instant::now() < deadline {
+                                // clock: benchmark timing
                                 let r = c.next_row();
                                 c.record(db.write(move |tx| tx.insert_api_key(&r)).await);
                             }
@@ -241,7 +243,7 @@ fn audited_writes(
         failed: AtomicU64::new(0),
         seq: AtomicU64::new(0),
     });
-    let start = Instant::now();
+    let start = Instant::now(); // clock: benchmark timing
     let deadline = start + run_for;
     runtime.block_on(async {
         let tasks: Vec<_> = (0..submitters)
@@ -249,6 +251,7 @@ fn audited_writes(
                 let (db, c) = (db.clone(), counters.clone());
                 tokio::spawn(async move {
                     while Instant::now() < deadline {
+                        // clock: benchmark timing
                         let i = c.seq.load(Ordering::Relaxed);
                         let r = c.next_row();
                         let e = entry(i);
@@ -290,7 +293,7 @@ fn verify_speed(
     n: u64,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let db = FirmDb::open("frm_bench_verify", &dir.join("verify.db"), key, true)?;
-    let build = Instant::now();
+    let build = Instant::now(); // clock: benchmark timing
     let chunk = 20_000;
     let mut done = 0;
     while done < n {
@@ -307,7 +310,7 @@ fn verify_speed(
         "built a {n}-entry log in {:.1} s",
         build.elapsed().as_secs_f64()
     );
-    let t = Instant::now();
+    let t = Instant::now(); // clock: benchmark timing
     let v = db.audit_verify()?;
     let verify = t.elapsed().as_secs_f64();
     if v.first_bad.is_some() || v.size != n {
@@ -317,7 +320,7 @@ fn verify_speed(
     let rows = db.read_blocking(|r| r.audit_entries(0, n))?;
     let canon: Vec<Vec<u8>> = rows.iter().map(|r| r.entry.canonical()).collect();
     let bytes: usize = canon.iter().map(Vec::len).sum();
-    let t = Instant::now();
+    let t = Instant::now(); // clock: benchmark timing
     let parts: Vec<&[u8]> = canon.iter().map(Vec::as_slice).collect();
     let digest = strongroom::crypto::sha256_parts(&parts);
     let raw = t.elapsed().as_secs_f64();

@@ -322,7 +322,7 @@ async fn measure(
     server_pids: &[u32],
 ) -> Result<Outcome, BoxError> {
     let tls = tls(cert)?;
-    let start = Instant::now();
+    let start = Instant::now(); // clock: benchmark timing
     let measure_from = start + Duration::from_secs(args.warmup);
     let until = measure_from + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -334,7 +334,7 @@ async fn measure(
             let mut conn = Conn::open(&tls, w.addr).await?;
             let mut n = c;
             loop {
-                let t0 = Instant::now();
+                let t0 = Instant::now(); // clock: benchmark timing
                 if t0 >= until {
                     break;
                 }
@@ -347,7 +347,7 @@ async fn measure(
                         false
                     }
                 };
-                let t1 = Instant::now();
+                let t1 = Instant::now(); // clock: benchmark timing
                 if t0 >= measure_from && t1 <= until {
                     if ok {
                         lat.push(u32::try_from((t1 - t0).as_micros()).unwrap_or(u32::MAX));
@@ -429,9 +429,10 @@ fn free_port() -> Result<SocketAddr, BoxError> {
 }
 
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), BoxError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60); // clock: benchmark timing
     while !ready() {
         if Instant::now() > deadline {
+            // clock: benchmark timing
             return Err(format!("{what} did not come up in 60 s").into());
         }
         std::thread::sleep(Duration::from_millis(50));

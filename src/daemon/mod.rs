@@ -400,7 +400,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     let runtime = Arc::new(Runtime {
         // clock: uptime is real elapsed time.
         #[allow(clippy::disallowed_methods)]
-        started: Instant::now(),
+        started: Instant::now(), // clock: uptime, real time
         module: p.module,
         listen: bound,
         state_dir: config.storage.state_dir.clone(),

@@ -400,7 +400,7 @@ impl Pool {
         };
         // clock: a real-time bound on waiting for other threads.
         #[allow(clippy::disallowed_methods)]
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30); // clock: sub-second real-time wait
         loop {
             match Arc::try_unwrap(h) {
                 Ok(handle) => {
@@ -409,6 +409,7 @@ impl Pool {
                 }
                 #[allow(clippy::disallowed_methods)]
                 Err(again) if Instant::now() < deadline => {
+                    // clock: sub-second real-time wait
                     h = again;
                     std::thread::sleep(Duration::from_millis(10));
                 }

@@ -42,7 +42,7 @@ impl<B> MinRate<B> {
     pub fn new(inner: B, grace: Duration, rate: u64, flag: BodyTimedOut) -> Self {
         Self {
             inner,
-            started: Instant::now(),
+            started: Instant::now(), // clock: I/O deadline, real time
             received: 0,
             grace,
             rate: rate.max(1),

@@ -185,7 +185,7 @@ impl Tracker {
             // clock: connection deadlines are real time (a socket does not
             // wait for a test clock).
             #[allow(clippy::disallowed_methods)]
-            epoch: Instant::now(),
+            epoch: Instant::now(), // clock: I/O deadline, real time
             state: Mutex::new(State::default()),
         })
     }

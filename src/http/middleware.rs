@@ -131,7 +131,7 @@ fn screen(req: &Request, max_body: u64) -> Result<(), Problem> {
 pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> Response {
     // clock: request latency is real elapsed time.
     #[allow(clippy::disallowed_methods)]
-    let started = Instant::now();
+    let started = Instant::now(); // clock: I/O deadline, real time
     let request_id = new_request_id();
     let method = req.method().clone();
     let route = req

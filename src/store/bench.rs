@@ -22,7 +22,7 @@ pub fn baseline_one_row_per_commit(
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")?;
     // clock: a benchmark measures real elapsed time.
     #[allow(clippy::disallowed_methods)]
-    let start = Instant::now();
+    let start = Instant::now(); // clock: benchmark timing
     let mut n = 0u64;
     let mac = [7u8; 32];
     while start.elapsed() < run_for {

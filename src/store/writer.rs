@@ -150,12 +150,13 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 
 #[allow(clippy::disallowed_methods)] // clock: sub-millisecond real-time lingering
 fn next_command(rx: &Receiver<Box<dyn Command>>) -> Option<Box<dyn Command>> {
-    let until = std::time::Instant::now() + LINGER;
+    let until = std::time::Instant::now() + LINGER; // clock: sub-second real-time wait
     loop {
         match rx.try_recv() {
             Ok(c) => return Some(c),
             Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
             Err(std::sync::mpsc::TryRecvError::Empty) if std::time::Instant::now() < until => {
+                // clock: sub-second real-time wait
                 std::hint::spin_loop();
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
@@ -180,12 +181,13 @@ fn gather(
 ) -> Vec<Box<dyn Command>> {
     let mut batch = vec![first];
     let target = previous.min(MAX_BATCH);
-    let until = std::time::Instant::now() + GATHER;
+    let until = std::time::Instant::now() + GATHER; // clock: sub-second real-time wait
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
             Ok(c) => batch.push(c),
             Err(std::sync::mpsc::TryRecvError::Empty)
                 if batch.len() < target && std::time::Instant::now() < until =>
+            // clock: sub-second real-time wait
             {
                 std::thread::yield_now();
             }

@@ -39,9 +39,10 @@ pub const MAX_IDLE_READERS: usize = 16;
 fn wait_reply<R, E: From<StoreError>>(mut rx: oneshot::Receiver<Result<R, E>>) -> Result<R, E> {
     // clock: a real-time spin of a few hundred microseconds, not domain time.
     #[allow(clippy::disallowed_methods)]
-    let until = std::time::Instant::now() + std::time::Duration::from_micros(300);
+    let until = std::time::Instant::now() + std::time::Duration::from_micros(300); // clock: sub-second real-time wait
     #[allow(clippy::disallowed_methods)]
     while std::time::Instant::now() < until {
+        // clock: sub-second real-time wait
         match rx.try_recv() {
             Ok(r) => return r,
             Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::WriterGone.into()),
@@ -163,9 +164,10 @@ impl FirmDb {
             // wake-up. Under load answers come in batches and tasks sleep.
             // clock: a real-time poll of a few hundred microseconds.
             #[allow(clippy::disallowed_methods)]
-            let until = std::time::Instant::now() + LONE_WRITE_POLL;
+            let until = std::time::Instant::now() + LONE_WRITE_POLL; // clock: sub-second real-time wait
             #[allow(clippy::disallowed_methods)]
             while std::time::Instant::now() < until {
+                // clock: sub-second real-time wait
                 match rx.try_recv() {
                     Ok(r) => return r,
                     Err(oneshot::error::TryRecvError::Closed) => {
