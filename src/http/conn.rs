@@ -59,13 +59,16 @@ impl Limits {
     }
 }
 
-/// What a connection is doing: requests in progress, and when bytes last
-/// moved (milliseconds since the tracker started).
+/// What a connection is doing: requests in progress, when one last began
+/// or ended (milliseconds since the tracker started), and a count of I/O
+/// operations. Reads and writes only bump the count (no clock read on the
+/// hot path); the connection's idle timer notices the count move.
 #[derive(Debug)]
 pub struct Activity {
     epoch: Instant,
     busy: AtomicUsize,
     last_ms: AtomicU64,
+    moved: AtomicU64,
 }
 
 impl Activity {
@@ -74,6 +77,7 @@ impl Activity {
             epoch,
             busy: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
         };
         a.touch();
         a
@@ -83,9 +87,19 @@ impl Activity {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Bytes moved, or a request began or ended.
+    /// A request began or ended, or the idle timer saw bytes move.
     pub fn touch(&self) {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes moved (called on every successful read or write).
+    fn moved(&self) {
+        self.moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The I/O count, for the idle timer to compare between wake-ups.
+    pub fn io_count(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 
     /// Marks a request in progress until the returned guard drops.
@@ -283,7 +297,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.moved();
         }
         r
     }
@@ -297,7 +311,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.moved();
         }
         r
     }
@@ -317,7 +331,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.moved();
         }
         r
     }

@@ -143,6 +143,7 @@ pub async fn serve(
             } else {
                 Box::pin(watcher.watch(h1.serve_connection(io, svc)))
             };
+            let mut seen_io = guard.activity.io_count();
             loop {
                 let wait = match guard.activity.idle_for() {
                     Some(idle) => limits.idle.saturating_sub(idle),
@@ -160,6 +161,14 @@ pub async fn serve(
                         return;
                     }
                     _ = tokio::time::sleep(wait) => {
+                        // Bytes moved since the last wake-up (a long
+                        // response still streaming): not idle.
+                        let io = guard.activity.io_count();
+                        if io != seen_io {
+                            seen_io = io;
+                            guard.activity.touch();
+                            continue;
+                        }
                         if guard.activity.idle_for().is_some_and(|d| d >= limits.idle) {
                             tracing::debug!(peer = %peer, "idle connection timed out");
                             return;

@@ -158,6 +158,23 @@ impl Conn {
         self.stream.flush()
     }
 
+    /// Writes a hand-made request and reads the answer, even when the server
+    /// answers (and closes) before the whole request was written.
+    pub fn exchange_raw(&mut self, bytes: &[u8]) -> std::io::Result<Response> {
+        match self.send_raw(bytes) {
+            Ok(()) => read_response(&mut self.stream, false),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                read_response(&mut ReadOnly(&mut self.stream), false).map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads one response.
     pub fn read_response(&mut self) -> std::io::Result<Response> {
         read_response(&mut self.stream, false)

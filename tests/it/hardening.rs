@@ -31,8 +31,7 @@ fn problem(r: &Response, status: u16, code: &str) {
 
 fn raw(d: &Daemon, request: &str) -> Response {
     let mut c = d.client().connect().unwrap();
-    c.send_raw(request.as_bytes()).unwrap();
-    c.read_response().unwrap()
+    c.exchange_raw(request.as_bytes()).unwrap()
 }
 
 fn audit_entries(d: &Daemon, f: &Firm) -> Vec<Value> {
@@ -233,8 +232,7 @@ fn ambiguous_requests_are_refused_and_parser_refusals_logged() {
         ),
     ] {
         let mut c = d.client().connect().unwrap();
-        c.send_raw(request.as_bytes()).unwrap();
-        let r = c.read_response().unwrap();
+        let r = c.exchange_raw(request.as_bytes()).unwrap();
         assert!(
             matches!(r.status, 400 | 431),
             "{} for {}",
