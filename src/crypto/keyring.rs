@@ -311,7 +311,6 @@ pub fn new_master_key_hex() -> Result<zeroize::Zeroizing<String>, super::CryptoE
     Ok(zeroize::Zeroizing::new(super::hex(key.expose())))
 }
 
-/// HMAC-SHA256 of an API key's secret under the firm's auth key.
 /// A secret's fingerprint: HMAC-SHA256 under the firm's auth key, domain
 /// separated, so it tells whether a value changed but, without the key,
 /// cannot be used to guess the value.
@@ -327,6 +326,7 @@ pub fn secret_fingerprint(auth_key: &SecretKey, name: &str, value: &[u8]) -> [u8
     out
 }
 
+/// HMAC-SHA256 of an API key's secret under the firm's auth key.
 pub fn api_key_mac(auth_key: &SecretKey, key_id: &str, secret: &[u8]) -> [u8; 32] {
     let k = hmac::Key::new(hmac::HMAC_SHA256, auth_key.expose());
     let mut ctx = hmac::Context::with_key(&k);
@@ -337,6 +337,23 @@ pub fn api_key_mac(auth_key: &SecretKey, key_id: &str, secret: &[u8]) -> [u8; 32
     let tag = ctx.sign();
     let mut out = [0u8; 32];
     out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// HMAC-SHA256 of a user credential's secret (a session token, an
+/// enrolment token, a recovery code) under the firm's auth key, separated
+/// by `kind` and bound to the id it belongs to.
+pub fn credential_mac(auth_key: &SecretKey, kind: &str, id: &str, secret: &[u8]) -> [u8; 32] {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, auth_key.expose());
+    let mut ctx = hmac::Context::with_key(&k);
+    ctx.update(b"strongroom/");
+    ctx.update(kind.as_bytes());
+    ctx.update(b"/v1|");
+    ctx.update(id.as_bytes());
+    ctx.update(b"|");
+    ctx.update(secret);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
     out
 }
 

@@ -7,9 +7,11 @@
 pub mod envelope;
 pub mod fips;
 pub mod keyring;
+pub mod password;
 pub mod secret;
 pub mod sign;
 pub mod sqlcipher;
+pub mod totp;
 
 use aws_lc_rs::{digest, rand};
 
