@@ -9,6 +9,9 @@ DENY_VER   := 0.20.2
 # disaster-recovery test: it must read our files given the exported raw key.
 STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
 STOCK_PY   := $(STOCK_VENV)/bin/python
+# Independent implementations the tests check us against: pyotp (RFC 6238).
+TEST_VENV  := $(CURDIR)/target/test-py
+TEST_PY    := $(TEST_VENV)/bin/python
 
 .PHONY: help deps build run test lint deny bench bench-http package test-package clean
 
@@ -42,8 +45,13 @@ $(STOCK_PY):
 	python3 -m venv "$(STOCK_VENV)"
 	"$(STOCK_VENV)/bin/pip" install --quiet --disable-pip-version-check "sqlcipher3-binary==0.6.0"
 
-test: lint deny $(STOCK_PY)
+$(TEST_PY):
+	python3 -m venv "$(TEST_VENV)"
+	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0"
+
+test: lint deny $(STOCK_PY) $(TEST_PY)
 	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \
+		STRONGROOM_TEST_PY="$(TEST_PY)" \
 		$(CARGO) test --locked --features test-clock
 
 package: build

@@ -31,6 +31,26 @@ pub const CODES: &[Code] = &[
     c("invalid_query", 400, "a query-string problem"),
     c("unauthenticated", 401, "no valid credential"),
     c(
+        "invalid_credentials",
+        401,
+        "a sign-in failed (wrong name, password or code, or the account cannot sign in): all alike",
+    ),
+    c(
+        "invalid_enrolment_token",
+        401,
+        "an enrolment token that is wrong, used or expired",
+    ),
+    c(
+        "forbidden_credential",
+        403,
+        "a person's own route (`account:self`) called with an API key",
+    ),
+    c(
+        "mfa_enrolment_required",
+        403,
+        "the session must enrol a second factor first",
+    ),
+    c(
         "forbidden_firm",
         403,
         "the credential belongs to another firm (or the firm does not exist)",
@@ -53,6 +73,12 @@ pub const CODES: &[Code] = &[
     c("not_found", 404, "no route at this path"),
     c("firm_not_found", 404, "no such firm"),
     c("key_not_found", 404, "no such key in the caller's own firm"),
+    c(
+        "user_not_found",
+        404,
+        "no such user in the caller's own firm",
+    ),
+    c("session_not_found", 404, "no such session of that user"),
     c(
         "collection_not_found",
         404,
@@ -90,6 +116,16 @@ pub const CODES: &[Code] = &[
     ),
     c("key_revoked", 409, "rotating a key that is already revoked"),
     c(
+        "login_taken",
+        409,
+        "another user of the firm has that login name",
+    ),
+    c(
+        "invalid_user_state",
+        409,
+        "the user's state does not allow this (e.g. enabling an invited user)",
+    ),
+    c(
         "last_owner_key",
         409,
         "revoking the firm's last live owner key",
@@ -116,6 +152,16 @@ pub const CODES: &[Code] = &[
         "the record does not fit the collection's schema",
     ),
     c("pii_detected", 422, "the collection rejects PII"),
+    c(
+        "weak_password",
+        422,
+        "a password the policy refuses (length, common, contains the login name)",
+    ),
+    c(
+        "invalid_code",
+        422,
+        "a TOTP code that confirms nothing (wrong, expired or used)",
+    ),
     c(
         "invalid_number",
         422,

@@ -69,6 +69,13 @@ macro_rules! hex_id {
 hex_id!(FirmId, "frm_", 12, "A firm (tenant): `frm_` + 24 hex.");
 hex_id!(ApiKeyId, "key_", 8, "An API key: `key_` + 16 hex.");
 hex_id!(RecordId, "rec_", 12, "A record: `rec_` + 24 hex.");
+hex_id!(UserId, "usr_", 8, "A person of a firm: `usr_` + 16 hex.");
+hex_id!(
+    SessionId,
+    "ses_",
+    8,
+    "A user's signed-in session: `ses_` + 16 hex."
+);
 
 impl RecordId {
     /// A time-ordered id: 48-bit Unix milliseconds, then 48 random bits.

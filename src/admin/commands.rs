@@ -84,6 +84,19 @@ fn firm_id(s: &str) -> Result<FirmId, CmdError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FirmArgs {
+    firm: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserArgs {
+    firm: String,
+    user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RetentionArgs {
     id: String,
     /// None: back to the configured default.
@@ -118,6 +131,9 @@ const AUDITED: &[&str] = &[
     "audit.shred_payloads",
     "audit.verify",
     "audit.purge_expired",
+    "user.unlock",
+    "user.disable",
+    "user.reset_mfa",
 ];
 
 /// The uid's user name ("?" if it has none).
@@ -149,6 +165,7 @@ pub fn run(shared: &AdminState, caller: Caller, cmd: &str, raw: &Value) -> Resul
     if AUDITED.contains(&cmd) {
         let resource = raw
             .get("id")
+            .or_else(|| raw.get("firm"))
             .and_then(Value::as_str)
             .and_then(FirmId::parse)
             .map_or_else(|| "appliance".to_owned(), |id| id.to_string());
@@ -231,6 +248,36 @@ fn run_as(
             Ok(json!({ "firm": row }))
         }
         "audit.verifier_key" => Ok(json!({ "verifier_key": trail.verifier_key() })),
+        "user.list" => {
+            let a: FirmArgs = args(raw)?;
+            Ok(json!({ "users": shared.people.admin_list(&firm_id(&a.firm)?)? }))
+        }
+        "user.show" => {
+            let a: UserArgs = args(raw)?;
+            Ok(shared.people.admin_show(&firm_id(&a.firm)?, &a.user)?)
+        }
+        "user.unlock" | "user.disable" | "user.reset_mfa" => {
+            use crate::people::users::StateOp;
+            let a: UserArgs = args(raw)?;
+            let op = match cmd {
+                "user.unlock" => StateOp::Unlock,
+                "user.disable" => StateOp::Disable,
+                _ => StateOp::ResetMfa,
+            };
+            let firm = firm_id(&a.firm)?;
+            let user = shared.people.admin_set_state(&firm, &a.user, op, by)?;
+            // The firm's log has its entry (same transaction); the system log gets one too.
+            trail.system_audit(
+                by,
+                cmd,
+                firm.as_str(),
+                Outcome::Success,
+                "admin_socket",
+                json!({ "user": user.id }),
+            )?;
+            tracing::warn!(firm = %firm, user = %user.id, uid = caller.uid, cmd, "break-glass user action");
+            Ok(json!({ "user": user }))
+        }
         // Test builds only (feature `test-clock`), dev mode only: moves the
         // daemon's clock forward so tests never sleep to let time pass.
         #[cfg(feature = "test-clock")]

@@ -24,6 +24,7 @@ use crate::runtime::Runtime;
 pub struct AdminState {
     pub runtime: Arc<Runtime>,
     pub lifecycle: Arc<Lifecycle>,
+    pub people: Arc<crate::people::People>,
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,
     /// `admin.idle_timeout_secs`.

@@ -282,9 +282,18 @@ impl AuditTrail {
         outcome: Outcome,
         details: Value,
     ) -> Result<Entry, FirmError> {
+        // A person's entries name their session too.
+        let details = match (principal.actor.session(), details) {
+            (Some(s), Value::Object(mut m)) => {
+                m.insert("session".to_owned(), json!(s));
+                Value::Object(m)
+            }
+            (Some(s), Value::Null) => json!({ "session": s }),
+            (_, d) => d,
+        };
         self.sealed_entry(
             h,
-            principal.key_id.as_str(),
+            &principal.actor.label(),
             &principal.origin,
             if decision.allowed { "allow" } else { "deny" },
             decision.rule.name(),
@@ -373,7 +382,7 @@ impl AuditTrail {
         resource: &str,
     ) -> Result<(), FirmError> {
         if !self.first_in_window(
-            principal.key_id.as_str(),
+            &principal.actor.label(),
             action,
             &format!("{}/{resource}", h.id),
         ) {

@@ -25,6 +25,10 @@ pub enum AuthError {
     Revoked,
     #[error("expired key")]
     Expired,
+    #[error("unknown session")]
+    UnknownSession,
+    #[error("session ended (idle too long, past its lifetime, or its user disabled)")]
+    SessionEnded,
     #[error(transparent)]
     Firm(#[from] FirmError),
 }
@@ -93,10 +97,11 @@ impl Keys {
         self.note_key_use(handle, row);
         Ok(Principal {
             firm: parsed.firm,
-            key_id: parsed.key,
+            actor: super::Actor::Key(parsed.key),
             role,
             overrides,
             expires_at,
+            enrolment_only: false,
             origin: Default::default(),
         })
     }

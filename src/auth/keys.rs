@@ -57,15 +57,24 @@ pub struct Minted {
 
 /// The role and overrides stored on a row.
 pub(crate) fn grants_of(row: &ApiKeyRow) -> Result<(Role, Overrides), FirmError> {
+    parse_grants(&row.id, &row.role, &row.allow, &row.deny)
+}
+
+/// A stored role and allow/deny lists (a key's or a user's).
+pub(crate) fn parse_grants(
+    id: &str,
+    role: &str,
+    allow: &str,
+    deny: &str,
+) -> Result<(Role, Overrides), FirmError> {
     let corrupt = |what: &str| {
         FirmError::Store(crate::store::StoreError::Corrupt(format!(
-            "api key {}: {what}",
-            row.id
+            "grants of {id}: {what}"
         )))
     };
-    let role = Role::parse(&row.role).ok_or_else(|| corrupt("bad role"))?;
+    let role = Role::parse(role).ok_or_else(|| corrupt("bad role"))?;
     let list = |s: &str| serde_json::from_str::<Vec<String>>(s).map_err(|_| corrupt("bad list"));
-    let (allow, deny) = (list(&row.allow)?, list(&row.deny)?);
+    let (allow, deny) = (list(allow)?, list(deny)?);
     let overrides = Overrides::parse(
         allow.iter().map(String::as_str),
         deny.iter().map(String::as_str),
@@ -74,7 +83,7 @@ pub(crate) fn grants_of(row: &ApiKeyRow) -> Result<(Role, Overrides), FirmError>
     Ok((role, overrides))
 }
 
-fn list_json(names: &[&str]) -> String {
+pub(crate) fn list_json(names: &[&str]) -> String {
     serde_json::to_string(names).unwrap_or_else(|_| "[]".to_owned())
 }
 
@@ -85,7 +94,7 @@ pub(crate) fn new_key_row(
     auth_key: &crate::crypto::secret::SecretKey,
     firm: &crate::ids::FirmId,
     new: &NewKey,
-    created_by: Option<&ApiKeyId>,
+    created_by: Option<String>,
 ) -> Result<(ApiKeyRow, ApiKeySecretToken), FirmError> {
     let key_id = ApiKeyId::generate()?;
     let secret = ApiKeySecret::generate()?;
@@ -98,7 +107,7 @@ pub(crate) fn new_key_row(
         allow: list_json(&new.overrides.allow_names()),
         deny: list_json(&new.overrides.deny_names()),
         created_at: pool.now(),
-        created_by: created_by.map(ToString::to_string),
+        created_by,
         expires_at: new.expires_at.map(rfc3339),
         revoked_at: None,
         last_used_at: None,
@@ -184,7 +193,7 @@ impl Keys {
                     &c.h.auth_key,
                     auth.firm(),
                     &new,
-                    Some(&auth.principal().key_id),
+                    Some(auth.principal().actor.label()),
                 )?;
                 let view = self.view(&row)?;
                 c.commit(&row.id.clone(), details.clone(), move |tx| {
@@ -269,7 +278,7 @@ impl Keys {
                     &c.h.auth_key,
                     auth.firm(),
                     &new,
-                    Some(&auth.principal().key_id),
+                    Some(auth.principal().actor.label()),
                 )?;
                 let view = self.view(&row)?;
                 let now = self.pool.now();
@@ -376,7 +385,11 @@ fn lifetime_check(p: &Principal, expires_at: Option<OffsetDateTime>) -> Result<(
     }
 }
 
-fn escalation_check(p: &Principal, role: Role, overrides: &Overrides) -> Result<(), FirmError> {
+pub(crate) fn escalation_check(
+    p: &Principal,
+    role: Role,
+    overrides: &Overrides,
+) -> Result<(), FirmError> {
     if policy::may_manage(p, role, overrides).allowed {
         Ok(())
     } else {

@@ -1,5 +1,6 @@
 //! Credentials: API keys (`Authorization: Bearer sr_…`) and the principals
-//! they authenticate.
+//! they authenticate. People's session tokens (`srs_…`, see `people`)
+//! authenticate to the same [`Principal`] and go through the same policy.
 //!
 //! Token format: `sr_<firm hex>_<key hex>_<secret>` where the secret is 32
 //! random bytes (256 bits) from the FIPS DRBG as 64 hex characters. The daemon
@@ -19,7 +20,7 @@ use std::fmt;
 use zeroize::Zeroize;
 
 use crate::crypto::{self, CryptoError};
-use crate::ids::{ApiKeyId, FirmId};
+use crate::ids::{ApiKeyId, FirmId, SessionId, UserId};
 
 pub const TOKEN_PREFIX: &str = "sr_";
 const SECRET_HEX: usize = 64;
@@ -51,15 +52,50 @@ impl Role {
     }
 }
 
+/// Who a principal is: a program with an API key, or a person in a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Key(ApiKeyId),
+    User { user: UserId, session: SessionId },
+}
+
+impl Actor {
+    /// The audit log's `actor`: the key id, or `user:<user id>`.
+    pub fn label(&self) -> String {
+        match self {
+            Actor::Key(k) => k.to_string(),
+            Actor::User { user, .. } => format!("user:{user}"),
+        }
+    }
+
+    pub fn user(&self) -> Option<&UserId> {
+        match self {
+            Actor::User { user, .. } => Some(user),
+            Actor::Key(_) => None,
+        }
+    }
+
+    pub fn session(&self) -> Option<&SessionId> {
+        match self {
+            Actor::User { session, .. } => Some(session),
+            Actor::Key(_) => None,
+        }
+    }
+}
+
 /// Who is making a request, after the credential checked out.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub firm: FirmId,
-    pub key_id: ApiKeyId,
+    pub actor: Actor,
     pub role: Role,
     pub overrides: policy::Overrides,
-    /// When the credential stops working (`None`: never).
+    /// When the credential's power ends (`None`: never). A person's power
+    /// does not end with a session, so sessions leave this `None`.
     pub expires_at: Option<time::OffsetDateTime>,
+    /// A session that signed in without a second factor its user must
+    /// have: it may only enrol one (the policy refuses everything else).
+    pub enrolment_only: bool,
     /// Where the request came from (for the audit log).
     pub origin: Origin,
 }

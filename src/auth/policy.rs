@@ -75,6 +75,11 @@ permissions! {
     RecordsWrite => RecordsWrite, "records:write", "create, replace and patch records";
     RecordsDelete => RecordsDelete, "records:delete", "delete records";
     RecordsReadSensitive => RecordsReadSensitive, "records:read_sensitive", "see sensitive fields in clear (each read audited)";
+    UsersRead => UsersRead, "users:read", "list the firm's users and their sessions";
+    UsersInvite => UsersInvite, "users:invite", "invite a user (never with more power than one's own)";
+    UsersUpdate => UsersUpdate, "users:update", "change a user's role, overrides or state; unlock, reset MFA, revoke sessions";
+    UsersDelete => UsersDelete, "users:delete", "delete a user";
+    Account => Account, "account:self", "manage one's own password, second factor and sessions (people only)";
 }
 
 impl fmt::Display for Permission {
@@ -110,6 +115,11 @@ pub fn role_grants(role: Role) -> &'static [Permission] {
             RecordsWrite,
             RecordsDelete,
             RecordsReadSensitive,
+            UsersRead,
+            UsersInvite,
+            UsersUpdate,
+            UsersDelete,
+            Account,
         ],
         Role::Operator => &[
             FirmRead,
@@ -118,8 +128,9 @@ pub fn role_grants(role: Role) -> &'static [Permission] {
             RecordsRead,
             RecordsWrite,
             RecordsDelete,
+            Account,
         ],
-        Role::Viewer => &[FirmRead, SecretsRead, RecordsRead],
+        Role::Viewer => &[FirmRead, SecretsRead, RecordsRead, Account],
     }
 }
 
@@ -129,7 +140,7 @@ pub fn policy_version() -> &'static str {
     static V: OnceLock<String> = OnceLock::new();
     V.get_or_init(|| {
         let mut text = String::from(
-            "strongroom-policy/v1\nrules: tenant_scope,deny_override,allow_override,role\n",
+            "strongroom-policy/v1\nrules: tenant_scope,credential_kind,mfa_enrolment,deny_override,allow_override,role\n",
         );
         for role in [Role::Owner, Role::Admin, Role::Operator, Role::Viewer] {
             text.push_str(role.as_str());
@@ -193,6 +204,11 @@ pub enum Rule {
     NoGrant(Role),
     /// The key would give (or reach) more power than the caller holds.
     Escalation,
+    /// The permission is a person's own (`account:self`) and the
+    /// credential is an API key.
+    CredentialKind,
+    /// The session must enrol a second factor before anything else.
+    MfaEnrolment,
 }
 
 impl Rule {
@@ -205,6 +221,8 @@ impl Rule {
             Rule::RoleGrant(r) => format!("role:{}", r.as_str()),
             Rule::NoGrant(r) => format!("no_grant:{}", r.as_str()),
             Rule::Escalation => "escalation".to_owned(),
+            Rule::CredentialKind => "credential_kind".to_owned(),
+            Rule::MfaEnrolment => "mfa_enrolment".to_owned(),
         }
     }
 
@@ -215,6 +233,8 @@ impl Rule {
             Rule::TenantScope => "forbidden_firm",
             Rule::DenyOverride => "forbidden_override",
             Rule::Escalation => "forbidden_escalation",
+            Rule::CredentialKind => "forbidden_credential",
+            Rule::MfaEnrolment => "mfa_enrolment_required",
             Rule::AllowOverride | Rule::RoleGrant(_) | Rule::NoGrant(_) => "forbidden_role",
         }
     }
@@ -232,6 +252,12 @@ pub fn decide(principal: &Principal, permission: Permission, firm: &FirmId) -> D
     let (allowed, rule) = if principal.firm != *firm {
         // Security invariant: a credential never reaches another firm.
         (false, Rule::TenantScope)
+    } else if permission == Permission::Account && principal.actor.user().is_none() {
+        // Security invariant: a key has no account of its own to manage.
+        (false, Rule::CredentialKind)
+    } else if principal.enrolment_only && permission != Permission::Account {
+        // Security invariant: a user who must have MFA and has none can only enrol it.
+        (false, Rule::MfaEnrolment)
     } else if principal.overrides.deny.contains(&permission) {
         // Security invariant: deny wins over the allow list and the role.
         (false, Rule::DenyOverride)
@@ -300,7 +326,7 @@ impl<P: perm::Marker> fmt::Debug for Authorized<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authorized")
             .field("permission", &P::PERMISSION)
-            .field("key", &self.principal.key_id)
+            .field("actor", &self.principal.actor)
             .field("rule", &self.decision.rule)
             .finish()
     }
@@ -334,10 +360,11 @@ mod tests {
     fn principal(firm: &FirmId, role: Role, overrides: Overrides) -> Principal {
         Principal {
             firm: firm.clone(),
-            key_id: ApiKeyId::parse("key_0000000000000001").unwrap(),
+            actor: crate::auth::Actor::Key(ApiKeyId::parse("key_0000000000000001").unwrap()),
             role,
             overrides,
             expires_at: None,
+            enrolment_only: false,
             origin: Default::default(),
         }
     }
@@ -375,6 +402,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn account_routes_are_for_people_and_enrolment_sessions_only_enrol() {
+        let f = FirmId::generate().unwrap();
+        let key = principal(&f, Role::Owner, Overrides::default());
+        assert_eq!(
+            decide(&key, Permission::Account, &f).rule,
+            Rule::CredentialKind
+        );
+        let mut person = principal(&f, Role::Viewer, Overrides::default());
+        person.actor = crate::auth::Actor::User {
+            user: crate::ids::UserId::parse("usr_0000000000000001").unwrap(),
+            session: crate::ids::SessionId::parse("ses_0000000000000001").unwrap(),
+        };
+        assert!(decide(&person, Permission::Account, &f).allowed);
+        assert!(decide(&person, Permission::FirmRead, &f).allowed);
+        person.role = Role::Owner;
+        person.enrolment_only = true;
+        for p in Permission::ALL {
+            let d = decide(&person, *p, &f);
+            assert_eq!(d.allowed, *p == Permission::Account, "{p}");
+            if *p != Permission::Account {
+                assert_eq!(d.rule, Rule::MfaEnrolment);
+            }
+        }
+        // Tenant scope still comes first.
+        let other = FirmId::generate().unwrap();
+        assert_eq!(
+            decide(&person, Permission::Account, &other).rule,
+            Rule::TenantScope
+        );
+    }
+
     proptest! {
         #[test]
         fn deny_always_wins(role in proptest::sample::select(&ROLES[..]), allow in perm_set(), deny in perm_set()) {
@@ -383,7 +442,9 @@ mod tests {
             for perm in deny {
                 let d = decide(&p, perm, &f);
                 prop_assert!(!d.allowed);
-                prop_assert_eq!(d.rule, Rule::DenyOverride);
+                // A key never holds the person-only permission, deny list or not.
+                let want = if perm == Permission::Account { Rule::CredentialKind } else { Rule::DenyOverride };
+                prop_assert_eq!(d.rule, want);
             }
         }
 

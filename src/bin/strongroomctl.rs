@@ -43,6 +43,45 @@ enum Command {
     /// Audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// A firm's people (break-glass: when a firm's last admin is locked out
+    /// or has lost their authenticator). Recorded in the system log and the
+    /// firm's own log.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// List the firm's users.
+    List {
+        #[arg(long)]
+        firm: String,
+    },
+    /// One user and their live sessions.
+    Show {
+        #[arg(long)]
+        firm: String,
+        user: String,
+    },
+    /// End a lockout now.
+    Unlock {
+        #[arg(long)]
+        firm: String,
+        user: String,
+    },
+    /// Stop a user signing in; every session of theirs ends.
+    Disable {
+        #[arg(long)]
+        firm: String,
+        user: String,
+    },
+    /// Remove a user's TOTP and recovery codes (a lost device); their
+    /// sessions end, and they enrol again at their next sign-in.
+    ResetMfa {
+        #[arg(long)]
+        firm: String,
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,6 +341,19 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             SystemCmd::Export => ("audit.system.export", json!({})),
         },
         Command::Keys(KeysCmd::GenerateMaster) => ("keys.generate_master", json!({})),
+        Command::User(u) => match u {
+            UserCmd::List { firm } => ("user.list", json!({ "firm": firm })),
+            UserCmd::Show { firm, user } => ("user.show", json!({ "firm": firm, "user": user })),
+            UserCmd::Unlock { firm, user } => {
+                ("user.unlock", json!({ "firm": firm, "user": user }))
+            }
+            UserCmd::Disable { firm, user } => {
+                ("user.disable", json!({ "firm": firm, "user": user }))
+            }
+            UserCmd::ResetMfa { firm, user } => {
+                ("user.reset_mfa", json!({ "firm": firm, "user": user }))
+            }
+        },
         Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
         Command::Audit(AuditCmd::Verify { firm }) => ("audit.verify", json!({ "id": firm })),
         Command::Audit(AuditCmd::VerifyExport { .. }) => ("audit.verify_export", json!({})),
@@ -436,6 +488,31 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
             );
             println!("{}", s("next"));
         }
+        Command::User(UserCmd::List { .. }) => {
+            let empty = Vec::new();
+            println!(
+                "{:<22} {:<9} {:<9} {:<4} LOGIN",
+                "ID", "ROLE", "STATE", "MFA"
+            );
+            for u in v["users"].as_array().unwrap_or(&empty) {
+                println!(
+                    "{:<22} {:<9} {:<9} {:<4} {}",
+                    display(&u["id"]),
+                    display(&u["role"]),
+                    display(&u["state"]),
+                    if u["mfa_enrolled"] == true {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    display(&u["login"])
+                );
+            }
+        }
+        Command::User(_) => match serde_json::to_string_pretty(v) {
+            Ok(t) => println!("{t}"),
+            Err(_) => println!("{v}"),
+        },
         Command::Firm(_) => {
             let f = if v.get("firm").is_some() {
                 &v["firm"]

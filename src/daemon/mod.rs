@@ -29,6 +29,7 @@ use crate::crypto::fips::ModuleInfo;
 use crate::crypto::keyring::{KeyError, MasterKey};
 use crate::crypto::{self, CryptoError};
 use crate::firms::{FirmError, Lifecycle, Pool};
+use crate::people::{People, PeopleConfig};
 use crate::records::Records;
 use crate::runtime::Runtime;
 use crate::tls::{self, CertStore, TlsError};
@@ -41,6 +42,7 @@ struct Services {
     trail: Arc<AuditTrail>,
     lifecycle: Arc<Lifecycle>,
     keys: Arc<Keys>,
+    people: Arc<People>,
     records: Arc<Records>,
     vault: Arc<Vault>,
     audit: Arc<AuditLog>,
@@ -51,6 +53,7 @@ impl Services {
         clock: Arc<SystemClock>,
         pool: Pool,
         appliance: crate::firms::pool::ApplianceKeys,
+        people: PeopleConfig,
     ) -> Self {
         let pool = Arc::new(pool);
         let trail = Arc::new(AuditTrail::new(pool.clone(), appliance));
@@ -58,6 +61,7 @@ impl Services {
             clock,
             lifecycle: Arc::new(Lifecycle::new(pool.clone(), trail.clone())),
             keys: Arc::new(Keys::new(pool.clone(), trail.clone())),
+            people: Arc::new(People::new(pool.clone(), trail.clone(), people)),
             records: Arc::new(Records::new(pool.clone(), trail.clone())),
             vault: Arc::new(Vault::new(pool.clone(), trail.clone())),
             audit: Arc::new(AuditLog::new(pool, trail.clone())),
@@ -301,7 +305,7 @@ fn open_firms(
         Duration::from_secs(config.storage.firm_idle_secs),
     )?;
     drop(master);
-    let services = Services::new(clock, pool, appliance);
+    let services = Services::new(clock, pool, appliance, (&config.people).into());
     services
         .audit
         .set_default_retention(config.audit.retention());
@@ -412,6 +416,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         runtime: runtime.clone(),
         lifecycle: svc.lifecycle.clone(),
         keys: svc.keys.clone(),
+        people: svc.people.clone(),
         records: svc.records.clone(),
         vault: svc.vault.clone(),
         audit: svc.audit.clone(),
@@ -421,6 +426,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     let admin_state = Arc::new(admin::AdminState {
         runtime: runtime.clone(),
         lifecycle: svc.lifecycle.clone(),
+        people: svc.people.clone(),
         audit: svc.audit.clone(),
         trail: svc.trail.clone(),
         idle_timeout: Duration::from_secs(config.admin.idle_timeout_secs),
@@ -508,6 +514,13 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         &svc.keys,
         |k| k.flush_auth_failures(false),
     ));
+    tasks.push(periodic(
+        "sign-in-failure-summaries",
+        Duration::from_secs(5),
+        &stop_rx,
+        &svc.people,
+        |p| p.flush_signin_failures(false),
+    ));
     // Data-key re-encryption: resumes unfinished jobs at start (after a
     // restart or a failure), then checks every minute.
     tasks.push(periodic(
@@ -581,6 +594,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     // failures still being counted get their summary entry first.
     let _ = tokio::task::spawn_blocking(move || {
         svc.keys.flush_auth_failures(true);
+        svc.people.flush_signin_failures(true);
         svc.lifecycle.close_all()
     })
     .await;

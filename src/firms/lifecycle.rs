@@ -128,6 +128,7 @@ impl Lifecycle {
                 [(1, Arc::new(data_key))].into_iter().collect(),
             ))),
             key_cache: Default::default(),
+            sessions: Default::default(),
             schemas: Default::default(),
             last_used_ms: std::sync::atomic::AtomicU64::new(self.pool.ms()),
         };

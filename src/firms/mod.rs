@@ -77,6 +77,22 @@ pub enum FirmError {
     #[error("a key cannot create or take over a key with more power than its own")]
     Escalation,
     /// Sealing or opening an envelope failed (a crypto failure: 500, no detail).
+    #[error("no such user in this firm")]
+    UserNotFound,
+    #[error("another user of this firm has that login name")]
+    LoginTaken,
+    #[error("password refused: {0}")]
+    WeakPassword(String),
+    #[error("wrong login name, password or code, or the account cannot sign in now")]
+    InvalidCredentials,
+    #[error("the enrolment token is wrong, used or expired")]
+    InvalidEnrolment,
+    #[error("that code is not valid now (wrong, expired or already used)")]
+    InvalidCode,
+    #[error("{0}")]
+    UserState(String),
+    #[error("no such session of this user")]
+    SessionNotFound,
     #[error("sealing failed")]
     Seal,
     /// A failure with no cause worth telling the caller (500).
@@ -115,6 +131,14 @@ impl FirmError {
             FirmError::KeyRevoked => "key_revoked",
             FirmError::LastOwnerKey => "last_owner_key",
             FirmError::Escalation => "forbidden_escalation",
+            FirmError::UserNotFound => "user_not_found",
+            FirmError::LoginTaken => "login_taken",
+            FirmError::WeakPassword(_) => "weak_password",
+            FirmError::InvalidCredentials => "invalid_credentials",
+            FirmError::InvalidEnrolment => "invalid_enrolment_token",
+            FirmError::InvalidCode => "invalid_code",
+            FirmError::UserState(_) => "invalid_user_state",
+            FirmError::SessionNotFound => "session_not_found",
             FirmError::Seal => "crypto_error",
             FirmError::Internal(_) => "internal",
             FirmError::Store(e) => e.code(),

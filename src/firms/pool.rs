@@ -42,6 +42,8 @@ pub struct FirmHandle {
     pub(crate) data: RwLock<Arc<DataKeys>>,
     /// API key rows by id, for authentication without a database read.
     pub(crate) key_cache: cache::GenCache<crate::store::firm::ApiKeyRow>,
+    /// Sessions (with their users) by session id, for the same reason.
+    pub(crate) sessions: cache::GenCache<Arc<crate::store::firm::SessionAuth>>,
     /// Collection schemas by name.
     pub(crate) schemas: cache::GenCache<Arc<crate::records::schema::Schema>>,
     /// When the pool last handed this firm out (ms on the pool's clock).
@@ -329,6 +331,7 @@ impl Pool {
             audit_key_version,
             data: RwLock::new(Arc::new(DataKeys::new(data_active, data))),
             key_cache: Default::default(),
+            sessions: Default::default(),
             schemas: Default::default(),
             last_used_ms: AtomicU64::new(self.ms()),
         })

@@ -99,6 +99,8 @@ pub async fn get_firm(
 pub struct ProfilePatch {
     display_name: Option<String>,
     contact_email: Option<String>,
+    /// `required`, `required_for_admins` (the default) or `optional`.
+    mfa_policy: Option<String>,
 }
 
 const MAX_PROFILE_CHARS: usize = 500;
@@ -112,6 +114,16 @@ pub async fn patch_firm(
 ) -> Result<Json<FirmView>, Problem> {
     let ApiJson(patch) = ApiJson::<ProfilePatch>::parse(&headers, &body)?;
     let mut changes = Vec::new();
+    if let Some(p) = patch.mfa_policy {
+        if crate::people::MfaPolicy::parse(&p).is_none() {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "mfa_policy must be one of required, required_for_admins, optional",
+            ));
+        }
+        changes.push((crate::people::MfaPolicy::PROFILE_KEY, p));
+    }
     for (k, v) in [
         ("display_name", patch.display_name),
         ("contact_email", patch.contact_email),

@@ -30,7 +30,10 @@ use crate::ids::FirmId;
 #[derive(Debug, Clone)]
 pub struct RequestActor {
     pub firm: String,
-    pub key: String,
+    /// A key id, or `user:<id>`.
+    pub actor: String,
+    /// A person's session id.
+    pub session: Option<String>,
     pub permission: Permission,
     pub rule: String,
 }
@@ -53,8 +56,14 @@ fn unauthenticated(detail: &str) -> Problem {
 fn denied(decision: Decision) -> Problem {
     let detail = match decision.rule.denial_code() {
         "forbidden_firm" => "this credential does not grant access to that firm",
-        "forbidden_override" => "this key's deny list forbids this action",
-        _ => "this key's role does not allow this action",
+        "forbidden_override" => "this credential's deny list forbids this action",
+        "forbidden_credential" => {
+            "this route is a person's own: sign in (an API key has no account)"
+        }
+        "mfa_enrolment_required" => {
+            "this session must enrol a second factor first (POST /api/v1/me/{firm_id}/totp)"
+        }
+        _ => "this credential's role does not allow this action",
     };
     Problem::new(StatusCode::FORBIDDEN, decision.rule.denial_code(), detail)
 }
@@ -62,7 +71,7 @@ fn denied(decision: Decision) -> Problem {
 async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal, Problem> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err(unauthenticated(
-            "an API key is required (Authorization: Bearer sr_...)",
+            "a credential is required (Authorization: Bearer sr_... for an API key, srs_... for a session)",
         ));
     };
     let token = value
@@ -71,12 +80,20 @@ async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal
         .and_then(auth::bearer)
         .ok_or_else(|| unauthenticated("malformed Authorization header"))?
         .to_owned();
-    let keys = shared.keys.clone();
-    // A firm that is open and a key seen before: no database read, so no
-    // trip to a blocking thread.
-    let result = match keys.authenticate_cached(&token) {
-        Some(r) => r,
-        None => super::api::lane(move || keys.authenticate(&token)).await?,
+    // A firm that is open and a key or session seen before: no database
+    // read, so no trip to a blocking thread.
+    let result = if token.starts_with(crate::people::SESSION_PREFIX) {
+        let people = shared.people.clone();
+        match people.authenticate_cached(&token) {
+            Some(r) => r,
+            None => super::api::lane(move || people.authenticate(&token)).await?,
+        }
+    } else {
+        let keys = shared.keys.clone();
+        match keys.authenticate_cached(&token) {
+            Some(r) => r,
+            None => super::api::lane(move || keys.authenticate(&token)).await?,
+        }
     };
     match result {
         Ok(p) => Ok(p),
@@ -92,6 +109,8 @@ async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal
             if matches!(
                 e,
                 AuthError::UnknownKey
+                    | AuthError::UnknownSession
+                    | AuthError::SessionEnded
                     | AuthError::BadSecret
                     | AuthError::Revoked
                     | AuthError::Expired
@@ -109,19 +128,26 @@ async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal
                     }
                 }
             }
-            Err(unauthenticated("invalid, revoked or expired API key"))
+            Err(unauthenticated(
+                "invalid, revoked or expired credential (a session also ends when idle, at its lifetime, or when its user is disabled)",
+            ))
         }
     }
 }
 
-/// The firm and key ids named by the request's token (never its secret).
+/// The firm and key (or session) ids named by the request's token (never
+/// its secret).
 fn token_ids(parts: &Parts) -> Option<(FirmId, String)> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let t = auth::parse_token(auth::bearer(value)?)?;
+    let token = auth::bearer(value)?;
+    if let Some((firm, session)) = crate::people::session_token_ids(token) {
+        return Some((firm, session));
+    }
+    let t = auth::parse_token(token)?;
     Some((t.firm, t.key.to_string()))
 }
 
-fn origin(parts: &Parts) -> Origin {
+pub(super) fn origin(parts: &Parts) -> Origin {
     Origin {
         request_id: super::problem::current_request_id(),
         source_ip: parts
@@ -160,7 +186,8 @@ pub async fn enforce(
     };
     let actor = RequestActor {
         firm: principal.firm.to_string(),
-        key: principal.key_id.to_string(),
+        actor: principal.actor.label(),
+        session: principal.actor.session().map(ToString::to_string),
         permission,
         rule: decision.rule.name(),
     };

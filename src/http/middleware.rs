@@ -205,7 +205,8 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
             latency_us,
             peer = %peer,
             firm = %a.firm,
-            actor = %a.key,
+            actor = %a.actor,
+            session = a.session.as_deref().unwrap_or("-"),
             permission = %a.permission,
             decision = %a.rule,
             "request"

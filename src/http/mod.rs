@@ -15,6 +15,8 @@ mod records;
 mod routes;
 mod secrets;
 pub mod server;
+mod sessions;
+mod users;
 
 use std::sync::Arc;
 
@@ -29,6 +31,7 @@ use crate::audit::{AuditLog, AuditTrail};
 use crate::auth::Keys;
 use crate::auth::policy::Permission;
 use crate::firms::Lifecycle;
+use crate::people::People;
 use crate::records::Records;
 use crate::runtime::Runtime;
 use crate::vault::Vault;
@@ -40,6 +43,7 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub lifecycle: Arc<Lifecycle>,
     pub keys: Arc<Keys>,
+    pub people: Arc<People>,
     pub records: Arc<Records>,
     pub vault: Arc<Vault>,
     pub audit: Arc<AuditLog>,
@@ -53,6 +57,9 @@ pub struct AppState {
 pub enum Access {
     /// Anyone (status and health only).
     Public,
+    /// Anyone, with a credential in the body (sign-in, enrolment): under
+    /// the firm in the URL, throttled per source address.
+    SignIn,
     /// A key of the firm in the URL whose policy grants this permission.
     Firm(Permission),
 }
@@ -71,7 +78,7 @@ type Handler = MethodRouter<Arc<AppState>>;
 /// The router is built from this table and nothing else, so the permission
 /// map cannot drift from what is served (a test walks it).
 fn table() -> Vec<(RouteSpec, Handler)> {
-    use Access::{Firm, Public};
+    use Access::{Firm, Public, SignIn};
     use Permission as P;
     let r = |method, path, access, h: Handler| {
         (
@@ -248,6 +255,150 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             Firm(P::SecretsVerify),
             post(secrets::verify),
         ),
+        r(
+            Method::POST,
+            "/api/v1/users/{firm_id}",
+            Firm(P::UsersInvite),
+            post(users::invite),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/users/{firm_id}",
+            Firm(P::UsersRead),
+            get(users::list),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/users/{firm_id}/{user_id}",
+            Firm(P::UsersRead),
+            get(users::show),
+        ),
+        r(
+            Method::PATCH,
+            "/api/v1/users/{firm_id}/{user_id}",
+            Firm(P::UsersUpdate),
+            patch(users::update),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/users/{firm_id}/{user_id}",
+            Firm(P::UsersDelete),
+            delete(users::delete),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{firm_id}/{user_id}/invitation",
+            Firm(P::UsersInvite),
+            post(users::reinvite),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{firm_id}/{user_id}/disable",
+            Firm(P::UsersUpdate),
+            post(users::disable),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{firm_id}/{user_id}/enable",
+            Firm(P::UsersUpdate),
+            post(users::enable),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{firm_id}/{user_id}/unlock",
+            Firm(P::UsersUpdate),
+            post(users::unlock),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/users/{firm_id}/{user_id}/reset-mfa",
+            Firm(P::UsersUpdate),
+            post(users::reset_mfa),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/users/{firm_id}/{user_id}/sessions",
+            Firm(P::UsersRead),
+            get(users::sessions),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/users/{firm_id}/{user_id}/sessions",
+            Firm(P::UsersUpdate),
+            delete(users::revoke_sessions),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/sessions/{firm_id}",
+            SignIn,
+            post(sessions::sign_in),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/sessions/{firm_id}",
+            Firm(P::Account),
+            get(sessions::list),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/sessions/{firm_id}",
+            Firm(P::Account),
+            delete(sessions::revoke_all),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/sessions/{firm_id}/{session_id}",
+            Firm(P::Account),
+            delete(sessions::revoke),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/sessions/{firm_id}/refresh",
+            Firm(P::Account),
+            post(sessions::refresh),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/me/{firm_id}",
+            Firm(P::Account),
+            get(sessions::me),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/me/{firm_id}/password",
+            Firm(P::Account),
+            post(sessions::password),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/me/{firm_id}/totp",
+            Firm(P::Account),
+            post(sessions::totp_begin),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/me/{firm_id}/totp/confirm",
+            Firm(P::Account),
+            post(sessions::totp_confirm),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/me/{firm_id}/recovery-codes",
+            Firm(P::Account),
+            post(sessions::recovery_codes),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/enrolment/{firm_id}",
+            SignIn,
+            post(sessions::enrol_start),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/enrolment/{firm_id}/confirm",
+            SignIn,
+            post(sessions::enrol_confirm),
+        ),
     ]
 }
 
@@ -262,7 +413,7 @@ pub fn router(shared: Arc<AppState>) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
         let handler = match spec.access {
-            Access::Public => handler,
+            Access::Public | Access::SignIn => handler,
             // Security invariant: every firm route runs authentication and the policy first.
             Access::Firm(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
                 (shared.clone(), permission),
@@ -306,6 +457,21 @@ mod tests {
                 Access::Public => {
                     assert_eq!(r.method, Method::GET, "{} {} is public", r.method, r.path);
                     assert!(!r.path.starts_with("/api/"), "{} is public", r.path);
+                }
+                Access::SignIn => {
+                    // Only the routes that take a credential in their body.
+                    assert!(
+                        [
+                            "/api/v1/sessions/{firm_id}",
+                            "/api/v1/enrolment/{firm_id}",
+                            "/api/v1/enrolment/{firm_id}/confirm",
+                        ]
+                        .contains(&r.path)
+                            && r.method == Method::POST,
+                        "{} {} is open to anyone",
+                        r.method,
+                        r.path
+                    );
                 }
                 Access::Firm(p) => {
                     let rest = r.path.strip_prefix("/api/v1/").unwrap_or("");

@@ -178,7 +178,7 @@ impl Records {
         // Security invariant: a clear read takes this path only if its audit entry already exists this window.
         if clear
             && !self.trail.read_recorded(
-                auth.principal().key_id.as_str(),
+                &auth.principal().actor.label(),
                 "records.read_sensitive",
                 &format!("{}/{collection}/{id}", h.id),
             )

@@ -445,7 +445,7 @@ impl Records {
                 // Idempotency keys are scoped to the credential that sent
                 // them: another key replaying the same key and body creates
                 // its own record, and never receives someone else's.
-                key: idempotency_key.map(|k| format!("{}/{k}", auth.principal().key_id)),
+                key: idempotency_key.map(|k| format!("{}/{k}", auth.principal().actor.label())),
                 collection: collection.to_owned(),
                 request_hash,
                 entry,

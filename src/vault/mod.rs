@@ -221,9 +221,10 @@ impl Vault {
         presented: SecretValue,
     ) -> Result<bool, FirmError> {
         let h = self.pool.handle(auth.firm())?;
-        if let Err(wait) = self.take_attempt(&h, auth.principal().key_id.as_str(), name) {
+        let actor = auth.principal().actor.label();
+        if let Err(wait) = self.take_attempt(&h, &actor, name) {
             if self.trail.first_in_window(
-                auth.principal().key_id.as_str(),
+                &actor,
                 "secrets.verify.limited",
                 &format!("{}/{name}", h.id),
             ) {

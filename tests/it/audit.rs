@@ -70,14 +70,39 @@ fn action_of(method: &str, path: &str) -> &'static str {
         ("PUT", "/api/v1/records/{firm_id}/{collection}/{record_id}") => "records.replace",
         ("PATCH", "/api/v1/records/{firm_id}/{collection}/{record_id}") => "records.patch",
         ("DELETE", "/api/v1/records/{firm_id}/{collection}/{record_id}") => "records.delete",
+        ("POST", "/api/v1/users/{firm_id}") => "users.invite",
+        ("PATCH", "/api/v1/users/{firm_id}/{user_id}") => "users.update",
+        ("DELETE", "/api/v1/users/{firm_id}/{user_id}") => "users.delete",
+        ("POST", "/api/v1/users/{firm_id}/{user_id}/invitation") => "users.reinvite",
+        ("POST", "/api/v1/users/{firm_id}/{user_id}/disable") => "users.disable",
+        ("POST", "/api/v1/users/{firm_id}/{user_id}/enable") => "users.enable",
+        ("POST", "/api/v1/users/{firm_id}/{user_id}/unlock") => "users.unlock",
+        ("POST", "/api/v1/users/{firm_id}/{user_id}/reset-mfa") => "users.reset_mfa",
+        ("DELETE", "/api/v1/users/{firm_id}/{user_id}/sessions") => "users.revoke_sessions",
+        ("DELETE", "/api/v1/sessions/{firm_id}") => "sessions.revoke_all",
+        ("DELETE", "/api/v1/sessions/{firm_id}/{session_id}") => "sessions.revoke",
+        ("POST", "/api/v1/sessions/{firm_id}/refresh") => "sessions.refresh",
+        ("POST", "/api/v1/me/{firm_id}/password") => "account.password",
+        ("POST", "/api/v1/me/{firm_id}/totp") => "account.totp_begin",
+        ("POST", "/api/v1/me/{firm_id}/totp/confirm") => "account.totp_enrol",
+        ("POST", "/api/v1/me/{firm_id}/recovery-codes") => "account.recovery_codes",
+        // Sign-in and enrolment: their entries are checked in `people`.
+        ("POST", "/api/v1/sessions/{firm_id}") => "sessions.create",
+        ("POST", "/api/v1/enrolment/{firm_id}") => "users.enrol_start",
+        ("POST", "/api/v1/enrolment/{firm_id}/confirm") => "users.enrol",
         other => panic!("mutation route {other:?} has no expected audit action: add it here"),
     }
 }
 
 #[test]
 fn every_mutation_route_leaves_exactly_one_entry() {
-    let d = Daemon::start();
+    use crate::people::{PASSWORD, person, pyotp_code, session, set_mfa_policy, sign_in};
+    let d = crate::people::unthrottled("");
     let f = create_firm(&d, "Audit Trail LLP");
+    set_mfa_policy(&d, &f, "optional");
+    // A person for the routes that are a person's own.
+    let mut me = person(&d, &f, "owner", "owner@audit.test", false);
+    let mut token = session(&d, &f, &me);
     let schema = json!({"fields": {"title": {"type": "string"}}});
     let r = call(
         &d,
@@ -90,7 +115,7 @@ fn every_mutation_route_leaves_exactly_one_entry() {
     entries(&d, &f); // the first read is audited (then coalesced for a minute)
     let mutations: Vec<_> = strongroom::http::route_table()
         .into_iter()
-        .filter(|r| r.method != "GET")
+        .filter(|r| r.method != "GET" && r.access != strongroom::http::Access::SignIn)
         .collect();
     assert!(mutations.len() >= 4);
     for route in mutations {
@@ -120,6 +145,52 @@ fn every_mutation_route_leaves_exactly_one_entry() {
         } else {
             String::new()
         };
+        let user = if route.path.contains("{user_id}") {
+            let r = call(
+                &d,
+                "POST",
+                &format!("/api/v1/users/{}", f.id),
+                &f.token,
+                Some(
+                    &json!({"login": format!("{target}@audit.test"), "display_name": "U", "role": "viewer"}),
+                ),
+            );
+            assert_eq!(r.status, 201);
+            let id = r.json()["user"]["id"].as_str().unwrap().to_owned();
+            if action == "users.enable" {
+                let path = format!("/api/v1/users/{}/{id}/disable", f.id);
+                assert_eq!(call(&d, "POST", &path, &f.token, None).status, 200);
+            }
+            id
+        } else {
+            String::new()
+        };
+        let personal = route.access
+            == strongroom::http::Access::Firm(strongroom::auth::policy::Permission::Account);
+        // Another session of the person, to sign out of; and the TOTP secret to confirm.
+        let other_session = if action == "sessions.revoke" {
+            let code = me.totp.as_ref().map(|_| me.code(&d));
+            let r = sign_in(&d, &f, &me.login, PASSWORD, code.as_deref());
+            r.json()["session"]["id"].as_str().unwrap().to_owned()
+        } else {
+            String::new()
+        };
+        let code = if action == "account.totp_enrol" {
+            let r = call(
+                &d,
+                "POST",
+                &format!("/api/v1/me/{}/totp", f.id),
+                &token,
+                None,
+            );
+            let secret = r.json()["secret"].as_str().unwrap().to_owned();
+            d.advance_clock(30);
+            let code = pyotp_code(&secret, d.now_unix());
+            me.totp = Some(secret);
+            code
+        } else {
+            String::new()
+        };
         let before = entries(&d, &f).len();
         let path = route
             .path
@@ -127,16 +198,32 @@ fn every_mutation_route_leaves_exactly_one_entry() {
             .replace("{key_id}", &target)
             .replace("{name}", &target)
             .replace("{collection}", "audited")
-            .replace("{record_id}", &record);
+            .replace("{record_id}", &record)
+            .replace("{user_id}", &user)
+            .replace("{session_id}", &other_session);
         let body = match action {
             "firm.update" => Some(json!({"display_name": "Audited"})),
             "keys.create" => Some(json!({"name": "n", "role": "viewer"})),
             "secrets.write" | "secrets.verify" => Some(json!({"value": "v"})),
             "collections.put" => Some(schema.clone()),
             "records.create" | "records.replace" | "records.patch" => Some(json!({"title": "x"})),
+            "users.invite" => Some(
+                json!({"login": format!("i{target}@audit.test"), "display_name": "I", "role": "viewer"}),
+            ),
+            "users.update" => Some(json!({"display_name": "Renamed"})),
+            "account.password" => {
+                Some(json!({"current_password": PASSWORD, "new_password": PASSWORD}))
+            }
+            "account.totp_enrol" => Some(json!({"code": code})),
+            "account.recovery_codes" => Some(json!({"current_password": PASSWORD})),
             _ => None,
         };
-        let r = call(&d, &method, &path, &f.token, body.as_ref());
+        let credential = if personal {
+            token.clone()
+        } else {
+            f.token.clone()
+        };
+        let r = call(&d, &method, &path, &credential, body.as_ref());
         assert!(
             [200, 201, 204].contains(&r.status),
             "{method} {path}: {}",
@@ -151,8 +238,20 @@ fn every_mutation_route_leaves_exactly_one_entry() {
         assert_eq!(e["rule"], "role:owner");
         assert_eq!(e["request_id"], r.header("x-request-id").unwrap());
         assert_eq!(e["source_ip"], "127.0.0.1");
-        assert!(e["actor"].as_str().unwrap().starts_with("key_"));
+        if personal {
+            assert_eq!(e["actor"], format!("user:{}", me.id));
+            assert!(e["details"]["session"].is_string(), "{e}");
+        } else {
+            assert!(e["actor"].as_str().unwrap().starts_with("key_"));
+        }
         assert!(e["details"].is_object(), "details decrypted: {e}");
+        // The routes that end or replace the person's session.
+        if action == "sessions.refresh" {
+            token = r.json()["token"].as_str().unwrap().to_owned();
+        }
+        if action == "sessions.revoke_all" {
+            token = session(&d, &f, &me);
+        }
     }
     let v = call(
         &d,

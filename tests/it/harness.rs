@@ -30,6 +30,8 @@ pub struct Daemon {
     /// Notify messages received so far, oldest first.
     pub messages: Vec<String>,
     stopped: bool,
+    /// How far the tests moved the daemon's clock (seconds).
+    offset: std::cell::Cell<u64>,
 }
 
 /// Builds config file text from the test's temp dir.
@@ -189,6 +191,7 @@ impl Daemon {
             mounted,
             messages: Vec::new(),
             stopped: false,
+            offset: std::cell::Cell::new(0),
         };
         let ready = d.wait_for(|m| m.lines().any(|l| l == "READY=1"), START_TIMEOUT);
         let status = ready
@@ -308,7 +311,17 @@ impl Daemon {
 
     /// Moves the daemon's clock forward (a test build's dev-mode control;
     /// `make test` builds with the `test-clock` feature).
+    /// The daemon's idea of now, in Unix seconds.
+    pub fn now_unix(&self) -> i64 {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        (real + self.offset.get()) as i64
+    }
+
     pub fn advance_clock(&self, secs: u64) {
+        self.offset.set(self.offset.get() + secs);
         use std::io::{BufRead, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&self.admin_socket).unwrap();
         writeln!(

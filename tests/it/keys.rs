@@ -74,7 +74,7 @@ fn without_request_id(r: &Response) -> Value {
 }
 
 /// The API routes, as the README documents them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     GetFirm,
     PatchFirm,
@@ -103,9 +103,30 @@ enum Route {
     ReplaceRecord,
     PatchRecord,
     DeleteRecord,
+    InviteUser,
+    ListUsers,
+    ShowUser,
+    UpdateUser,
+    DeleteUser,
+    Reinvite,
+    DisableUser,
+    EnableUser,
+    UnlockUser,
+    ResetMfa,
+    UserSessions,
+    RevokeUserSessions,
+    MySessions,
+    SignOutEverywhere,
+    SignOut,
+    Refresh,
+    Me,
+    ChangePassword,
+    TotpBegin,
+    TotpConfirm,
+    RecoveryCodes,
 }
 
-const ROUTES: [Route; 27] = [
+const ROUTES: [Route; 48] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -133,6 +154,27 @@ const ROUTES: [Route; 27] = [
     Route::ReplaceRecord,
     Route::PatchRecord,
     Route::DeleteRecord,
+    Route::InviteUser,
+    Route::ListUsers,
+    Route::ShowUser,
+    Route::UpdateUser,
+    Route::DeleteUser,
+    Route::Reinvite,
+    Route::DisableUser,
+    Route::EnableUser,
+    Route::UnlockUser,
+    Route::ResetMfa,
+    Route::UserSessions,
+    Route::RevokeUserSessions,
+    Route::MySessions,
+    Route::SignOutEverywhere,
+    Route::SignOut,
+    Route::Refresh,
+    Route::Me,
+    Route::ChangePassword,
+    Route::TotpBegin,
+    Route::TotpConfirm,
+    Route::RecoveryCodes,
 ];
 
 impl Route {
@@ -152,10 +194,35 @@ impl Route {
             | Route::ShowSecret
             | Route::GetCollection
             | Route::ListRecords
-            | Route::GetRecord => "GET",
-            Route::PatchFirm | Route::PatchRecord => "PATCH",
-            Route::MintKey | Route::RotateKey | Route::VerifySecret | Route::CreateRecord => "POST",
-            Route::RevokeKey | Route::DeleteSecret | Route::DeleteRecord => "DELETE",
+            | Route::GetRecord
+            | Route::ListUsers
+            | Route::ShowUser
+            | Route::UserSessions
+            | Route::MySessions
+            | Route::Me => "GET",
+            Route::PatchFirm | Route::PatchRecord | Route::UpdateUser => "PATCH",
+            Route::MintKey
+            | Route::RotateKey
+            | Route::VerifySecret
+            | Route::CreateRecord
+            | Route::InviteUser
+            | Route::Reinvite
+            | Route::DisableUser
+            | Route::EnableUser
+            | Route::UnlockUser
+            | Route::ResetMfa
+            | Route::Refresh
+            | Route::ChangePassword
+            | Route::TotpBegin
+            | Route::TotpConfirm
+            | Route::RecoveryCodes => "POST",
+            Route::RevokeKey
+            | Route::DeleteSecret
+            | Route::DeleteRecord
+            | Route::DeleteUser
+            | Route::RevokeUserSessions
+            | Route::SignOutEverywhere
+            | Route::SignOut => "DELETE",
             Route::PutSecret | Route::PutCollection | Route::ReplaceRecord => "PUT",
         }
     }
@@ -186,7 +253,61 @@ impl Route {
             Route::GetRecord | Route::ReplaceRecord | Route::PatchRecord | Route::DeleteRecord => {
                 format!("/api/v1/records/{firm}/matrix/{key}")
             }
+            // The target is a fresh user (or, for SignOut, a session).
+            Route::InviteUser | Route::ListUsers => format!("/api/v1/users/{firm}"),
+            Route::ShowUser | Route::UpdateUser | Route::DeleteUser => {
+                format!("/api/v1/users/{firm}/{key}")
+            }
+            Route::Reinvite => format!("/api/v1/users/{firm}/{key}/invitation"),
+            Route::DisableUser => format!("/api/v1/users/{firm}/{key}/disable"),
+            Route::EnableUser => format!("/api/v1/users/{firm}/{key}/enable"),
+            Route::UnlockUser => format!("/api/v1/users/{firm}/{key}/unlock"),
+            Route::ResetMfa => format!("/api/v1/users/{firm}/{key}/reset-mfa"),
+            Route::UserSessions | Route::RevokeUserSessions => {
+                format!("/api/v1/users/{firm}/{key}/sessions")
+            }
+            Route::MySessions | Route::SignOutEverywhere => format!("/api/v1/sessions/{firm}"),
+            Route::SignOut => format!("/api/v1/sessions/{firm}/{key}"),
+            Route::Refresh => format!("/api/v1/sessions/{firm}/refresh"),
+            Route::Me => format!("/api/v1/me/{firm}"),
+            Route::ChangePassword => format!("/api/v1/me/{firm}/password"),
+            Route::TotpBegin => format!("/api/v1/me/{firm}/totp"),
+            Route::TotpConfirm => format!("/api/v1/me/{firm}/totp/confirm"),
+            Route::RecoveryCodes => format!("/api/v1/me/{firm}/recovery-codes"),
         }
+    }
+
+    /// Routes that act on an existing user (a fresh invited viewer).
+    fn needs_user(self) -> bool {
+        matches!(
+            self,
+            Route::ShowUser
+                | Route::UpdateUser
+                | Route::DeleteUser
+                | Route::Reinvite
+                | Route::DisableUser
+                | Route::EnableUser
+                | Route::UnlockUser
+                | Route::ResetMfa
+                | Route::UserSessions
+                | Route::RevokeUserSessions
+        )
+    }
+
+    /// Routes only a person has (`account:self`).
+    fn personal(self) -> bool {
+        matches!(
+            self,
+            Route::MySessions
+                | Route::SignOutEverywhere
+                | Route::SignOut
+                | Route::Refresh
+                | Route::Me
+                | Route::ChangePassword
+                | Route::TotpBegin
+                | Route::TotpConfirm
+                | Route::RecoveryCodes
+        )
     }
 
     /// Routes that act on an existing record (whose id replaces the key's).
@@ -214,6 +335,13 @@ impl Route {
             Route::CreateRecord | Route::ReplaceRecord | Route::PatchRecord => {
                 Some(json!({"title": "matrix"}))
             }
+            Route::InviteUser => Some(json!({"login": "m", "display_name": "M", "role": "viewer"})),
+            Route::UpdateUser => Some(json!({"display_name": "Matrix"})),
+            Route::ChangePassword => Some(
+                json!({"current_password": crate::people::PASSWORD, "new_password": crate::people::PASSWORD}),
+            ),
+            Route::TotpConfirm => Some(json!({"code": "000000"})),
+            Route::RecoveryCodes => Some(json!({"current_password": crate::people::PASSWORD})),
             _ => None,
         }
     }
@@ -225,8 +353,19 @@ impl Route {
             | Route::RotateKey
             | Route::PutSecret
             | Route::PutCollection
-            | Route::CreateRecord => 201,
-            Route::DeleteSecret | Route::DeleteRecord => 204,
+            | Route::CreateRecord
+            | Route::InviteUser
+            | Route::Reinvite
+            | Route::Refresh => 201,
+            Route::DeleteSecret
+            | Route::DeleteRecord
+            | Route::DeleteUser
+            | Route::SignOut
+            | Route::ChangePassword => 204,
+            // Allowed, then refused for what they are: a made-up code, and
+            // recovery codes for a user without TOTP.
+            Route::TotpConfirm => 422,
+            Route::RecoveryCodes => 409,
             _ => 200,
         }
     }
@@ -245,6 +384,7 @@ impl Route {
             | Route::ReplaceRecord
             | Route::PatchRecord
             | Route::DeleteRecord => role != "viewer",
+            r if r.personal() => true,
             _ => matches!(role, "owner" | "admin"),
         }
     }
@@ -252,9 +392,13 @@ impl Route {
 
 #[test]
 fn route_by_credential_matrix_gives_the_documented_answers() {
-    let d = Daemon::start();
+    use crate::people::{PASSWORD, person, session, set_mfa_policy, sign_in};
+    let d = crate::people::unthrottled("");
     let a = create_firm(&d, "Matrix Firm A");
     let b = create_firm(&d, "Matrix Firm B");
+    // People sign in with a password only here (the TOTP flows have their own tests).
+    set_mfa_policy(&d, &a, "optional");
+    set_mfa_policy(&d, &b, "optional");
 
     // The expired key is minted first so that it has lapsed by the time it is used.
     let expires = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
@@ -299,10 +443,33 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
         None,
     );
     assert_eq!(r.status, 201);
-    let roles: Vec<(&str, Key)> = ["owner", "admin", "operator", "viewer"]
+    const ROLES: [&str; 4] = ["owner", "admin", "operator", "viewer"];
+    let roles: Vec<(&str, Key)> = ROLES
         .into_iter()
         .map(|role| (role, mint_role(&d, &a, role)))
         .collect();
+    // A person of each role in each firm, and their sessions.
+    let people: Vec<crate::people::Person> = ROLES
+        .iter()
+        .map(|role| person(&d, &a, role, &format!("{role}@a.test"), false))
+        .collect();
+    let mut sessions: Vec<String> = people.iter().map(|p| session(&d, &a, p)).collect();
+    let foreign_sessions: Vec<String> = ROLES
+        .iter()
+        .map(|role| {
+            let p = person(&d, &b, role, &format!("{role}@b.test"), false);
+            session(&d, &b, &p)
+        })
+        .collect();
+    let signed_out = session(&d, &a, &people[0]);
+    let r = call(
+        &d,
+        "DELETE",
+        &format!("/api/v1/sessions/{}/current", a.id),
+        Some(&signed_out),
+        None,
+    );
+    assert_eq!(r.status, 204);
     let malformed = format!("{}x", a.token);
 
     // Time passes on the daemon's clock, not the test's.
@@ -329,8 +496,25 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
         Some(&json!({"fields": {"title": {"type": "string"}}})),
     );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    // The id a route acts on: a fresh key's, or a fresh record's.
+    // The id a route acts on: a fresh key's, a fresh record's or a fresh user's.
     let target_of = |route: Route| -> String {
+        if route.needs_user() {
+            let login = format!("t{}@a.test", mint_role(&d, &a, "viewer").id);
+            let r = call(
+                &d,
+                "POST",
+                &format!("/api/v1/users/{}", a.id),
+                Some(&a.token),
+                Some(&json!({"login": login, "display_name": "T", "role": "viewer"})),
+            );
+            assert_eq!(r.status, 201);
+            let id = r.json()["user"]["id"].as_str().unwrap().to_owned();
+            if matches!(route, Route::EnableUser) {
+                let path = format!("/api/v1/users/{}/{id}/disable", a.id);
+                assert_eq!(call(&d, "POST", &path, Some(&a.token), None).status, 200);
+            }
+            return id;
+        }
         let key = mint_role(&d, &a, "viewer").id;
         if !route.needs_record() {
             return key;
@@ -352,12 +536,13 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
         let target = target_of(route);
         let path = route.path(&a.id, &target);
         let body = route.body();
-        let unauth: [(&str, Option<&str>); 5] = [
+        let unauth: [(&str, Option<&str>); 6] = [
             ("no key", None),
             ("malformed key", Some(&malformed)),
             ("revoked key", Some(&revoked.token)),
             ("rotated-out key", Some(&rotated_out.token)),
             ("expired key", Some(&expired.token)),
+            ("signed-out session", Some(&signed_out)),
         ];
         for (what, token) in unauth {
             let r = call(&d, route.method(), &path, token, body.as_ref());
@@ -367,73 +552,116 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
             cells += 1;
         }
 
-        let r = call(&d, route.method(), &path, Some(&b.token), body.as_ref());
-        assert_eq!(
-            (r.status, code(&r).as_str()),
-            (403, "forbidden_firm"),
-            "{route:?} with a foreign owner key"
-        );
-        cells += 1;
-
-        for (role, key) in &roles {
-            // Each allowed write gets its own target, so rotate/revoke find it live.
-            let target = target_of(route);
-            let path = route.path(&a.id, &target);
-            if route.needs_secret() {
-                let put = call(
-                    &d,
-                    "PUT",
-                    &Route::PutSecret.path(&a.id, &target),
-                    Some(&a.token),
-                    Some(&json!({"value": "matrix-value"})),
-                );
-                assert_eq!(put.status, 201);
-            }
-            let r = call(&d, route.method(), &path, Some(&key.token), body.as_ref());
-            if route.allowed(role) {
-                assert_eq!(
-                    r.status,
-                    route.ok_status(),
-                    "{route:?} as {role}: {}",
-                    String::from_utf8_lossy(&r.body)
-                );
-            } else {
-                assert_eq!(
-                    (r.status, code(&r).as_str()),
-                    (403, "forbidden_role"),
-                    "{route:?} as {role}"
-                );
-            }
+        let foreign: Vec<(String, &str)> = std::iter::once((b.token.clone(), "owner key"))
+            .chain(foreign_sessions.iter().cloned().zip(ROLES))
+            .collect();
+        for (token, what) in &foreign {
+            let r = call(&d, route.method(), &path, Some(token), body.as_ref());
+            assert_eq!(
+                (r.status, code(&r).as_str()),
+                (403, "forbidden_firm"),
+                "{route:?} with firm B's {what}"
+            );
             cells += 1;
         }
 
+        for (i, (role, key)) in roles.iter().enumerate() {
+            for as_person in [false, true] {
+                // Each allowed write gets its own target, so rotate/revoke find it live.
+                let mut target = target_of(route);
+                let token = if as_person {
+                    sessions[i].clone()
+                } else {
+                    key.token.clone()
+                };
+                if route == Route::SignOut {
+                    // Another session of the same person, to sign out of.
+                    target = if as_person {
+                        let r = sign_in(&d, &a, &people[i].login, PASSWORD, None);
+                        r.json()["session"]["id"].as_str().unwrap().to_owned()
+                    } else {
+                        "ses_0000000000000000".to_owned()
+                    };
+                }
+                let path = route.path(&a.id, &target);
+                if route.needs_secret() {
+                    let put = call(
+                        &d,
+                        "PUT",
+                        &Route::PutSecret.path(&a.id, &target),
+                        Some(&a.token),
+                        Some(&json!({"value": "matrix-value"})),
+                    );
+                    assert_eq!(put.status, 201);
+                }
+                let body = match route {
+                    Route::InviteUser => Some(json!({
+                        "login": format!("i{target}@a.test"), "display_name": "I", "role": "viewer"
+                    })),
+                    _ => body.clone(),
+                };
+                let r = call(&d, route.method(), &path, Some(&token), body.as_ref());
+                let who = if as_person { "session" } else { "key" };
+                if route.personal() && !as_person {
+                    assert_eq!(
+                        (r.status, code(&r).as_str()),
+                        (403, "forbidden_credential"),
+                        "{route:?} as a {role} key"
+                    );
+                } else if route.allowed(role) {
+                    assert_eq!(
+                        r.status,
+                        route.ok_status(),
+                        "{route:?} as {role} {who}: {}",
+                        String::from_utf8_lossy(&r.body)
+                    );
+                } else {
+                    assert_eq!(
+                        (r.status, code(&r).as_str()),
+                        (403, "forbidden_role"),
+                        "{route:?} as {role} {who}"
+                    );
+                }
+                // The routes that end the credential's own session: sign in again.
+                if as_person && matches!(route, Route::SignOutEverywhere) {
+                    sessions[i] = session(&d, &a, &people[i]);
+                }
+                if as_person && matches!(route, Route::Refresh) {
+                    sessions[i] = r.json()["token"].as_str().unwrap().to_owned();
+                }
+                cells += 1;
+            }
+        }
+
         // A foreign firm that exists and one that does not answer alike.
-        let foreign = call(
-            &d,
-            route.method(),
-            &route.path(&a.id, &target),
-            Some(&b.token),
-            body.as_ref(),
-        );
-        let nowhere = call(
-            &d,
-            route.method(),
-            &route.path("frm_000000000000000000000000", &target),
-            Some(&b.token),
-            body.as_ref(),
-        );
-        assert_eq!(foreign.status, nowhere.status, "{route:?}");
-        assert_eq!(
-            without_request_id(&foreign),
-            without_request_id(&nowhere),
-            "{route:?}"
-        );
+        for token in [&b.token, &foreign_sessions[0]] {
+            let foreign = call(
+                &d,
+                route.method(),
+                &route.path(&a.id, &target),
+                Some(token),
+                body.as_ref(),
+            );
+            let nowhere = call(
+                &d,
+                route.method(),
+                &route.path("frm_000000000000000000000000", &target),
+                Some(token),
+                body.as_ref(),
+            );
+            assert_eq!(foreign.status, nowhere.status, "{route:?}");
+            assert_eq!(
+                without_request_id(&foreign),
+                without_request_id(&nowhere),
+                "{route:?}"
+            );
+        }
     }
-    assert_eq!(cells, ROUTES.len() * 10);
-    // Every API route in the daemon's table is in this matrix.
+    assert_eq!(cells, ROUTES.len() * 19);
+    // Every authenticated API route in the daemon's table is in this matrix.
     let api_routes = strongroom::http::route_table()
         .into_iter()
-        .filter(|r| r.path.starts_with("/api/"))
+        .filter(|r| matches!(r.access, strongroom::http::Access::Firm(_)))
         .count();
     assert_eq!(api_routes, ROUTES.len());
 

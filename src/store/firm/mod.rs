@@ -6,11 +6,13 @@
 //! read), which run one pooled read on an async worker by design, because a
 //! page-cache hit costs microseconds and a lane hop costs more.
 
+mod people;
 mod read;
 mod rows;
 mod schema;
 mod write;
 
+pub use people::{SessionAuth, SessionRow, UserRow};
 pub use read::ReadTx;
 pub use rows::{ApiKeyRow, RecordRow, SealedRecord, SecretRow};
 pub use write::WriteTx;

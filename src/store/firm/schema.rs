@@ -104,4 +104,41 @@ CREATE TABLE idempotency (
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID
 "#,
+    r#"
+CREATE TABLE users (
+    id               TEXT PRIMARY KEY,
+    login            TEXT NOT NULL UNIQUE,
+    display_name     TEXT NOT NULL,
+    role             TEXT NOT NULL,
+    allow            TEXT NOT NULL DEFAULT '[]',
+    deny             TEXT NOT NULL DEFAULT '[]',
+    state            TEXT NOT NULL,
+    password         TEXT,
+    totp             BLOB,
+    totp_pending     BLOB,
+    totp_last_step   INTEGER NOT NULL DEFAULT 0,
+    recovery         TEXT NOT NULL DEFAULT '[]',
+    invite_mac       BLOB,
+    invite_expires_at TEXT,
+    failed_signins   INTEGER NOT NULL DEFAULT 0,
+    lockouts         INTEGER NOT NULL DEFAULT 0,
+    locked_until     TEXT,
+    created_at       TEXT NOT NULL,
+    created_by       TEXT,
+    updated_at       TEXT NOT NULL,
+    last_signin_at   TEXT
+);
+CREATE TABLE sessions (
+    id              TEXT PRIMARY KEY,
+    user_id         TEXT NOT NULL,
+    mac             BLOB NOT NULL,
+    created_at      TEXT NOT NULL,
+    expires_at      TEXT NOT NULL,
+    last_seen_at    TEXT NOT NULL,
+    revoked_at      TEXT,
+    source_ip       TEXT NOT NULL,
+    enrolment_only  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_by_user ON sessions (user_id)
+"#,
 ];
