@@ -170,7 +170,11 @@ impl People {
     ) -> Result<TotpEnrolment, FirmError> {
         self.throttle(&origin)?;
         let me = self.clone();
-        let (h, row) = blocking(move || me.invitation(&firm, &token)).await?;
+        let (h, row) = blocking(move || {
+            me.pool.require_writable(&firm)?;
+            me.invitation(&firm, &token)
+        })
+        .await?;
         let normalised = super::password::check(&password, &row.login)?;
         let n = self.cfg.iterations;
         let hash =
@@ -210,6 +214,7 @@ impl People {
         origin: &Origin,
     ) -> Result<Enrolled, FirmError> {
         self.throttle(origin)?;
+        self.pool.require_writable(firm)?;
         let (h, row) = self.invitation(firm, token)?;
         if row.password.is_none() {
             return Err(FirmError::UserState(

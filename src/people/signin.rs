@@ -186,6 +186,8 @@ impl People {
         rehash: Option<String>,
         origin: &Origin,
     ) -> Result<SignedIn, FirmError> {
+        // Security invariant: a frozen firm takes no writes, sessions and failure counts included.
+        self.pool.require_writable(&h.id)?;
         let now = self.pool.clock.now();
         let Some(row) = row else {
             return self.refuse(h, None, origin, "unknown login");

@@ -3,7 +3,9 @@
 //! firm and on many, then authenticated GETs), and, as this machine's
 //! ceiling, nginx (the Debian package) serving a small static JSON file over
 //! TLS 1.3 to the same load generator. Prints requests/s, latency
-//! percentiles and CPU per request; asserts nothing.
+//! percentiles and CPU per request; asserts nothing. People workloads (in
+//! `people.rs`): GETs with a session token against the same with an API key,
+//! the cost of a sign-in, and wrong-password against unknown-name timing.
 // A benchmark measures real elapsed time.
 #![allow(clippy::disallowed_methods)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,6 +24,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+mod people;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,7 +53,11 @@ struct Args {
     /// The nginx binary (skipped, with a note, if absent).
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
-    /// Only these workloads (comma-separated: nginx, create1, createN, get).
+    /// Alternating rounds of API-key and session-token GETs.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Only these workloads (comma-separated: nginx, create1, createN, get,
+    /// get-session, signin).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -126,7 +134,7 @@ fn run() -> Result<(), BoxError> {
         }
     }
 
-    if want("create1") || want("createN") || want("get") {
+    if want("create1") || want("createN") || want("get") || want("get-session") || want("signin") {
         let mut d = Daemon::start(&dir.join("strongroom"))?;
         let firms = d.setup_firms(&rt, args.firms.max(1))?;
         let cert = d.state.join("tls/cert.pem");
@@ -163,25 +171,50 @@ fn run() -> Result<(), BoxError> {
             };
             results.push(rt.block_on(measure(&args, &w, &cert, &pids))?);
         }
-        if want("get") {
-            let w = Workload {
-                name: "authenticated GET of a record (sensitive field in clear)".into(),
+        let record = format!(
+            "/api/v1/records/{}/clients/{}",
+            firms[0].id, firms[0].record
+        );
+        let key_get = Workload {
+            name: "authenticated GET of a record (sensitive field in clear)".into(),
+            addr: d.addr,
+            requests: Arc::new(vec![get_request(&record, Some(&firms[0].token))]),
+            expect: 200,
+        };
+        let logins = if want("get-session") || want("signin") {
+            people::setup(&d, &rt, &firms[0], 30)?
+        } else {
+            Vec::new()
+        };
+        if want("get-session") {
+            // Key and session GETs alternate, so both see the same machine;
+            // the ratio is the median of the rounds'.
+            let token = people::sign_in(&d, &rt, &firms[0], &logins[0])?;
+            let session_get = Workload {
+                name: "the same GET with a person's session token".into(),
                 addr: d.addr,
-                requests: Arc::new(
-                    firms
-                        .iter()
-                        .take(1)
-                        .map(|f| {
-                            get_request(
-                                &format!("/api/v1/records/{}/clients/{}", f.id, f.record),
-                                Some(&f.token),
-                            )
-                        })
-                        .collect(),
-                ),
+                requests: Arc::new(vec![get_request(&record, Some(&token))]),
                 expect: 200,
             };
-            results.push(rt.block_on(measure(&args, &w, &cert, &pids))?);
+            let mut ratios = Vec::new();
+            for _ in 0..args.rounds.max(1) {
+                let k = rt.block_on(measure(&args, &key_get, &cert, &pids))?;
+                let s = rt.block_on(measure(&args, &session_get, &cert, &pids))?;
+                ratios.push(s.rps / k.rps);
+                results.push(k);
+                results.push(s);
+            }
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "session-token GETs at {:.1}% of API-key GETs, median of {} alternating rounds (target >= 95%)",
+                100.0 * ratios[ratios.len() / 2],
+                ratios.len()
+            );
+        } else if want("get") {
+            results.push(rt.block_on(measure(&args, &key_get, &cert, &pids))?);
+        }
+        if want("signin") {
+            people::sign_in_costs(&d, &rt, &firms[0], &logins)?;
         }
         d.stop();
     }
@@ -581,8 +614,16 @@ impl Daemon {
         let state = dir.join("state");
         fs::create_dir_all(dir)?;
         let addr = free_port()?;
+        // Sign-ins are throttled per source address; the benchmark is one source.
+        let config = dir.join("strongroom.toml");
+        fs::write(
+            &config,
+            "version = 1\n[people]\nsign_in_per_minute = 100000\n",
+        )?;
         let child = Command::new(bin_dir.join("strongroomd"))
             .arg("--dev")
+            .arg("--config")
+            .arg(&config)
             .arg("--state-dir")
             .arg(&state)
             .arg("--listen")
