@@ -155,41 +155,52 @@ impl Keys {
     /// whose window has closed, or of every group with `all` (at shutdown).
     pub fn flush_auth_failures(&self, all: bool) {
         let due = lock(&self.failures).close(self.pool.clock.monotonic(), all);
-        for s in due {
-            let Some(firm) = FirmId::parse(&s.firm) else {
-                continue;
-            };
-            let written = self.pool.handle(&firm).and_then(|h| {
-                let e = self.trail.sealed_entry(
-                    &h,
-                    "unauthenticated",
-                    &Origin {
-                        request_id: String::new(),
-                        source_ip: if s.source == "*" {
-                            String::new()
-                        } else {
-                            s.source.clone()
-                        },
+        write_summaries(&self.trail, due, "auth.failures", "distinct_key_ids");
+    }
+}
+
+/// Writes one summary entry (`action`) per closed failure group, in the
+/// group's firm's log; `ids` names what the distinct ids counted were.
+pub(crate) fn write_summaries(
+    trail: &crate::audit::AuditTrail,
+    due: Vec<crate::auth::failures::Summary>,
+    action: &str,
+    ids: &str,
+) {
+    for s in due {
+        let Some(firm) = FirmId::parse(&s.firm) else {
+            continue;
+        };
+        let written = trail.pool.handle(&firm).and_then(|h| {
+            let e = trail.sealed_entry(
+                &h,
+                "unauthenticated",
+                &Origin {
+                    request_id: String::new(),
+                    source_ip: if s.source == "*" {
+                        String::new()
+                    } else {
+                        s.source.clone()
                     },
-                    "deny",
-                    "authentication".to_owned(),
-                    "auth.failures",
-                    &s.source,
-                    Outcome::Denied,
-                    serde_json::json!({
-                        "further_failures": s.more,
-                        "first_at": s.first_at,
-                        "last_at": s.last_at,
-                        "distinct_key_ids": s.distinct_key_ids,
-                        "reasons": s.reasons,
-                    }),
-                )?;
-                h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
-                Ok(())
-            });
-            if let Err(e) = written {
-                tracing::error!(firm = %s.firm, error = %e, "could not write a failed-authentication summary");
-            }
+                },
+                "deny",
+                "authentication".to_owned(),
+                action,
+                &s.source,
+                Outcome::Denied,
+                serde_json::json!({
+                    "further_failures": s.more,
+                    "first_at": s.first_at,
+                    "last_at": s.last_at,
+                    ids: s.distinct_key_ids,
+                    "reasons": s.reasons,
+                }),
+            )?;
+            h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::error!(firm = %s.firm, error = %e, action, "could not write a failure summary");
         }
     }
 }

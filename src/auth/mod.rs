@@ -7,7 +7,7 @@
 //! stores only HMAC-SHA256(firm auth key, key id | secret); the secret is shown
 //! once, at minting, and never again.
 
-mod authn;
+pub(crate) mod authn;
 pub mod failures;
 pub mod keys;
 pub mod policy;

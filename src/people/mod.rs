@@ -326,45 +326,16 @@ impl People {
         })
     }
 
-    /// Writes the summary entries of closed failed-sign-in windows.
+    /// Writes the summary entries (`sessions.failures`) of closed
+    /// failed-sign-in windows (all of them with `all`, at shutdown).
     pub fn flush_signin_failures(&self, all: bool) {
         let due = crate::firms::lock(&self.failures).close(self.pool.clock.monotonic(), all);
-        for s in due {
-            let Some(firm) = FirmId::parse(&s.firm) else {
-                continue;
-            };
-            let written = self.pool.handle(&firm).and_then(|h| {
-                let e = self.trail.sealed_entry(
-                    &h,
-                    "unauthenticated",
-                    &crate::auth::Origin {
-                        request_id: String::new(),
-                        source_ip: if s.source == "*" {
-                            String::new()
-                        } else {
-                            s.source.clone()
-                        },
-                    },
-                    "deny",
-                    "authentication".to_owned(),
-                    "sessions.failures",
-                    &s.source,
-                    crate::audit::Outcome::Denied,
-                    serde_json::json!({
-                        "further_failures": s.more,
-                        "first_at": s.first_at,
-                        "last_at": s.last_at,
-                        "distinct_accounts": s.distinct_key_ids,
-                        "reasons": s.reasons,
-                    }),
-                )?;
-                h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
-                Ok(())
-            });
-            if let Err(e) = written {
-                tracing::error!(firm = %s.firm, error = %e, "could not write a failed sign-in summary");
-            }
-        }
+        crate::auth::authn::write_summaries(
+            &self.trail,
+            due,
+            "sessions.failures",
+            "distinct_accounts",
+        );
     }
 }
 

@@ -1008,4 +1008,86 @@ fn mfa_policy_admins_enrol_and_a_reset_leaves_only_enrolment() {
     assert_eq!((r.status, code_of(&r).as_str()), (409, "login_taken"));
     let users = ctl_json(&d.admin_socket, &["user", "list", "--firm", &f.id]);
     assert_eq!(users["users"].as_array().unwrap().len(), 2);
+
+    // An invitation expires (72 h by default); a new one replaces it.
+    let (late, old_token) = invite(&d, &f, "viewer", "late@example.test");
+    d.advance_clock(72 * 3600 + 1);
+    let enrol = format!("/api/v1/enrolment/{}", f.id);
+    let r = api(
+        &d,
+        "POST",
+        &enrol,
+        None,
+        Some(&json!({"token": old_token, "password": PASSWORD})),
+    );
+    assert_eq!(
+        (r.status, code_of(&r).as_str()),
+        (401, "invalid_enrolment_token")
+    );
+    let r = api(
+        &d,
+        "POST",
+        &format!("/api/v1/users/{}/{late}/invitation", f.id),
+        Some(&f.token),
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", text(&r));
+    let fresh = r.json()["enrolment_token"].as_str().unwrap().to_owned();
+    let r = api(
+        &d,
+        "POST",
+        &enrol,
+        None,
+        Some(&json!({"token": old_token, "password": PASSWORD})),
+    );
+    assert_eq!(r.status, 401, "the replaced token");
+    let r = api(
+        &d,
+        "POST",
+        &enrol,
+        None,
+        Some(&json!({"token": fresh, "password": PASSWORD})),
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+
+    // A frozen firm takes no sign-ins (they write); sessions still read.
+    let s = session(&d, &f, &vic_after_policy(&d, &f, &vic));
+    let out = crate::harness::ctl(&d.admin_socket, &["firm", "freeze", &f.id]);
+    assert!(out.status.success());
+    let r = sign_in(&d, &f, &vic.login, PASSWORD, None);
+    assert_eq!((r.status, code_of(&r).as_str()), (423, "firm_frozen"));
+    assert_eq!(
+        api(&d, "GET", &format!("/api/v1/me/{}", f.id), Some(&s), None).status,
+        200
+    );
+}
+
+/// Vic after the firm required MFA: enrolled in TOTP so a full session works.
+fn vic_after_policy(d: &Daemon, f: &Firm, vic: &Person) -> Person {
+    let r = sign_in(d, f, &vic.login, PASSWORD, None);
+    let t = r.json()["token"].as_str().unwrap().to_owned();
+    let r = api(
+        d,
+        "POST",
+        &format!("/api/v1/me/{}/totp", f.id),
+        Some(&t),
+        None,
+    );
+    let secret = r.json()["secret"].as_str().unwrap().to_owned();
+    let p = Person {
+        id: vic.id.clone(),
+        login: vic.login.clone(),
+        totp: Some(secret),
+        recovery: Vec::new(),
+        last_step: Cell::new(0),
+    };
+    let r = api(
+        d,
+        "POST",
+        &format!("/api/v1/me/{}/totp/confirm", f.id),
+        Some(&t),
+        Some(&json!({"code": p.code(d)})),
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    p
 }

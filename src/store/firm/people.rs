@@ -207,14 +207,7 @@ impl WriteTx<'_> {
                 u.updated_at,
                 u.last_signin_at,
             ])
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    StoreError::Exists
-                }
-                other => other.into(),
-            })?;
+            .map_err(super::write::exists_on_conflict)?;
         Ok(())
     }
 

@@ -9,6 +9,18 @@ use super::rows::*;
 use crate::audit::Entry;
 use crate::audit::merkle::Hash;
 
+/// A uniqueness violation is `Exists`; anything else as it is.
+pub(super) fn exists_on_conflict(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Exists
+        }
+        other => other.into(),
+    }
+}
+
 /// The write side handed to commands, inside the writer's transaction.
 pub struct WriteTx<'c> {
     pub(super) conn: &'c Connection,
@@ -40,14 +52,7 @@ impl<'c> WriteTx<'c> {
                     k.expires_at, k.revoked_at
                 ],
             )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    StoreError::Exists
-                }
-                other => other.into(),
-            })?;
+            .map_err(exists_on_conflict)?;
         Ok(())
     }
 
