@@ -1091,3 +1091,37 @@ fn vic_after_policy(d: &Daemon, f: &Firm, vic: &Person) -> Person {
     assert_eq!(r.status, 200, "{}", text(&r));
     p
 }
+
+#[test]
+fn raising_the_iteration_count_rehashes_at_the_next_sign_in() {
+    let cfg = |n: u32| Options {
+        config: Some(Box::new(move |_| {
+            format!(
+                "version = 1\n[people]\nsign_in_per_minute = 100000\npassword_iterations = {n}\n"
+            )
+        })),
+        ..Options::default()
+    };
+    let d = Daemon::start_with(cfg(600_000));
+    let f = create_firm(&d, "Rehash Firm");
+    set_mfa_policy(&d, &f, "optional");
+    let dee = person(&d, &f, "viewer", "dee@example.test", false);
+    let rehashed = |d: &Daemon| -> Vec<Value> {
+        audit(d, &f)
+            .into_iter()
+            .filter(|e| e["action"] == "sessions.create" && e["outcome"] == "success")
+            .map(|e| e["details"]["password_rehashed"].clone())
+            .collect()
+    };
+    session(&d, &f, &dee);
+    assert_eq!(rehashed(&d), [json!(false)]);
+    // Below the floor is refused at start.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = Daemon::expect_startup_failure(tmp.path(), cfg(100_000));
+    assert_eq!(bad.0, Some(78));
+    assert!(bad.1.contains("password_iterations"), "{}", bad.1);
+    let d = d.restart(cfg(650_000));
+    session(&d, &f, &dee);
+    session(&d, &f, &dee);
+    assert_eq!(rehashed(&d), [json!(false), json!(true), json!(false)]);
+}
