@@ -15,6 +15,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 have pkg-config || need_apt+=(pkg-config)
 have perl       || need_apt+=(perl)
 [ -f /usr/include/linux/limits.h ] || need_apt+=(linux-libc-dev)
+# promtool checks the metrics exposition and the shipped alert rules in the tests.
+have promtool   || need_apt+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -51,6 +51,10 @@ pub struct Config {
     pub audit: AuditSection,
     #[serde(default)]
     pub people: PeopleSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +240,63 @@ impl AuditSection {
     }
 }
 
+/// API rate limits (GCRA token buckets; see `limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub enabled: bool,
+    /// Per firm, requests a second by class (the burst is the same number).
+    pub read_per_second: u32,
+    pub write_per_second: u32,
+    pub auth_per_second: u32,
+    pub admin_per_second: u32,
+    /// Per source address, a minute, on routes anyone may call.
+    pub unauthenticated_per_minute: u32,
+    /// Per source address, failed authentications a minute before the
+    /// source is refused outright for a while.
+    pub failed_auth_per_minute: u32,
+    /// Source addresses tracked one by one; beyond, they share one bucket.
+    pub max_tracked_sources: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            read_per_second: 50_000,
+            write_per_second: 20_000,
+            auth_per_second: 1_000,
+            admin_per_second: 1_000,
+            unauthenticated_per_minute: 600,
+            failed_auth_per_minute: 60,
+            max_tracked_sources: 100_000,
+        }
+    }
+}
+
+/// The Prometheus metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    /// Where `/metrics` is served. Default 127.0.0.1:9464 (dev mode: a free
+    /// loopback port). Anywhere but loopback needs `token_file`, and is
+    /// served over TLS with the API's certificate.
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token scrapers must send (mode 0400/0600).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            token_file: None,
+        }
+    }
+}
+
 /// People: passwords, invitations, sessions, lockout.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -370,6 +431,8 @@ impl Config {
             security: SecuritySection::default(),
             audit: AuditSection::default(),
             people: PeopleSection::default(),
+            metrics: MetricsSection::default(),
+            limits: LimitsSection::default(),
         }
     }
 
@@ -480,6 +543,32 @@ impl Config {
             )));
         }
         self.people.validate()?;
+        let l = &self.limits;
+        if [
+            l.read_per_second,
+            l.write_per_second,
+            l.auth_per_second,
+            l.admin_per_second,
+            l.unauthenticated_per_minute,
+            l.failed_auth_per_minute,
+        ]
+        .contains(&0)
+            || l.max_tracked_sources < 16
+        {
+            return Err(ConfigError::Invalid(
+                "[limits]: every rate must be at least 1, and max_tracked_sources at least 16"
+                    .into(),
+            ));
+        }
+        if let Some(addr) = self.metrics.listen {
+            // Security invariant: metrics leave loopback only over TLS with a bearer token.
+            if self.metrics.enabled && !addr.ip().is_loopback() && self.metrics.token_file.is_none()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "[metrics] listen = {addr} is not loopback: set token_file (scrapers must send the token; the listener then serves TLS)"
+                )));
+            }
+        }
         Ok(())
     }
 

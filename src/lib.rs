@@ -20,6 +20,7 @@ pub mod errors;
 pub mod firms;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod people;
 pub mod records;
 pub mod runtime;

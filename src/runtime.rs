@@ -17,6 +17,8 @@ pub struct Runtime {
     pub module: ModuleInfo,
     /// The bound HTTPS address.
     pub listen: SocketAddr,
+    /// The bound metrics address (`None`: metrics off).
+    pub metrics_listen: Option<SocketAddr>,
     pub state_dir: PathBuf,
     /// The serving certificate, reloadable.
     pub certs: Arc<CertStore>,

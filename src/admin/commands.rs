@@ -84,6 +84,15 @@ fn firm_id(s: &str) -> Result<FirmId, CmdError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RateLimitArgs {
+    id: String,
+    class: String,
+    /// None: back to the configured default.
+    per_second: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FirmArgs {
     firm: String,
 }
@@ -131,6 +140,7 @@ const AUDITED: &[&str] = &[
     "audit.shred_payloads",
     "audit.verify",
     "audit.purge_expired",
+    "firm.set_rate_limit",
     "user.unlock",
     "user.disable",
     "user.reset_mfa",
@@ -248,6 +258,23 @@ fn run_as(
             Ok(json!({ "firm": row }))
         }
         "audit.verifier_key" => Ok(json!({ "verifier_key": trail.verifier_key() })),
+        "firm.set_rate_limit" => {
+            let a: RateLimitArgs = args(raw)?;
+            let class = crate::limits::Class::parse(&a.class)
+                .ok_or_else(|| bad("class must be one of read, write, auth, admin"))?;
+            let id = firm_id(&a.id)?;
+            let overrides = shared.limits.set_override(&id, class, a.per_second, by)?;
+            tracing::info!(firm = %id, class = class.as_str(), per_second = ?a.per_second, uid = caller.uid, "firm rate limit set");
+            Ok(
+                json!({ "firm_id": id, "overrides": overrides, "limits": shared.limits.firm_limits(&id) }),
+            )
+        }
+        "firm.rate_limits" => {
+            let a: IdArgs = args(raw)?;
+            let id = firm_id(&a.id)?;
+            life.show(&id)?;
+            Ok(json!({ "firm_id": id, "limits": shared.limits.firm_limits(&id) }))
+        }
         "user.list" => {
             let a: FirmArgs = args(raw)?;
             Ok(json!({ "users": shared.people.admin_list(&firm_id(&a.firm)?)? }))

@@ -25,6 +25,7 @@ pub struct AdminState {
     pub runtime: Arc<Runtime>,
     pub lifecycle: Arc<Lifecycle>,
     pub people: Arc<crate::people::People>,
+    pub limits: Arc<crate::limits::Limits>,
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,
     /// `admin.idle_timeout_secs`.

@@ -261,6 +261,7 @@ fn status(shared: &AdminState) -> serde_json::Value {
         "fips": rt.module.fips,
         "crypto_module": rt.module.module,
         "listen": format!("https://{}", rt.listen),
+        "metrics_listen": rt.metrics_listen.map(|a| a.to_string()),
         "state_dir": rt.state_dir,
         "tls_fingerprint_sha256": rt.certs.fingerprint(),
         "dev_mode": rt.dev,

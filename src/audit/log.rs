@@ -104,6 +104,8 @@ pub struct AuditLog {
     pub(crate) trail: Arc<AuditTrail>,
     /// The default audit retention, in seconds.
     pub(crate) retention_secs: std::sync::atomic::AtomicU64,
+    /// When a signing pass last left no grown log unsigned (monotonic).
+    all_signed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl AuditLog {
@@ -112,7 +114,16 @@ impl AuditLog {
             pool,
             trail,
             retention_secs: std::sync::atomic::AtomicU64::new(2557 * 86_400),
+            all_signed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Seconds since every grown log last had its checkpoint signed (0
+    /// before the first signing pass).
+    pub fn checkpoint_age_secs(&self) -> f64 {
+        lock(&self.all_signed).map_or(0.0, |t| {
+            self.pool.clock.monotonic().duration_since(t).as_secs_f64()
+        })
     }
 
     fn view_entry(&self, h: &FirmHandle, row: &AuditRow) -> AuditEntryView {
@@ -298,12 +309,14 @@ impl AuditLog {
         let open: Vec<std::sync::Arc<FirmHandle>> =
             lock(&self.pool.open).values().cloned().collect();
         let mut signed = 0;
+        let mut failed = false;
         for h in open {
             let grew = h.db.read_blocking(|r| r.audit_needs_checkpoint());
             if matches!(grew, Ok(true)) {
                 match self.checkpoint(&h.id) {
                     Ok(_) => signed += 1,
                     Err(e) => {
+                        failed = true;
                         tracing::error!(firm = %h.id, error = %e, "checkpoint signing failed")
                     }
                 }
@@ -312,7 +325,13 @@ impl AuditLog {
         match self.system_checkpoint_if_grown() {
             Ok(true) => signed += 1,
             Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "system log checkpoint signing failed"),
+            Err(e) => {
+                failed = true;
+                tracing::error!(error = %e, "system log checkpoint signing failed")
+            }
+        }
+        if !failed {
+            *lock(&self.all_signed) = Some(self.pool.clock.monotonic());
         }
         signed
     }

@@ -168,6 +168,13 @@ enum FirmCmd {
     /// Set the firm's audit retention (e.g. 3650d), or `default` for the
     /// configured one.
     Retention { id: String, retention: String },
+    /// Show the firm's rate limits, or set one class's (requests a second,
+    /// or `default` for the configured one): read, write, auth or admin.
+    RateLimit {
+        id: String,
+        class: Option<String>,
+        per_second: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +333,15 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             FirmCmd::ExportKey { id } => ("firm.export_key", json!({ "id": id })),
             FirmCmd::Rekey { id } => ("firm.rekey", json!({ "id": id })),
             FirmCmd::RotateDataKey { id } => ("firm.rotate_data_key", json!({ "id": id })),
+            FirmCmd::RateLimit {
+                id,
+                class: Some(class),
+                per_second: Some(n),
+            } => (
+                "firm.set_rate_limit",
+                json!({ "id": id, "class": class, "per_second": n.parse::<u32>().ok().filter(|_| n != "default") }),
+            ),
+            FirmCmd::RateLimit { id, .. } => ("firm.rate_limits", json!({ "id": id })),
             FirmCmd::Retention { id, retention } => (
                 "firm.set_retention",
                 json!({ "id": id, "retention": (retention != "default").then_some(retention) }),

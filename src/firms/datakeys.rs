@@ -125,6 +125,16 @@ pub struct DataKeyStatus {
 }
 
 /// Re-encryption jobs: progress per firm, and pacing.
+impl Jobs {
+    /// How many jobs are running now.
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.progress)
+            .values()
+            .filter(|j| j.state == "running")
+            .count()
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Jobs {
     progress: Mutex<HashMap<FirmId, Reencryption>>,
@@ -366,6 +376,9 @@ impl Lifecycle {
                 drop(h);
                 failed += b.failed;
                 self.progress(id, |p| p.done += b.resealed);
+                crate::telemetry::metrics::metrics()
+                    .reencrypted
+                    .inc_by(b.resealed);
                 cursor = b.next;
                 let pause = self.data_jobs.pause_ms.load(Ordering::Relaxed);
                 if cursor.is_some() && pause > 0 {

@@ -67,6 +67,11 @@ impl Lifecycle {
         self.pool.generation()
     }
 
+    /// Data-key re-encryption jobs running now.
+    pub fn reencryptions_running(&self) -> usize {
+        self.data_jobs.running()
+    }
+
     pub fn open_count(&self) -> usize {
         self.pool.open_count()
     }
@@ -148,6 +153,7 @@ impl Lifecycle {
             updated_at: now,
             deleted_at: None,
             audit_retention: None,
+            rate_limits: None,
         };
         let entry = self.trail.system_entry(
             by,

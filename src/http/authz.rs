@@ -165,10 +165,21 @@ pub async fn enforce(
     req: Request,
     next: Next,
 ) -> Response {
+    let ip = super::ratelimit::peer_ip(&req);
+    // A source that keeps failing to authenticate is refused before its
+    // credential is checked (and before the audit log hears of it again).
+    if let Some(r) = shared.limits.auth_blocked(ip) {
+        return super::ratelimit::refused(r);
+    }
     let (mut parts, body) = req.into_parts();
     let mut principal = match authenticate(&shared, &parts).await {
         Ok(p) => p,
-        Err(problem) => return problem.into_response(),
+        Err(problem) => {
+            if problem.status == StatusCode::UNAUTHORIZED {
+                shared.limits.note_auth_failure(ip);
+            }
+            return problem.into_response();
+        }
     };
     principal.origin = origin(&parts);
     // Unknown and foreign firm ids decide alike (tenant scope), so the API is
@@ -193,12 +204,25 @@ pub async fn enforce(
     };
     let mut resp = match url_firm {
         Some(firm) if decision.allowed => {
-            parts.extensions.insert(Granted {
-                principal,
-                permission,
-                firm,
-            });
-            next.run(Request::from_parts(parts, body)).await
+            // Security invariant: a firm's requests are limited per class, so one firm cannot starve the rest.
+            match shared
+                .limits
+                .check_firm(&firm, crate::limits::Class::of(permission))
+            {
+                Err(r) => super::ratelimit::refused(r),
+                Ok(allowance) => {
+                    parts.extensions.insert(Granted {
+                        principal,
+                        permission,
+                        firm,
+                    });
+                    let mut resp = next.run(Request::from_parts(parts, body)).await;
+                    if let Some(a) = allowance {
+                        super::ratelimit::annotate(&mut resp, a);
+                    }
+                    resp
+                }
+            }
         }
         _ => {
             // Every denial is audited, in the caller's own firm's log.

@@ -146,6 +146,8 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
         .unwrap_or_default();
 
     let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
+    let m = crate::telemetry::metrics::metrics();
+    m.in_flight.inc();
     let mut resp = match screen(&req, max_body) {
         // Refused before the body is read: hyper then closes the connection
         // instead of reading (or inviting, with 100 Continue) the body.
@@ -194,7 +196,16 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
         headers.insert(X_REQUEST_ID.clone(), v);
     }
     let status = resp.status().as_u16();
-    let latency_us = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let latency_us = elapsed.as_micros() as u64;
+    m.in_flight.dec();
+    m.request_duration
+        .get_or_create(&crate::telemetry::metrics::RequestLabels {
+            route: route.clone(),
+            method: method.as_str().to_owned(),
+            status_class: crate::telemetry::metrics::status_class(status).to_owned(),
+        })
+        .observe(elapsed.as_secs_f64());
     match resp.extensions().get::<RequestActor>() {
         Some(a) => tracing::info!(
             target: "strongroom::request",

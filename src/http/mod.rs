@@ -8,9 +8,11 @@ mod authz;
 mod body;
 pub mod conn;
 mod keys;
+pub mod metrics;
 mod middleware;
 mod numbers;
 pub mod problem;
+mod ratelimit;
 mod records;
 mod routes;
 mod secrets;
@@ -44,6 +46,7 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     pub keys: Arc<Keys>,
     pub people: Arc<People>,
+    pub limits: Arc<crate::limits::Limits>,
     pub records: Arc<Records>,
     pub vault: Arc<Vault>,
     pub audit: Arc<AuditLog>,
@@ -413,7 +416,10 @@ pub fn router(shared: Arc<AppState>) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
         let handler = match spec.access {
-            Access::Public | Access::SignIn => handler,
+            // Routes anyone may call: limited per source address.
+            Access::Public | Access::SignIn => handler.route_layer(
+                axum::middleware::from_fn_with_state(shared.clone(), ratelimit::per_source),
+            ),
             // Security invariant: every firm route runs authentication and the policy first.
             Access::Firm(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
                 (shared.clone(), permission),

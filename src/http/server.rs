@@ -111,10 +111,12 @@ pub async fn serve(
                 r = tokio::time::timeout(limits.handshake, acceptor.accept(io)) => match r {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
+                        crate::telemetry::metrics::metrics().tls_handshake_failures.inc();
                         tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        crate::telemetry::metrics::metrics().tls_handshake_failures.inc();
                         tracing::debug!(peer = %peer, "TLS handshake timed out");
                         return;
                     }

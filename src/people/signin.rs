@@ -361,6 +361,7 @@ impl People {
         origin: &Origin,
         reason: &str,
     ) -> Result<SignedIn, FirmError> {
+        crate::telemetry::metrics::metrics().signin_failures.inc();
         tracing::info!(firm = %h.id, reason, "sign-in refused");
         let entry = self.failure_entry(h, row, origin, reason)?;
         h.db.write_with(move |tx| {
@@ -383,6 +384,7 @@ impl People {
         origin: &Origin,
         reason: &str,
     ) -> Result<R, FirmError> {
+        crate::telemetry::metrics::metrics().signin_failures.inc();
         tracing::info!(firm = %h.id, user = %row.id, reason, "sign-in failed");
         let entry = self.failure_entry(h, Some(row), origin, reason)?;
         let now = self.pool.clock.now();
@@ -432,6 +434,7 @@ impl People {
             Ok::<_, FirmError>(locked)
         })?;
         if locked {
+            crate::telemetry::metrics::metrics().lockouts.inc();
             tracing::warn!(firm = %h.id, user = %row.id, "account locked after failed sign-ins");
         }
         Err(FirmError::InvalidCredentials)

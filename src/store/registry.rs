@@ -62,6 +62,8 @@ INSERT INTO firm_keys_v2 SELECT firm_id, purpose, version, state, wrapped, creat
 DROP TABLE firm_keys;
 ALTER TABLE firm_keys_v2 RENAME TO firm_keys
 "#,
+    // Per-firm rate-limit overrides set over the admin socket (JSON).
+    "ALTER TABLE firms ADD COLUMN rate_limits TEXT",
 ];
 
 /// The pseudo firm id appliance keys are wrapped under (never a real id:
@@ -79,6 +81,8 @@ pub struct FirmRow {
     pub deleted_at: Option<String>,
     /// The firm's own audit retention (e.g. `3650d`); None: the default.
     pub audit_retention: Option<String>,
+    /// The firm's rate-limit overrides, `{"read": 500, ...}` per second.
+    pub rate_limits: Option<String>,
 }
 
 /// One wrapped key.
@@ -180,7 +184,7 @@ impl Registry {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, name, state, created_at, updated_at, deleted_at, audit_retention FROM firms WHERE id = ?1",
+                "SELECT id, name, state, created_at, updated_at, deleted_at, audit_retention, rate_limits FROM firms WHERE id = ?1",
                 [id],
                 firm_row,
             )
@@ -190,7 +194,7 @@ impl Registry {
     pub fn firms(&self) -> Result<Vec<FirmRow>, StoreError> {
         let c = self.lock();
         let mut st = c.prepare(
-            "SELECT id, name, state, created_at, updated_at, deleted_at, audit_retention FROM firms ORDER BY created_at, id",
+            "SELECT id, name, state, created_at, updated_at, deleted_at, audit_retention, rate_limits FROM firms ORDER BY created_at, id",
         )?;
         let rows = st.query_map([], firm_row)?.collect::<Result<_, _>>()?;
         Ok(rows)
@@ -222,6 +226,21 @@ impl Registry {
         self.update_live_firm(
             "UPDATE firms SET audit_retention = ?2, updated_at = ?3 WHERE id = ?1 AND state != 'deleted'",
             params![id, retention, now],
+            audit,
+        )
+    }
+
+    /// Sets (or with None clears) a firm's rate-limit overrides.
+    pub fn set_rate_limits(
+        &self,
+        id: &str,
+        limits: Option<&str>,
+        now: &str,
+        audit: Option<Entry>,
+    ) -> Result<(), StoreError> {
+        self.update_live_firm(
+            "UPDATE firms SET rate_limits = ?2, updated_at = ?3 WHERE id = ?1 AND state != 'deleted'",
+            params![id, limits, now],
             audit,
         )
     }
@@ -577,6 +596,7 @@ fn firm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirmRow> {
         updated_at: r.get(4)?,
         deleted_at: r.get(5)?,
         audit_retention: r.get(6)?,
+        rate_limits: r.get(7)?,
     })
 }
 

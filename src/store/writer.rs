@@ -122,7 +122,10 @@ impl Writer {
         });
         let sender = self.tx.as_ref().ok_or(StoreError::WriterGone)?;
         match sender.try_send(cmd) {
-            Ok(()) => Ok(rx),
+            Ok(()) => {
+                crate::telemetry::metrics::metrics().queue_depth.inc();
+                Ok(rx)
+            }
             Err(TrySendError::Full(_)) => Err(StoreError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
         }
@@ -197,21 +200,31 @@ fn gather(
     batch
 }
 
+#[allow(clippy::disallowed_methods)] // clock: commit duration is real elapsed time
 fn run(conn: Connection, rx: Receiver<Box<dyn Command>>) {
+    let m = crate::telemetry::metrics::metrics();
     let mut previous = 1;
     while let Some(first) = next_command(&rx) {
         let mut batch = gather(&rx, first, previous);
         previous = batch.len();
+        m.queue_depth.dec_by(batch.len() as i64);
+        m.batch_size.observe(batch.len() as f64);
+        let started = std::time::Instant::now(); // clock: a metric of real time
         let commit = run_batch(&conn, &mut batch).map_err(|e| Failed {
             full: matches!(e, StoreError::Full),
             message: e.to_string(),
         });
+        m.commit_duration.observe(started.elapsed().as_secs_f64());
         match &commit {
-            Ok(()) => super::space::ok(),
+            Ok(appended) => {
+                m.audit_appended.inc_by(*appended);
+                super::space::ok();
+            }
             Err(_) => {
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
+        let commit = commit.map(|_| ());
         for cmd in batch {
             cmd.finish(commit.clone());
         }
@@ -225,7 +238,8 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn Command>]) -> Result<(), StoreError> {
+/// Runs and commits a batch; how many audit entries it appended.
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Command>]) -> Result<u64, StoreError> {
     exec(conn, "BEGIN IMMEDIATE")?;
     let tx = WriteTx::new(conn);
     let mut all_ok = true;
@@ -239,20 +253,24 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Command>]) -> Result<(), St
         exec(conn, "ROLLBACK")?;
         if batch.len() == 1 {
             // A lone command's failure is its own; nothing else to keep.
-            return Ok(());
+            return Ok(0);
         }
         // Replay with a savepoint per command so each failure rolls back alone.
         exec(conn, "BEGIN IMMEDIATE")?;
+        tx.appended.set(0);
         for cmd in batch.iter_mut() {
             exec(conn, "SAVEPOINT cmd")?;
+            let before = tx.appended.get();
             if cmd.run(&tx) {
                 exec(conn, "RELEASE cmd")?;
             } else {
                 exec(conn, "ROLLBACK TO cmd")?;
                 exec(conn, "RELEASE cmd")?;
+                tx.appended.set(before);
             }
         }
     }
     // synchronous=FULL: COMMIT returns only after the WAL is fsynced.
-    exec(conn, "COMMIT")
+    exec(conn, "COMMIT")?;
+    Ok(tx.appended.get())
 }

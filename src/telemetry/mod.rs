@@ -4,6 +4,8 @@
 //! Secrets never reach a log line: key material lives in types whose `Debug`
 //! is redacted, and no log call formats a credential or request body.
 
+pub mod metrics;
+
 use std::path::Path;
 
 use tracing_subscriber::EnvFilter;

@@ -231,7 +231,9 @@ pub fn unthrottled(extra: &str) -> Daemon {
     let extra = extra.to_owned();
     Daemon::start_with(Options {
         config: Some(Box::new(move |_| {
-            format!("version = 1\n[people]\nsign_in_per_minute = 100000\n{extra}")
+            format!(
+                "version = 1\n[limits]\nfailed_auth_per_minute = 1000000\n[people]\nsign_in_per_minute = 100000\n{extra}"
+            )
         })),
         ..Options::default()
     })

@@ -24,11 +24,16 @@ pub(super) fn exists_on_conflict(e: rusqlite::Error) -> StoreError {
 /// The write side handed to commands, inside the writer's transaction.
 pub struct WriteTx<'c> {
     pub(super) conn: &'c Connection,
+    /// Audit entries appended in this transaction (for the metrics).
+    pub(crate) appended: std::cell::Cell<u64>,
 }
 
 impl<'c> WriteTx<'c> {
     pub(crate) fn new(conn: &'c Connection) -> Self {
-        Self { conn }
+        Self {
+            conn,
+            appended: std::cell::Cell::new(0),
+        }
     }
 
     pub fn set_profile(&self, k: &str, v: &str, now: &str) -> Result<(), StoreError> {
@@ -84,7 +89,9 @@ impl<'c> WriteTx<'c> {
     /// value and Merkle nodes, inside the caller's transaction: the entry
     /// commits or rolls back with the change it records.
     pub fn append_audit(&self, e: Entry) -> Result<u64, StoreError> {
-        audit_log::append(self.conn, e)
+        let seq = audit_log::append(self.conn, e)?;
+        self.appended.set(self.appended.get() + 1);
+        Ok(seq)
     }
 
     /// See [`audit_log::checkpoint`].
