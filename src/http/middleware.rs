@@ -201,9 +201,9 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
     m.in_flight.dec();
     m.request_duration
         .get_or_create(&crate::telemetry::metrics::RequestLabels {
-            route: route.clone(),
-            method: method.as_str().to_owned(),
-            status_class: crate::telemetry::metrics::status_class(status).to_owned(),
+            route: super::route_label(&route),
+            method: crate::telemetry::metrics::method_label(method.as_str()),
+            status_class: crate::telemetry::metrics::status_class(status),
         })
         .observe(elapsed.as_secs_f64());
     match resp.extensions().get::<RequestActor>() {

@@ -405,6 +405,18 @@ fn table() -> Vec<(RouteSpec, Handler)> {
     ]
 }
 
+/// A route template as a static metrics label (the table's own string);
+/// anything else is `<unmatched>`, so the label set stays bounded.
+pub(crate) fn route_label(route: &str) -> &'static str {
+    static PATHS: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    PATHS
+        .get_or_init(|| route_table().into_iter().map(|r| r.path).collect())
+        .get(route)
+        .copied()
+        .unwrap_or("<unmatched>")
+}
+
 /// The route table without its handlers (for tests and documentation).
 pub fn route_table() -> Vec<RouteSpec> {
     table().into_iter().map(|(spec, _)| spec).collect()

@@ -96,8 +96,8 @@ impl GovClock for Mono {
 
 type Keyed<K> = RateLimiter<K, HashMapStateStore<K>, Mono, StateInformationMiddleware>;
 type Direct = RateLimiter<NotKeyed, InMemoryState, Mono, StateInformationMiddleware>;
-/// Per-firm overrides: (firm, class) → (per second, its own bucket).
-type Overrides = HashMap<(FirmId, Class), (u32, Arc<Direct>)>;
+/// Per-firm overrides: firm → class → (per second, its own bucket).
+type Overrides = HashMap<FirmId, HashMap<Class, (u32, Arc<Direct>)>>;
 
 /// A request let through: what the `RateLimit` headers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +217,7 @@ impl Limits {
         let Ok(rows) = self.pool.list() else {
             return;
         };
-        let mut map = HashMap::new();
+        let mut map: Overrides = HashMap::new();
         for r in rows {
             let (Some(json), Some(id)) = (r.rate_limits.as_deref(), FirmId::parse(&r.id)) else {
                 continue;
@@ -225,7 +225,9 @@ impl Limits {
             let parsed: HashMap<String, u32> = serde_json::from_str(json).unwrap_or_default();
             for (c, n) in parsed {
                 if let Some(class) = Class::parse(&c) {
-                    map.insert((id.clone(), class), (n, self.direct(n)));
+                    map.entry(id.clone())
+                        .or_default()
+                        .insert(class, (n, self.direct(n)));
                 }
             }
         }
@@ -245,7 +247,8 @@ impl Limits {
             .overrides
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(firm.clone(), class))
+            .get(firm)
+            .and_then(|m| m.get(&class))
             .cloned();
         let (rate, outcome) = match &over {
             Some((n, l)) => (*n, l.check()),
@@ -396,10 +399,9 @@ impl Limits {
         }
         let mut map = self.overrides.write().unwrap_or_else(|p| p.into_inner());
         let mut mine: HashMap<&'static str, u32> = map
-            .iter()
-            .filter(|((f, _), _)| f == firm)
-            .map(|((_, c), (n, _))| (c.as_str(), *n))
-            .collect();
+            .get(firm)
+            .map(|m| m.iter().map(|(c, (n, _))| (c.as_str(), *n)).collect())
+            .unwrap_or_default();
         match per_second {
             Some(n) => mine.insert(class.as_str(), n),
             None => mine.remove(class.as_str()),
@@ -420,13 +422,17 @@ impl Limits {
                 crate::store::StoreError::NotFound => FirmError::NotFound,
                 other => other.into(),
             })?;
+        let firm_map = map.entry(firm.clone()).or_default();
         match per_second {
             Some(n) => {
-                map.insert((firm.clone(), class), (n, self.direct(n)));
+                firm_map.insert(class, (n, self.direct(n)));
             }
             None => {
-                map.remove(&(firm.clone(), class));
+                firm_map.remove(&class);
             }
+        }
+        if firm_map.is_empty() {
+            map.remove(firm);
         }
         Ok(mine)
     }
@@ -438,7 +444,8 @@ impl Limits {
             .into_iter()
             .map(|c| {
                 let n = map
-                    .get(&(firm.clone(), c))
+                    .get(firm)
+                    .and_then(|m| m.get(&c))
                     .map(|(n, _)| *n)
                     .unwrap_or_else(|| self.per_second.get(&c).copied().unwrap_or(0));
                 (c.as_str(), n)
