@@ -333,12 +333,16 @@ impl Lifecycle {
         self.trail
             .change(auth, "firm.update", &firm, json!(details), |c| {
                 let now = self.pool.now();
-                c.commit(&firm, json!(details), move |tx| {
+                let done = c.commit(&firm, json!(details), move |tx| {
                     for (k, v) in &changes {
                         tx.set_profile(k, v, &now)?;
                     }
                     Ok(())
-                })
+                });
+                // Sessions are cached with what the profile's MFA policy
+                // made of them: a change reaches them on the next request.
+                c.h.sessions.invalidate();
+                done
             })?;
         self.view_of(auth.firm())
     }

@@ -291,7 +291,7 @@ fn table() -> Vec<(RouteSpec, Handler)> {
         r(
             Method::POST,
             "/api/v1/users/{firm_id}/{user_id}/invitation",
-            Firm(P::UsersInvite),
+            Firm(P::UsersUpdate),
             post(users::reinvite),
         ),
         r(

@@ -96,7 +96,7 @@ pub async fn invite(
 /// token; the user's password, second factor and sessions are gone.
 pub async fn reinvite(
     State(shared): State<Arc<AppState>>,
-    Authz(auth): Authz<perm::UsersInvite>,
+    Authz(auth): Authz<perm::UsersUpdate>,
     Path((_, user)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<InvitationView>), Problem> {
     let svc = shared.people.clone();

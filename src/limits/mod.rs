@@ -349,10 +349,21 @@ impl Limits {
         let key = self.source_key(&self.failures, ip);
         if let Err(not) = self.failures.check_key(&key) {
             let until = not.earliest_possible();
+            // Blocks are kept by the real source (only the counting may
+            // share the overflow bucket), and a full table makes room.
+            let src = crate::auth::failures::source_of(ip);
             let mut b = lock(&self.blocked);
-            if b.len() < self.max_sources {
-                b.insert(key, until);
+            if b.len() >= self.max_sources && !b.contains_key(&src) {
+                let now = self.clock.now();
+                b.retain(|_, t| *t > now);
+                if b.len() >= self.max_sources {
+                    let soonest = b.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k);
+                    if let Some(k) = soonest {
+                        b.remove(&k);
+                    }
+                }
             }
+            b.insert(src, until);
             crate::telemetry::metrics::metrics()
                 .rate_limited
                 .get_or_create(&crate::telemetry::metrics::ClassLabel {

@@ -310,6 +310,11 @@ impl People {
         if needed {
             let pw =
                 current.ok_or_else(|| FirmError::Invalid("current_password is required".into()))?;
+            // Security invariant: re-entering a password is a sign-in attempt: throttled per source, refused while locked.
+            self.throttle(&auth.principal().origin)?;
+            if super::locked_until(&row).is_some_and(|t| t > self.pool.clock.now()) {
+                return Err(FirmError::InvalidCredentials);
+            }
             if !self.check_password(&row, &pw).await?.matches {
                 let (me, origin, r, h2) = (
                     self.clone(),

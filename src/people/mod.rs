@@ -346,10 +346,27 @@ pub(crate) async fn hashing<R: Send + 'static>(
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, FirmError> {
     static HASH_LANES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-    let _permit = HASH_LANES
+    // Hashes waiting at most: past it, a sign-in is told to retry (429)
+    // rather than queue without bound.
+    const MAX_WAITING: usize = 64;
+    static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    struct Waiting;
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    if WAITING.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_WAITING {
+        WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(FirmError::RateLimited(1));
+    }
+    let waiting = Waiting;
+    let permit = HASH_LANES
         .acquire()
         .await
         .map_err(|_| FirmError::Internal("hashing lanes closed"))?;
+    drop(waiting);
+    let _permit = permit;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| FirmError::Internal("hashing task failed"))

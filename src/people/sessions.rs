@@ -120,8 +120,14 @@ impl People {
                     .map_err(FirmError::from)?
                     .ok_or(AuthError::UnknownSession)?;
                 let seen = unix(&session.last_seen_at);
+                // The policy as it is now: tightening it reaches open sessions
+                // (a profile change clears this cache).
+                let mfa_missing = user.totp.is_none()
+                    && grants_of(&user)
+                        .is_ok_and(|(role, _)| self.mfa_policy(&h).is_ok_and(|p| p.requires(role)));
                 let e = Arc::new(SessionAuth {
                     expires_unix: unix(&session.expires_at),
+                    mfa_missing,
                     seen_unix: seen.into(),
                     stored_seen_unix: seen.into(),
                     session,
@@ -195,7 +201,7 @@ impl People {
             role,
             overrides,
             expires_at: None,
-            enrolment_only: s.enrolment_only,
+            enrolment_only: s.enrolment_only || e.mfa_missing,
             origin: Default::default(),
         })
     }
@@ -335,6 +341,11 @@ impl People {
                 .ok_or(FirmError::UserNotFound)
         })
         .await?;
+        // Security invariant: re-entering a password is a sign-in attempt: throttled per source, refused while locked.
+        self.throttle(&auth.principal().origin)?;
+        if super::locked_until(&row).is_some_and(|t| t > self.pool.clock.now()) {
+            return Err(FirmError::InvalidCredentials);
+        }
         let checked = self.check_password(&row, &current).await?;
         if !checked.matches {
             let (me2, origin) = (self.clone(), auth.principal().origin.clone());

@@ -102,18 +102,48 @@ impl People {
             // No such firm: nothing to write, the same answer.
             return Err(FirmError::InvalidCredentials);
         };
-        let rehash = match checked.needs_rehash {
-            true => {
-                let (pw, n) = (
-                    super::password::normalise(&req.password),
-                    self.cfg.iterations,
-                );
-                Some(super::hashing(move || password::hash(pw.as_bytes(), n)).await??)
-            }
-            false => None,
-        };
         let me = self.clone();
-        blocking(move || me.finish(&h, row, policy, checked, req.code, rehash, &origin)).await
+        let h2 = h.clone();
+        let signed =
+            blocking(move || me.finish(&h2, row, policy, checked, req.code, &origin)).await?;
+        // Only a sign-in that succeeded pays for a rehash, so the extra work
+        // says nothing about an account that cannot sign in.
+        if checked.needs_rehash {
+            let (pw, n) = (
+                super::password::normalise(&req.password),
+                self.cfg.iterations,
+            );
+            let hash = super::hashing(move || password::hash(pw.as_bytes(), n)).await??;
+            let me = self.clone();
+            let user = signed.user.id.clone();
+            blocking(move || me.store_rehash(&h, &user, hash)).await?;
+        }
+        Ok(signed)
+    }
+
+    /// Stores a password's new hash (more iterations), with its entry.
+    fn store_rehash(&self, h: &FirmHandle, user: &str, hash: String) -> Result<(), FirmError> {
+        let e = self.trail.sealed_entry(
+            h,
+            &format!("user:{user}"),
+            &Origin::default(),
+            "allow",
+            "system".to_owned(),
+            "users.password_rehashed",
+            user,
+            Outcome::Success,
+            json!({ "iterations": self.cfg.iterations }),
+        )?;
+        let (id, at) = (user.to_owned(), self.pool.now());
+        h.db.write_with(move |tx| {
+            users::mutate(tx, &id, |u| {
+                u.password = Some(hash.clone());
+                u.updated_at = at.clone();
+                Ok(())
+            })?;
+            tx.append_audit(e.clone())?;
+            Ok::<_, FirmError>(())
+        })
     }
 
     /// Takes one sign-in attempt for the request's source.
@@ -183,12 +213,18 @@ impl People {
         policy: MfaPolicy,
         checked: password::Checked,
         code: Option<Zeroizing<String>>,
-        rehash: Option<String>,
         origin: &Origin,
     ) -> Result<SignedIn, FirmError> {
         // Security invariant: a frozen firm takes no writes, sessions and failure counts included.
         self.pool.require_writable(&h.id)?;
         let now = self.pool.clock.now();
+        // The row as it is now, not as it was before the password check
+        // queued: a lockout that landed meanwhile counts.
+        let row = match row {
+            Some(r) => h.db.read_blocking(|x| x.user(&r.id))?,
+            None => None,
+        };
+        let rehash = checked.needs_rehash;
         let Some(row) = row else {
             return self.refuse(h, None, origin, "unknown login");
         };
@@ -205,6 +241,7 @@ impl People {
         let factor = match (&row.totp, code.as_deref()) {
             (Some(sealed), Some(code)) => {
                 let secret = open_totp(h, &row.id, sealed)?;
+                let code = code.trim();
                 if code.len() == totp::DIGITS as usize && code.bytes().all(|b| b.is_ascii_digit()) {
                     match match_totp(&secret, code, now.unix_timestamp(), row.totp_last_step) {
                         Some(step) => Factor::Totp(step),
@@ -247,7 +284,7 @@ impl People {
                 "factor": factor_name,
                 "session": session.id,
                 "enrolment_only": enrolment_only,
-                "password_rehashed": rehash.is_some(),
+                "password_rehashed": rehash,
             }),
         )?;
         let (id, at, stored) = (row.id.clone(), rfc3339(now), session.clone());
@@ -272,16 +309,15 @@ impl People {
                     }
                     Factor::None => {}
                 }
-                if u.state != "active" {
-                    return Err(FirmError::InvalidCode);
+                // Checked again inside the write: a lockout or a disable
+                // that landed since the row was read wins.
+                if u.state != "active" || locked_until(u).is_some_and(|t| t > now) {
+                    return Err(FirmError::InvalidCredentials);
                 }
                 u.failed_signins = 0;
                 u.lockouts = 0;
                 u.locked_until = None;
                 u.last_signin_at = Some(at.clone());
-                if let Some(hash) = &rehash {
-                    u.password = Some(hash.clone());
-                }
                 Ok(())
             })?;
             tx.insert_session(&stored)?;
@@ -292,6 +328,9 @@ impl People {
             Ok(u) => u,
             Err(FirmError::InvalidCode) => {
                 return self.record_failure(h, &row, origin, "code used by a concurrent sign-in");
+            }
+            Err(FirmError::InvalidCredentials) => {
+                return self.refuse(h, Some(&row), origin, "locked or disabled meanwhile");
             }
             Err(e) => return Err(e),
         };

@@ -158,9 +158,11 @@ impl People {
     /// A new enrolment token for a user, who goes back to `invited`: their
     /// password, second factor and sessions are gone. How an admin helps
     /// someone who lost their password.
+    /// Needs `users:update`, not just `users:invite`: it wipes an
+    /// existing user's credentials.
     pub fn reinvite(
         &self,
-        auth: &Authorized<perm::UsersInvite>,
+        auth: &Authorized<perm::UsersUpdate>,
         user: &str,
     ) -> Result<Invitation, FirmError> {
         let resource = audit_resource(user);

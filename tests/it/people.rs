@@ -608,12 +608,32 @@ fn lockout_after_eight_failures_doubles_expires_and_an_admin_unlocks() {
     assert_eq!(v["user"]["state"], "active");
     assert_eq!(sign_in(&d, &f, &bob.login, PASSWORD, None).status, 201);
 
+    // Re-entering a password while locked is refused, the right one too
+    // (a stolen session cannot keep guessing through the lockout).
+    let s = session(&d, &f, &bob);
+    wrong(8);
+    let r = api(
+        &d,
+        "POST",
+        &format!("/api/v1/me/{}/password", f.id),
+        Some(&s),
+        Some(&json!({"current_password": PASSWORD, "new_password": "another fine passphrase"})),
+    );
+    assert_eq!(
+        (r.status, code_of(&r).as_str()),
+        (401, "invalid_credentials")
+    );
+    ctl_json(
+        &d.admin_socket,
+        &["user", "unlock", "--firm", &f.id, &bob.id],
+    );
+
     let entries = audit(&d, &f);
     let locks = entries
         .iter()
         .filter(|e| e["action"] == "users.locked")
         .count();
-    assert_eq!(locks, 5);
+    assert_eq!(locks, 6);
     assert!(
         entries
             .iter()
@@ -964,8 +984,14 @@ fn mfa_policy_admins_enrol_and_a_reset_leaves_only_enrolment() {
     );
     assert_eq!(r.status, 200, "{}", text(&r));
 
-    // Policy `required`: the viewer without TOTP may now only enrol.
+    // Policy `required`: the viewer without TOTP may now only enrol, in the
+    // session already open too.
     set_mfa_policy(&d, &f, "required");
+    let r = get_firm(&d, &f, &v);
+    assert_eq!(
+        (r.status, code_of(&r).as_str()),
+        (403, "mfa_enrolment_required")
+    );
     let r = sign_in(&d, &f, &vic.login, PASSWORD, None);
     assert_eq!(r.json()["mfa_enrolment_required"], true);
     let t = r.json()["token"].as_str().unwrap().to_owned();

@@ -50,7 +50,7 @@ impl std::fmt::Debug for UserRow {
 }
 
 /// A session as stored (its token only as an HMAC).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionRow {
     pub id: String,
     pub user_id: String,
@@ -72,8 +72,21 @@ pub struct SessionAuth {
     pub session: SessionRow,
     pub user: UserRow,
     pub expires_unix: i64,
+    /// The firm's MFA policy requires a second factor this user lacks (so
+    /// the session may only enrol one, whenever it was opened).
+    pub mfa_missing: bool,
     pub seen_unix: std::sync::atomic::AtomicI64,
     pub stored_seen_unix: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for SessionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRow")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 const USER_COLUMNS: &str = "id, login, display_name, role, allow, deny, state, password, totp, \
