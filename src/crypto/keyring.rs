@@ -326,18 +326,10 @@ pub fn secret_fingerprint(auth_key: &SecretKey, name: &str, value: &[u8]) -> [u8
     out
 }
 
-/// HMAC-SHA256 of an API key's secret under the firm's auth key.
+/// HMAC-SHA256 of an API key's secret under the firm's auth key:
+/// `"strongroom/api-key/v1|" | key id | "|" | secret`.
 pub fn api_key_mac(auth_key: &SecretKey, key_id: &str, secret: &[u8]) -> [u8; 32] {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, auth_key.expose());
-    let mut ctx = hmac::Context::with_key(&k);
-    ctx.update(b"strongroom/api-key/v1|");
-    ctx.update(key_id.as_bytes());
-    ctx.update(b"|");
-    ctx.update(secret);
-    let tag = ctx.sign();
-    let mut out = [0u8; 32];
-    out.copy_from_slice(tag.as_ref());
-    out
+    credential_mac(auth_key, "api-key", key_id, secret)
 }
 
 /// HMAC-SHA256 of a user credential's secret (a session token, an
