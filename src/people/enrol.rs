@@ -289,8 +289,9 @@ impl People {
     }
 
     /// Checks the caller's current password when `needed`; a wrong one
-    /// counts towards lockout like a failed sign-in.
-    async fn reauthenticate(
+    /// counts towards lockout like a failed sign-in. Every route that asks
+    /// for the current password goes through here.
+    pub(super) async fn reauthenticate(
         self: &Arc<Self>,
         auth: &Authorized<perm::Account>,
         current: Option<Zeroizing<String>>,

@@ -332,30 +332,7 @@ impl People {
     ) -> Result<(), FirmError> {
         let (user, session) = me(auth.principal())?;
         let (user, session) = (user.to_string(), session.to_string());
-        let me2 = self.clone();
-        let u = user.clone();
-        let firm = auth.firm().clone();
-        let row = crate::firms::blocking(move || {
-            let h = me2.pool.handle(&firm)?;
-            h.db.read_blocking(|r| r.user(&u))?
-                .ok_or(FirmError::UserNotFound)
-        })
-        .await?;
-        // Security invariant: re-entering a password is a sign-in attempt: throttled per source, refused while locked.
-        self.throttle(&auth.principal().origin)?;
-        if super::locked_until(&row).is_some_and(|t| t > self.pool.clock.now()) {
-            return Err(FirmError::InvalidCredentials);
-        }
-        let checked = self.check_password(&row, &current).await?;
-        if !checked.matches {
-            let (me2, origin) = (self.clone(), auth.principal().origin.clone());
-            let firm = auth.firm().clone();
-            return crate::firms::blocking(move || {
-                let h = me2.pool.handle(&firm)?;
-                me2.record_failure(&h, &row, &origin, "password change: wrong current password")
-            })
-            .await;
-        }
+        let (_, row) = self.reauthenticate(&auth, Some(current), true).await?;
         let normalised = super::password::check(&new, &row.login)?;
         let iterations = self.cfg.iterations;
         let hash = super::hashing(move || {
