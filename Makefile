@@ -47,7 +47,7 @@ $(STOCK_PY):
 
 $(TEST_PY):
 	python3 -m venv "$(TEST_VENV)"
-	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0"
+	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0" "schemathesis==4.32.5"
 
 test: lint deny $(STOCK_PY) $(TEST_PY)
 	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \

@@ -20,7 +20,7 @@ use crate::store::firm::AuditRow;
 pub const MAX_PAGE: u64 = 500;
 
 /// One entry as the API shows it, details decrypted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntryView {
     pub seq: u64,
     pub at: String,
@@ -37,7 +37,7 @@ pub struct AuditEntryView {
     pub leaf_hash: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub tree_size: u64,
     pub entries: Vec<AuditEntryView>,
@@ -45,7 +45,7 @@ pub struct AuditPage {
     pub next: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditVerifyView {
     pub ok: bool,
     pub tree_size: u64,
@@ -58,7 +58,7 @@ pub struct AuditVerifyView {
 }
 
 /// An RFC 9162 inclusion proof, hashes in lowercase hex.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InclusionView {
     pub tree_size: u64,
     pub leaf_index: u64,
@@ -68,7 +68,7 @@ pub struct InclusionView {
 }
 
 /// An RFC 9162 consistency proof, hashes in lowercase hex.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConsistencyView {
     pub from_size: u64,
     pub to_size: u64,

@@ -22,7 +22,7 @@ use crate::store::firm::ApiKeyRow;
 const LAST_USED_GRANULARITY_SECS: i64 = 60;
 
 /// A key's metadata, as the API shows it. Never the secret or its hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     pub name: String,

@@ -26,7 +26,9 @@ pub const TOKEN_PREFIX: &str = "sr_";
 const SECRET_HEX: usize = 64;
 
 /// Roles, most powerful first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,

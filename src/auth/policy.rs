@@ -94,6 +94,18 @@ impl serde::Serialize for Permission {
     }
 }
 
+/// A permission's name, as API bodies spell it: the enum of every one.
+impl utoipa::PartialSchema for Permission {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Permission::ALL.iter().map(|p| p.as_str())))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Permission {}
+
 /// What each role grants. Each role holds everything the roles below it hold.
 pub fn role_grants(role: Role) -> &'static [Permission] {
     use Permission::*;

@@ -24,7 +24,7 @@ use crate::store::firm::FirmDb;
 use crate::store::registry::{FirmRow, WrappedKey};
 
 /// The public view of a firm (`GET /api/v1/firms/{firm_id}`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FirmView {
     id: String,
     name: String,

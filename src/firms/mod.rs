@@ -244,10 +244,18 @@ pub(crate) fn load_or_create_appliance_key(
     })
 }
 
+/// [`validate_name`] as a JSON Schema pattern (for the API document).
+pub const NAME_PATTERN: &str = "^[^\\s\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff](?:[^\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff]*[^\\s\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff])?$";
+
 pub(crate) fn validate_name(name: &str) -> Result<&str, FirmError> {
-    let name = name.trim();
-    if name.is_empty() {
+    if name.trim().is_empty() {
         return Err(FirmError::InvalidName("empty".to_owned()));
+    }
+    // Refused rather than trimmed: a name is stored exactly as sent, or not at all.
+    if name.trim() != name {
+        return Err(FirmError::InvalidName(
+            "begins or ends with white space".to_owned(),
+        ));
     }
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(FirmError::InvalidName(format!(

@@ -44,6 +44,30 @@ impl<T: DeserializeOwned> ApiJson<T> {
     }
 }
 
+/// A count or sequence number in a query string: 0 to 2^63 - 1, the range
+/// of the `int64` the API document declares (a larger value is refused, not
+/// wrapped or lowered).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count(pub u64);
+
+impl Count {
+    pub fn parse(s: &str) -> Option<Self> {
+        s.parse::<u64>()
+            .ok()
+            .filter(|n| i64::try_from(*n).is_ok())
+            .map(Count)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        i64::try_from(n)
+            .map(|_| Count(n))
+            .map_err(|_| serde::de::Error::custom("a count is at most 9223372036854775807"))
+    }
+}
+
 fn bad_query(detail: String) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
 }
@@ -94,16 +118,17 @@ pub async fn get_firm(
 }
 
 /// Body of `PATCH /api/v1/firms/{firm_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePatch {
     display_name: Option<String>,
     contact_email: Option<String>,
     /// `required`, `required_for_admins` (the default) or `optional`.
+    #[schema(value_type = Option<crate::people::MfaPolicy>)]
     mfa_policy: Option<String>,
 }
 
-const MAX_PROFILE_CHARS: usize = 500;
+pub(super) const MAX_PROFILE_CHARS: usize = 500;
 
 /// `PATCH /api/v1/firms/{firm_id}`: the firm's own profile fields.
 pub async fn patch_firm(

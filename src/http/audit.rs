@@ -7,19 +7,28 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::AppState;
-use super::api::{ApiQuery, blocking};
+use super::api::{ApiQuery, Count, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::audit::{AuditPage, AuditVerifyView, ConsistencyView, InclusionView, MAX_PAGE};
 use crate::auth::policy::perm;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
+    /// The first sequence number to return.
     #[serde(default)]
-    from: u64,
-    limit: Option<u64>,
+    #[param(value_type = i64, minimum = 0)]
+    from: Count,
+    /// Page size, 1 to 500 (larger values are lowered to 500).
+    #[param(value_type = Option<i64>, minimum = 1)]
+    limit: Option<Count>,
+    /// Entries at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Entries before this time (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
     actor: Option<String>,
     action: Option<String>,
@@ -61,7 +70,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<AuditPage>, Problem> {
     let svc = shared.audit.clone();
-    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    let limit = q.limit.map_or(100, |c| c.0).min(MAX_PAGE);
     if limit == 0 {
         return Err(Problem::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -77,7 +86,7 @@ pub async fn list(
         resource: q.resource,
     };
     Ok(Json(
-        blocking(move || svc.audit_page(&auth, q.from, limit, &filter)).await?,
+        blocking(move || svc.audit_page(&auth, q.from.0, limit, &filter)).await?,
     ))
 }
 
@@ -91,11 +100,14 @@ pub async fn verify(
     Ok(Json(blocking(move || svc.audit_verify(&auth)).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
-    seq: u64,
-    size: Option<u64>,
+    #[param(value_type = i64, minimum = 0)]
+    seq: Count,
+    #[param(value_type = Option<i64>, minimum = 1)]
+    size: Option<Count>,
 }
 
 /// `GET /api/v1/audit/{firm_id}/proof/inclusion?seq=N&size=M`
@@ -106,15 +118,18 @@ pub async fn inclusion(
 ) -> Result<Json<InclusionView>, Problem> {
     let svc = shared.audit.clone();
     Ok(Json(
-        blocking(move || svc.audit_inclusion(&auth, q.seq, q.size)).await?,
+        blocking(move || svc.audit_inclusion(&auth, q.seq.0, q.size.map(|c| c.0))).await?,
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
-    from: u64,
-    to: Option<u64>,
+    #[param(value_type = i64, minimum = 1)]
+    from: Count,
+    #[param(value_type = Option<i64>, minimum = 1)]
+    to: Option<Count>,
 }
 
 /// `GET /api/v1/audit/{firm_id}/proof/consistency?from=A&to=B`
@@ -125,7 +140,7 @@ pub async fn consistency(
 ) -> Result<Json<ConsistencyView>, Problem> {
     let svc = shared.audit.clone();
     Ok(Json(
-        blocking(move || svc.audit_consistency(&auth, q.from, q.to)).await?,
+        blocking(move || svc.audit_consistency(&auth, q.from.0, q.to.map(|c| c.0))).await?,
     ))
 }
 

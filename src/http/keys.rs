@@ -20,20 +20,25 @@ use crate::auth::{KeyView, Minted, NewKey};
 use crate::clock::parse_rfc3339;
 
 /// Body of `POST /api/v1/keys/{firm_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintBody {
     name: String,
+    #[schema(value_type = Role)]
     role: String,
     #[serde(default)]
+    #[schema(value_type = Vec<crate::auth::policy::Permission>)]
     allow: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<crate::auth::policy::Permission>)]
     deny: Vec<String>,
+    /// RFC 3339; in the future.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
 /// A minted or rotated key: its metadata plus the secret, shown once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MintedView {
     #[serde(flatten)]
     key: KeyView,
@@ -50,7 +55,7 @@ impl From<Minted> for MintedView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyList {
     keys: Vec<KeyView>,
 }

@@ -11,6 +11,7 @@ mod keys;
 pub mod metrics;
 mod middleware;
 mod numbers;
+mod openapi;
 pub mod problem;
 mod ratelimit;
 mod records;
@@ -96,6 +97,12 @@ fn table() -> Vec<(RouteSpec, Handler)> {
     vec![
         r(Method::GET, "/status", Public, get(routes::status)),
         r(Method::GET, "/healthz", Public, get(routes::healthz)),
+        r(
+            Method::GET,
+            "/api/v1/openapi.json",
+            Public,
+            get(openapi::serve),
+        ),
         r(
             Method::GET,
             "/api/v1/firms/{firm_id}",
@@ -474,7 +481,12 @@ mod tests {
             match r.access {
                 Access::Public => {
                     assert_eq!(r.method, Method::GET, "{} {} is public", r.method, r.path);
-                    assert!(!r.path.starts_with("/api/"), "{} is public", r.path);
+                    // The API's description is public: it holds no data.
+                    assert!(
+                        !r.path.starts_with("/api/") || r.path == "/api/v1/openapi.json",
+                        "{} is public",
+                        r.path
+                    );
                 }
                 Access::SignIn => {
                     // Only the routes that take a credential in their body.

@@ -91,7 +91,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 
 /// `If-Match: "<version>"` (None when absent). Any other form cannot match.
 fn if_match(headers: &HeaderMap) -> Result<Option<u32>, Problem> {
-    let Some(v) = headers.get(header::IF_MATCH) else {
+    // An empty If-Match names no tag: as if absent (RFC 9110's list may be empty).
+    let Some(v) = headers
+        .get(header::IF_MATCH)
+        .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+    else {
         return Ok(None);
     };
     // ETags compare as opaque strings (RFC 9110 strong comparison): only
@@ -140,13 +144,17 @@ pub async fn list(
     let after = q.remove("after").unwrap_or_default();
     let limit = match q.remove("limit") {
         None => 100,
-        Some(l) => l.parse().map_err(|_| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "limit must be a number",
-            )
-        })?,
+        Some(l) => {
+            super::api::Count::parse(&l)
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "limit must be a whole number from 1 to 9223372036854775807",
+                    )
+                })?
+                .0
+        }
     };
     if q.len() > 1 {
         return Err(Problem::new(

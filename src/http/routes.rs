@@ -5,14 +5,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::AppState;
 use super::problem::Problem;
 
 /// `GET /status`: public, so it says only what a client may know.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatusBody {
     pub version: &'static str,
     pub commit: &'static str,
@@ -34,8 +33,15 @@ pub async fn status(State(shared): State<Arc<AppState>>) -> Json<StatusBody> {
     })
 }
 
-pub async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
+/// `GET /healthz`: the process answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 pub async fn not_found() -> Problem {

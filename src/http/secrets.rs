@@ -19,10 +19,11 @@ use crate::vault::{SecretValue, SecretView};
 
 /// Body of PUT and of verify: `{"value": "..."}`. The string is wiped when
 /// it is dropped (after it is copied into a [`SecretValue`]).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValueBody {
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     value: Zeroizing<String>,
 }
 
@@ -41,12 +42,12 @@ fn value_of(headers: &HeaderMap, body: &Bytes) -> Result<SecretValue, Problem> {
     Ok(SecretValue::new(b.value))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SecretList {
     secrets: Vec<SecretView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct VerifyAnswer {
     #[serde(rename = "match")]
     matched: bool,

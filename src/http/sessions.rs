@@ -68,55 +68,74 @@ macro_rules! redacted_debug {
 }
 
 /// Body of `POST /api/v1/sessions/{firm_id}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInBody {
     login: String,
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     password: Zeroizing<String>,
     /// A TOTP code, or a recovery code.
     #[serde(default, deserialize_with = "zeroizing_opt")]
+    #[schema(value_type = Option<String>)]
     code: Option<Zeroizing<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolStartBody {
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     token: Zeroizing<String>,
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     password: Zeroizing<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolConfirmBody {
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     token: Zeroizing<String>,
     #[serde(default, deserialize_with = "zeroizing_opt")]
+    #[schema(value_type = Option<String>)]
     code: Option<Zeroizing<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     current_password: Zeroizing<String>,
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     new_password: Zeroizing<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CurrentPasswordBody {
     #[serde(default, deserialize_with = "zeroizing_opt")]
+    #[schema(value_type = Option<String>)]
     current_password: Option<Zeroizing<String>>,
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/me/{firm_id}/recovery-codes`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReauthBody {
+    #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
+    current_password: Zeroizing<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeBody {
     #[serde(deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
     code: Zeroizing<String>,
 }
 
@@ -126,11 +145,12 @@ redacted_debug!(
     EnrolConfirmBody,
     PasswordBody,
     CurrentPasswordBody,
+    ReauthBody,
     CodeBody
 );
 
 /// A new session: the token, shown once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionIssued {
     /// `Authorization: Bearer <token>`. Not stored anywhere; not shown again.
     token: String,
@@ -152,7 +172,7 @@ impl From<SignedIn> for SessionIssued {
 }
 
 /// TOTP material to scan, shown once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TotpView {
     /// Base32, for typing into an authenticator.
     secret: String,
@@ -171,7 +191,7 @@ impl From<TotpEnrolment> for TotpView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RecoveryCodes {
     /// Each works once in place of a TOTP code. Shown once.
     recovery_codes: Vec<String>,
@@ -183,7 +203,7 @@ fn codes(v: Vec<crate::people::OneTime>) -> RecoveryCodes {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct EnrolledView {
     user: UserView,
     recovery_codes: Vec<String>,
@@ -379,12 +399,12 @@ pub async fn recovery_codes(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<RecoveryCodes>, Problem> {
-    let b: CurrentPasswordBody = optional_body(&headers, &body)?;
+    let ApiJson(b) = ApiJson::<ReauthBody>::parse(&headers, &body)?;
     Ok(Json(codes(
         shared
             .people
             .clone()
-            .regenerate_recovery_codes(auth, b.current_password)
+            .regenerate_recovery_codes(auth, Some(b.current_password))
             .await?,
     )))
 }

@@ -39,20 +39,23 @@ fn permissions(list: &[String]) -> Result<std::collections::BTreeSet<Permission>
 }
 
 /// Body of `POST /api/v1/users/{firm_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteBody {
     login: String,
     display_name: String,
+    #[schema(value_type = crate::auth::Role)]
     role: String,
     #[serde(default)]
+    #[schema(value_type = Vec<crate::auth::policy::Permission>)]
     allow: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<crate::auth::policy::Permission>)]
     deny: Vec<String>,
 }
 
 /// An invitation: the user and the one-time enrolment token.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct InvitationView {
     user: UserView,
     /// Give this to the invitee. Not stored anywhere; not shown again.
@@ -104,7 +107,7 @@ pub async fn reinvite(
     Ok((StatusCode::CREATED, Json(inv.into())))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserList {
     users: Vec<UserView>,
 }
@@ -130,12 +133,15 @@ pub async fn show(
 }
 
 /// Body of `PATCH /api/v1/users/{firm_id}/{user_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
     display_name: Option<String>,
+    #[schema(value_type = Option<crate::auth::Role>)]
     role: Option<String>,
+    #[schema(value_type = Option<Vec<crate::auth::policy::Permission>>)]
     allow: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<crate::auth::policy::Permission>>)]
     deny: Option<Vec<String>>,
 }
 
@@ -220,7 +226,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionList {
     pub(super) sessions: Vec<SessionView>,
 }
@@ -236,7 +242,7 @@ pub async fn sessions(
     Ok(Json(SessionList { sessions }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Revoked {
     pub(super) revoked: u64,
 }

@@ -78,7 +78,7 @@ impl From<&PeopleSection> for PeopleConfig {
 }
 
 /// A firm's rule for second factors (`mfa_policy` in its profile).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MfaPolicy {
     /// Everyone must have TOTP.
@@ -182,15 +182,73 @@ pub(crate) fn new_token(
     Ok((secret, token))
 }
 
-/// A login name as stored and compared: NFKC, lower case, trimmed.
+/// Longest login name, in characters as sent.
+pub const MAX_LOGIN_CHARS: usize = 254;
+
+/// White space, control and invisible formatting characters: never in a login.
+fn unseen(c: char) -> bool {
+    c.is_control() || c.is_whitespace() || crate::ids::is_invisible_format(c)
+}
+
+/// A character a login may hold: neither it nor its compatibility form
+/// (NFKC, as logins are compared) is white space, control or invisible.
+fn login_char(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    !unseen(c) && !std::iter::once(c).nfkc().any(unseen)
+}
+
+/// [`normalise_login`]'s rule as a JSON Schema pattern (for the API
+/// document): the characters [`login_char`] refuses, listed.
+pub fn login_pattern() -> &'static str {
+    static PATTERN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut class = String::new();
+        let mut run: Option<(char, char)> = None;
+        let esc = |c: char| {
+            if (c as u32) < 0x10000 {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        };
+        let flush = |r: (char, char), class: &mut String| {
+            class.push_str(&esc(r.0));
+            if r.1 != r.0 {
+                class.push('-');
+                class.push_str(&esc(r.1));
+            }
+        };
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            if login_char(c) {
+                continue;
+            }
+            run = match run {
+                Some((a, b)) if b as u32 + 1 == c as u32 => Some((a, c)),
+                Some(r) => {
+                    flush(r, &mut class);
+                    Some((c, c))
+                }
+                None => Some((c, c)),
+            };
+        }
+        if let Some(r) = run {
+            flush(r, &mut class);
+        }
+        format!("^[^{class}]{{1,{MAX_LOGIN_CHARS}}}$")
+    })
+}
+
+/// A login name as stored and compared: NFKC, lower case.
 /// Security invariant: logins differing only in case or Unicode form are one login.
 pub fn normalise_login(login: &str) -> Result<String, FirmError> {
     use unicode_normalization::UnicodeNormalization;
-    let n: String = login.trim().nfkc().collect::<String>().to_lowercase();
-    let ok = (1..=254).contains(&n.chars().count())
-        && !n
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || crate::ids::is_invisible_format(c));
+    // Checked as sent (length and characters), so the rule is the one the
+    // API document states; the compared form is NFKC in lower case.
+    let n: String = login.nfkc().collect::<String>().to_lowercase();
+    let ok = (1..=MAX_LOGIN_CHARS).contains(&login.chars().count())
+        && login.chars().all(login_char)
+        && !n.is_empty()
+        && !n.chars().any(unseen);
     if ok {
         Ok(n)
     } else {
@@ -240,7 +298,7 @@ pub(crate) fn open_totp(
 
 /// A user as the API shows them: never a password hash, TOTP secret,
 /// recovery code or token.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: String,
     pub login: String,
@@ -379,14 +437,32 @@ mod tests {
     #[test]
     fn logins_are_one_whatever_their_case_or_form() {
         assert_eq!(
-            normalise_login(" Alice@Example.COM ").unwrap(),
+            normalise_login("Alice@Example.COM").unwrap(),
             "alice@example.com"
         );
         // NFKC folds the full-width form onto ASCII.
         assert_eq!(normalise_login("ＡＬＩＣＥ").unwrap(), "alice");
         assert!(normalise_login("a b").is_err());
+        assert!(normalise_login(" alice").is_err());
         assert!(normalise_login("").is_err());
         assert!(normalise_login("al\u{202e}ice").is_err());
+        // A macron's compatibility form begins with a space: refused as sent.
+        assert!(normalise_login("a\u{af}").is_err());
+        assert!(normalise_login(&"a".repeat(MAX_LOGIN_CHARS)).is_ok());
+        assert!(normalise_login(&"a".repeat(MAX_LOGIN_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn the_login_pattern_lists_what_the_rule_refuses() {
+        let p = login_pattern();
+        assert!(p.starts_with("^[^\\u0000-\\u0020"), "{}", &p[..40]);
+        for refused in ['\u{a0}', '\u{af}', '\u{202e}', '\u{3000}', '\u{feff}'] {
+            assert!(!login_char(refused));
+        }
+        for kept in ['a', 'é', 'Ａ', '@', '\u{1F600}'] {
+            assert!(login_char(kept), "{kept:?}");
+        }
+        assert!(p.ends_with(&format!("]{{1,{MAX_LOGIN_CHARS}}}$")));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::store::firm::{SessionAuth, SessionRow};
 const SEEN_GRANULARITY_SECS: i64 = 60;
 
 /// A session as the API shows it (never its token or MAC).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub id: String,
     pub user_id: String,

@@ -93,7 +93,7 @@ impl People {
         origin: Origin,
     ) -> Result<SignedIn, FirmError> {
         self.throttle(&origin)?;
-        let login = super::normalise_login(&req.login).unwrap_or_default();
+        let login = super::normalise_login(req.login.trim()).unwrap_or_default();
         let me = self.clone();
         let found = blocking(move || me.lookup(&firm, &login)).await?;
         let row = found.as_ref().and_then(|(_, r, _)| r.clone());

@@ -13,7 +13,7 @@ pub const MAX_FIELDS: usize = 200;
 /// What a masked sensitive field reads as without `records:read_sensitive`.
 pub const MASK: &str = "[MASKED]";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     String,
@@ -37,7 +37,7 @@ impl FieldType {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Field {
     #[serde(rename = "type")]
@@ -57,7 +57,7 @@ pub struct Field {
 }
 
 /// What to do with PII found in a field not declared sensitive.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PiiPolicy {
     /// Store as sent, warn in the response, record in the audit entry.
@@ -69,7 +69,7 @@ pub enum PiiPolicy {
     Reject,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schema {
     pub fields: BTreeMap<String, Field>,

@@ -20,7 +20,7 @@ use crate::store::firm::{RecordRow, WriteTx};
 /// Largest page of records.
 pub const MAX_RECORD_PAGE: u64 = 500;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CollectionView {
     pub name: String,
     pub version: u32,
@@ -28,7 +28,7 @@ pub struct CollectionView {
 }
 
 /// A record as a reader sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordView {
     pub id: String,
     pub collection: String,
@@ -46,7 +46,7 @@ impl RecordView {
 }
 
 /// PII found in a flagged or redacted field.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PiiWarning {
     pub field: String,
     pub kind: &'static str,
@@ -62,7 +62,7 @@ pub struct Written {
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordPage {
     pub records: Vec<RecordView>,
     /// Pass as `after` for the next page; absent on the last page.

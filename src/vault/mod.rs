@@ -49,7 +49,7 @@ impl std::fmt::Debug for SecretValue {
 }
 
 /// What the API shows of a secret: metadata, never the value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SecretView {
     pub name: String,
     pub version: u32,

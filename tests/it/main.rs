@@ -12,6 +12,7 @@ mod foundation;
 mod hardening;
 mod harness;
 mod keys;
+mod openapi;
 mod operations;
 mod people;
 mod raw_tls;

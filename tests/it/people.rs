@@ -44,8 +44,8 @@ fn text(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
-/// The Python with pyotp (`make test` makes it; made here if missing).
-fn pyotp_python() -> String {
+/// The tests' Python, with pyotp (`make test` makes it; made here if missing).
+pub fn test_python() -> String {
     static PY: OnceLock<String> = OnceLock::new();
     PY.get_or_init(|| {
         if let Ok(p) = std::env::var("STRONGROOM_TEST_PY") {
@@ -86,7 +86,7 @@ fn pyotp_python() -> String {
 
 /// The TOTP code for `secret` at Unix time `at`, by pyotp (RFC 6238).
 pub fn pyotp_code(secret: &str, at: i64) -> String {
-    let out = Command::new(pyotp_python())
+    let out = Command::new(test_python())
         .args([
             "-c",
             "import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).at(int(sys.argv[2])))",
