@@ -69,7 +69,11 @@ pub struct Activity {
     busy: AtomicUsize,
     last_ms: AtomicU64,
     moved: AtomicU64,
+    /// When the first byte of the next request head arrived ([`NO_HEAD`]: none yet).
+    head_ms: AtomicU64,
 }
+
+const NO_HEAD: u64 = u64::MAX;
 
 impl Activity {
     fn new(epoch: Instant) -> Self {
@@ -78,6 +82,7 @@ impl Activity {
             busy: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             moved: AtomicU64::new(0),
+            head_ms: AtomicU64::new(NO_HEAD),
         };
         a.touch();
         a
@@ -97,6 +102,30 @@ impl Activity {
         self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Bytes read: with no request in progress, they begin the next request's
+    /// head, and the header timeout runs from the first of them (one clock
+    /// read per request, not per read).
+    fn read(&self) {
+        self.moved();
+        if self.busy.load(Ordering::Relaxed) == 0 && self.head_ms.load(Ordering::Relaxed) == NO_HEAD
+        {
+            self.head_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// How long a request head has been arriving without being complete;
+    /// `None` when no byte of one has come (an idle keep-alive connection is
+    /// the idle timeout's, not the header timeout's).
+    pub fn head_waiting_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        match self.head_ms.load(Ordering::Relaxed) {
+            NO_HEAD => None,
+            t => Some(Duration::from_millis(self.now_ms().saturating_sub(t))),
+        }
+    }
+
     /// The I/O count, for the idle timer to compare between wake-ups.
     pub fn io_count(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
@@ -105,6 +134,7 @@ impl Activity {
     /// Marks a request in progress until the returned guard drops.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);
+        self.head_ms.store(NO_HEAD, Ordering::Relaxed);
         self.touch();
         Busy(self.clone())
     }
@@ -297,7 +327,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.moved();
+            self.activity.read();
         }
         r
     }

@@ -43,8 +43,12 @@ pub async fn serve(
     let limits = tracker.limits().clone();
     let graceful = GracefulShutdown::new();
     let mut h1 = http1::Builder::new();
+    // hyper's own header timeout also runs while a keep-alive connection
+    // waits for its next request, which would close idle connections at the
+    // header timeout (with an unasked-for 408) instead of the idle timeout:
+    // the header deadline is kept below, from a head's first byte.
     h1.timer(TokioTimer::new())
-        .header_read_timeout(limits.header)
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
@@ -147,10 +151,22 @@ pub async fn serve(
             };
             let mut seen_io = guard.activity.io_count();
             loop {
-                let wait = match guard.activity.idle_for() {
+                let mut wait = match guard.activity.idle_for() {
                     Some(idle) => limits.idle.saturating_sub(idle),
                     None => limits.idle,
                 };
+                // HTTP/1.1: a request head must be complete within the header
+                // timeout of its first byte (h2 has its own framing deadlines).
+                let head = (!is_h2)
+                    .then(|| guard.activity.head_waiting_for())
+                    .flatten();
+                if let Some(waited) = head {
+                    if waited >= limits.header {
+                        refused_slow_head(peer);
+                        return;
+                    }
+                    wait = wait.min(limits.header - waited);
+                }
                 tokio::select! {
                     r = &mut conn => {
                         if let Err(e) = r {
@@ -171,6 +187,9 @@ pub async fn serve(
                             guard.activity.touch();
                             continue;
                         }
+                        if !is_h2 && guard.activity.head_waiting_for().is_some() {
+                            continue;
+                        }
                         if guard.activity.idle_for().is_some_and(|d| d >= limits.idle) {
                             tracing::debug!(peer = %peer, "idle connection timed out");
                             return;
@@ -185,6 +204,21 @@ pub async fn serve(
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(deadline_secs = drain.as_secs(), "drain deadline reached; closing remaining connections"),
     }
+}
+
+/// A request head that did not arrive within the header timeout: the
+/// connection is closed (a slow-headers client gets no more of our time).
+fn refused_slow_head(peer: SocketAddr) {
+    tracing::info!(
+        target: "strongroom::request",
+        request_id = %super::middleware::new_request_id(),
+        method = "-",
+        route = "<unparsed>",
+        status = 408u16,
+        peer = %peer,
+        error = "request head not complete within the header timeout",
+        "request refused by the HTTP parser"
+    );
 }
 
 /// A request the HTTP parser refused before any of our code saw it. hyper
