@@ -28,7 +28,7 @@ pub struct PageQuery {
 
 /// An RFC 3339 time as stored (UTC, whole seconds, rounded up), or a 400
 /// naming the parameter.
-fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
+pub(super) fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
     v.map(|s| {
         crate::clock::parse_rfc3339(&s)
             // Entries are stamped to the second: a fractional bound rounds

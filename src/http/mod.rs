@@ -549,3 +549,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
