@@ -54,9 +54,20 @@ pub fn scan(text: &str) -> Vec<Found> {
     }
     // Phone numbers and card numbers written with spaces span several
     // tokens: look at runs of digit groups too.
-    for (start, end) in digit_runs(text) {
-        if out.iter().any(|f| f.start < end && start < f.end) {
-            continue;
+    for (start, mut end) in digit_runs(text) {
+        // A run that reaches into a token matched above (an address, say)
+        // is cut short of it: the digits before it may still be a number.
+        if let Some(f) = out
+            .iter()
+            .filter(|f| f.start < end && start < f.end)
+            .min_by_key(|f| f.start)
+        {
+            let before =
+                text[start..f.start.max(start)].trim_end_matches(|c: char| !c.is_ascii_digit());
+            if before.is_empty() {
+                continue;
+            }
+            end = start + before.len();
         }
         let run = &text[start..end];
         let digits: String = run.chars().filter(char::is_ascii_digit).collect();
@@ -364,6 +375,23 @@ mod tests {
         assert_eq!(
             redact(t, &f),
             "write to [REDACTED:email] or [REDACTED:us_ssn]."
+        );
+    }
+
+    #[test]
+    fn a_number_next_to_another_match_is_still_found() {
+        // Found by the `pii` fuzz target: the digit run "+44 20 7946 090"
+        // reached into the address "090::1:2" and was dropped whole, so
+        // redaction left the phone number in clear.
+        let t = "call +44 20 7946 090::1:2 today";
+        let f = scan(t);
+        assert_eq!(
+            f.iter().map(|f| f.kind).collect::<Vec<_>>(),
+            [Kind::Phone, Kind::IpAddress]
+        );
+        assert_eq!(
+            redact(t, &f),
+            "call [REDACTED:phone] [REDACTED:ip_address] today"
         );
     }
 }
