@@ -5,6 +5,10 @@ CARGO      ?= cargo
 STATE_DIR  ?= $(CURDIR)/dev-state
 LISTEN     ?= 127.0.0.1:8443
 DENY_VER   := 0.20.2
+# cargo-fuzz, pinned so CI reproduces it; the targets are in fuzz/.
+FUZZ_VER   := 0.13.2
+FUZZ_SECONDS ?= 120
+FUZZ_SMOKE_SECONDS ?= 20
 # A stock SQLCipher 4 client (built on OpenSSL, from PyPI) for the
 # disaster-recovery test: it must read our files given the exported raw key.
 STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
@@ -13,7 +17,7 @@ STOCK_PY   := $(STOCK_VENV)/bin/python
 TEST_VENV  := $(CURDIR)/target/test-py
 TEST_PY    := $(TEST_VENV)/bin/python
 
-.PHONY: help deps build run test lint deny bench bench-http package test-package clean
+.PHONY: help deps build run test lint deny bench bench-http package test-package clean fuzz-deps fuzz fuzz-smoke
 
 help:
 	@echo "make run     build and run strongroomd in dev mode (STATE_DIR=$(STATE_DIR), LISTEN=$(LISTEN))"
@@ -21,6 +25,7 @@ help:
 	@echo "make build   release binaries in target/release/"
 	@echo "make package       target/package/strongroom_<ver>-1_amd64.deb and strongroom-<ver>.x86_64.rpm"
 	@echo "make test-package  lint both packages, score the unit, boot the .deb in a Debian 12 container"
+	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each; make fuzz-smoke: $(FUZZ_SMOKE_SECONDS) s each"
 	@echo "make bench   durable commits/s through the group-commit writer vs a plain loop (BENCH_DIR=disk to measure)"
 	@echo "make bench-http  64 HTTPS clients against strongroomd, and against nginx (TLS 1.3, static JSON) as the ceiling"
 
@@ -59,6 +64,18 @@ package: build
 
 test-package: build
 	bash packaging/test-package.sh
+
+# Fuzzing needs no nightly toolchain: without a sanitizer, cargo-fuzz passes
+# no unstable flags, so the machine's stable toolchain builds the targets.
+fuzz-deps: deps
+	@cargo fuzz --version 2>/dev/null | grep -qF "$(FUZZ_VER)" || \
+		$(CARGO) install --locked cargo-fuzz@$(FUZZ_VER)
+
+fuzz: fuzz-deps
+	CARGO="$(CARGO)" bash fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: fuzz-deps
+	CARGO="$(CARGO)" bash fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
 
 BENCH_DIR ?= $(CURDIR)/target/bench-tmp
 

@@ -62,15 +62,21 @@ pub fn unix_ms(t: OffsetDateTime) -> u64 {
 /// RFC 3339 with seconds precision, UTC (`2026-11-22T15:04:05Z`).
 /// Always UTC, so stored timestamps compare correctly as text.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
+    // Not `to_offset`, which panics where UTC is past year 9999 (parsed
+    // times are refused there; this keeps any other caller safe too).
+    let t = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
     t.replace_nanosecond(0)
         .unwrap_or(t)
         .format(&Rfc3339)
         .unwrap_or_default()
 }
 
+/// `None` also for a time whose UTC equivalent is out of range
+/// (`9999-12-31T23:59:59-01:00`).
 pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok()
+    OffsetDateTime::parse(s, &Rfc3339)
+        .ok()
+        .filter(|t| t.checked_to_offset(time::UtcOffset::UTC).is_some())
 }
 
 #[cfg(test)]
@@ -82,5 +88,14 @@ mod tests {
         let t = parse_rfc3339("2026-11-22T23:00:00+05:00").unwrap();
         assert_eq!(rfc3339(t), "2026-11-22T18:00:00Z");
         assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+    }
+
+    #[test]
+    fn times_past_the_last_utc_second_are_refused() {
+        // Found by the `api_query` fuzz target: `?since=` with this time
+        // panicked converting it to UTC (year 10000).
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59-01:00"), None);
+        let last = parse_rfc3339("9999-12-31T23:59:59Z").unwrap();
+        assert_eq!(rfc3339(last), "9999-12-31T23:59:59Z");
     }
 }

@@ -18,6 +18,9 @@ pub mod crypto;
 pub mod daemon;
 pub mod errors;
 pub mod firms;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ids;
 pub mod limits;

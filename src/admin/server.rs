@@ -205,25 +205,34 @@ async fn handle(
         // A last request without its newline (the peer closed its side) is
         // still a request: answer it, then close.
         reader.set_limit(MAX_LINE as u64 + 1);
-        let resp = match std::str::from_utf8(&line) {
-            Err(_) => Response::err("bad_request", "the request line is not UTF-8"),
-            Ok(text) => match serde_json::from_str::<Request>(text) {
-                Err(e) => Response::err("bad_request", format!("malformed request: {e}")),
-                Ok(req) if req.v != PROTOCOL_VERSION => Response::err(
-                    "unsupported_version",
-                    format!(
-                        "protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION})",
-                        req.v
-                    ),
-                ),
-                Ok(req) => dispatch(&shared, caller, req).await,
-            },
+        let resp = match parse_request(&line) {
+            Err(resp) => resp,
+            Ok(req) => dispatch(&shared, caller, req).await,
         };
         write_response(&mut write, &resp).await?;
         if !complete {
             return Ok(());
         }
     }
+}
+
+/// One request line (its newline optional) as a [`Request`] this daemon
+/// speaks, or the error response to send back.
+pub(crate) fn parse_request(line: &[u8]) -> Result<Request, Response> {
+    let text = std::str::from_utf8(line)
+        .map_err(|_| Response::err("bad_request", "the request line is not UTF-8"))?;
+    let req = serde_json::from_str::<Request>(text)
+        .map_err(|e| Response::err("bad_request", format!("malformed request: {e}")))?;
+    if req.v != PROTOCOL_VERSION {
+        return Err(Response::err(
+            "unsupported_version",
+            format!(
+                "protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION})",
+                req.v
+            ),
+        ));
+    }
+    Ok(req)
 }
 
 async fn write_response(

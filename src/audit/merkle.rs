@@ -299,6 +299,10 @@ impl MemoryTree {
     /// Appends a leaf hash; returns its index.
     pub fn push(&mut self, leaf: Hash) -> Result<u64, MerkleError> {
         let index = self.size;
+        // A prefix read from an export may claim any size, the largest too.
+        let size = index
+            .checked_add(1)
+            .ok_or_else(|| MerkleError::Range(format!("a tree of {index} leaves is full")))?;
         for (level, idx, h) in append_nodes(self, index, leaf)? {
             let level = level as usize;
             if self.levels.len() <= level {
@@ -309,7 +313,7 @@ impl MemoryTree {
             debug_assert_eq!(*first + nodes.len() as u64, idx);
             nodes.push(h);
         }
-        self.size += 1;
+        self.size = size;
         Ok(index)
     }
 }
@@ -531,5 +535,15 @@ mod tests {
             }
         }
         assert!(MemoryTree::with_prefix(5, &[[0; 32]]).is_err());
+    }
+
+    #[test]
+    fn a_full_tree_refuses_another_leaf() {
+        // Found by the `merkle` fuzz target: a prefix of u64::MAX leaves (as
+        // a purge receipt may claim), then one more leaf, overflowed the size.
+        let mut t = MemoryTree::with_prefix(u64::MAX, &[[7; 32]; 64]).unwrap();
+        assert!(matches!(t.push([1; 32]), Err(MerkleError::Range(_))));
+        assert_eq!(t.size(), u64::MAX);
+        assert!(root(&t, u64::MAX).is_ok());
     }
 }

@@ -115,7 +115,9 @@ pub fn checkpoint_body(origin: &str, size: u64, root: &[u8; 32]) -> String {
 
 /// Origin, size and root of a checkpoint body (extension lines ignored).
 pub fn parse_checkpoint(text: &str) -> Result<(String, u64, [u8; 32]), NoteError> {
-    let mut lines = text.lines();
+    // Lines end in "\n" alone: a "\r" is part of the line, as in the
+    // C2SP formats (`str::lines` would drop it from an origin).
+    let mut lines = text.split('\n');
     let origin = lines
         .next()
         .filter(|o| !o.is_empty())
@@ -161,7 +163,11 @@ pub fn purge_receipt_body(r: &PurgeReceipt) -> String {
 }
 
 pub fn parse_purge_receipt(text: &str) -> Result<PurgeReceipt, NoteError> {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .strip_suffix('\n')
+        .unwrap_or(text)
+        .split('\n')
+        .collect();
     let field = |i: usize, key: &str| -> Result<&str, NoteError> {
         lines
             .get(i)
@@ -271,5 +277,23 @@ mod tests {
         assert!(parse_checkpoint(&body).is_err());
         assert!(parse_purge_receipt(&body.replace("before 12", "before x")).is_err());
         assert!(parse_purge_receipt(&checkpoint_body("o", 1, &[0; 32])).is_err());
+    }
+
+    #[test]
+    fn a_carriage_return_stays_part_of_the_line() {
+        // Found by the note fuzz target: an origin ending in "\r" lost it
+        // (`str::lines` strips "\r\n"), so a body did not read back as written.
+        let body = checkpoint_body("o\r", 42, &[7; 32]);
+        assert_eq!(parse_checkpoint(&body), Ok(("o\r".to_owned(), 42, [7; 32])));
+        assert!(parse_checkpoint("o\n42\r\nAAAA\n").is_err());
+        let r = PurgeReceipt {
+            origin: "o\r".into(),
+            before: 1,
+            chain: [1; 32],
+            tree_size: 1,
+            root: [2; 32],
+            cutoff: "2026-11-22T10:00:00Z".into(),
+        };
+        assert_eq!(parse_purge_receipt(&purge_receipt_body(&r)), Ok(r));
     }
 }

@@ -191,7 +191,7 @@ impl MasterKey {
     }
 }
 
-fn parse_key_bytes(raw: &[u8]) -> Option<SecretKey> {
+pub(crate) fn parse_key_bytes(raw: &[u8]) -> Option<SecretKey> {
     if raw.len() == 32 {
         let mut b = [0u8; 32];
         b.copy_from_slice(raw);

@@ -37,18 +37,18 @@ pub struct PageQuery {
 
 /// An RFC 3339 time as stored (UTC, whole seconds, rounded up), or a 400
 /// naming the parameter.
-fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
+pub(super) fn utc(name: &str, v: Option<String>) -> Result<Option<String>, Problem> {
     v.map(|s| {
         crate::clock::parse_rfc3339(&s)
             // Entries are stamped to the second: a fractional bound rounds
             // up, so `since` never admits an earlier entry.
-            .map(|t| {
+            .and_then(|t| {
                 let up = if t.nanosecond() > 0 {
-                    t + time::Duration::SECOND
+                    t.checked_add(time::Duration::SECOND)?
                 } else {
                     t
                 };
-                crate::clock::rfc3339(up)
+                Some(crate::clock::rfc3339(up))
             })
             .ok_or_else(|| {
                 Problem::new(
@@ -205,4 +205,21 @@ pub async fn export(
         ("application/x-ndjson", out)
     };
     Ok(([(axum::http::header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn time_bounds_past_year_9999_are_refused_not_panicked_on() {
+        // Found by the `api_query` fuzz target (the offset case).
+        for t in ["9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59.5Z"] {
+            assert!(utc("since", Some(t.to_owned())).is_err(), "{t}");
+        }
+        assert_eq!(
+            utc("since", Some("2026-11-23T10:00:00.5Z".to_owned())).unwrap(),
+            Some("2026-11-23T10:00:01Z".to_owned())
+        );
+    }
 }

@@ -561,3 +561,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;

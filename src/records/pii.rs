@@ -54,25 +54,59 @@ pub fn scan(text: &str) -> Vec<Found> {
     }
     // Phone numbers and card numbers written with spaces span several
     // tokens: look at runs of digit groups too.
+    let mut numbers = Vec::new();
     for (start, end) in digit_runs(text) {
-        if out.iter().any(|f| f.start < end && start < f.end) {
-            continue;
-        }
-        let run = &text[start..end];
-        let digits: String = run.chars().filter(char::is_ascii_digit).collect();
-        let kind = if luhn_card(&digits) {
-            Some(Kind::PaymentCard)
-        } else if is_phone(run, &digits) {
-            Some(Kind::Phone)
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
-            out.push(Found { kind, start, end });
+        for (start, end) in outside(text, start, end, &out) {
+            let run = &text[start..end];
+            let digits: String = run.chars().filter(char::is_ascii_digit).collect();
+            let kind = if luhn_card(&digits) {
+                Some(Kind::PaymentCard)
+            } else if is_phone(run, &digits) {
+                Some(Kind::Phone)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                numbers.push(Found { kind, start, end });
+            }
         }
     }
+    out.extend(numbers);
     out.sort_by_key(|f| f.start);
     out
+}
+
+/// The parts of the digit run `[start, end)` outside the token matches in
+/// `found`: a run may begin or end inside an address, and the digits beside
+/// it may still be a number. Each part starts at a digit, `+` or `(` and
+/// ends at a digit.
+fn outside(text: &str, start: usize, end: usize, found: &[Found]) -> Vec<(usize, usize)> {
+    let mut hits: Vec<(usize, usize)> = found
+        .iter()
+        .filter(|f| f.start < end && start < f.end)
+        .map(|f| (f.start, f.end))
+        .collect();
+    hits.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut at = start;
+    for (s, e) in hits {
+        if s > at {
+            gaps.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        gaps.push((at, end));
+    }
+    gaps.into_iter()
+        .filter_map(|(s, e)| {
+            let part = &text[s..e];
+            let rest = part.trim_start_matches(|c: char| !matches!(c, '0'..='9' | '+' | '('));
+            let s = s + part.len() - rest.len();
+            let e = s + rest.trim_end_matches(|c: char| !c.is_ascii_digit()).len();
+            (s < e).then_some((s, e))
+        })
+        .collect()
 }
 
 /// Replaces every match with its typed mask.
@@ -364,6 +398,27 @@ mod tests {
         assert_eq!(
             redact(t, &f),
             "write to [REDACTED:email] or [REDACTED:us_ssn]."
+        );
+    }
+
+    #[test]
+    fn a_number_next_to_another_match_is_still_found() {
+        // Found by the `pii` fuzz target: the digit run "+44 20 7946 090"
+        // reached into the address "090::1:2" (or, second case, began in
+        // "fe80::10") and was dropped whole, so redaction left the phone
+        // number in clear.
+        let t = "fe80::10 +44 20 7946 here";
+        let f = scan(t);
+        assert_eq!(redact(t, &f), "[REDACTED:ip_address] [REDACTED:phone] here");
+        let t = "call +44 20 7946 090::1:2 today";
+        let f = scan(t);
+        assert_eq!(
+            f.iter().map(|f| f.kind).collect::<Vec<_>>(),
+            [Kind::Phone, Kind::IpAddress]
+        );
+        assert_eq!(
+            redact(t, &f),
+            "call [REDACTED:phone] [REDACTED:ip_address] today"
         );
     }
 }
