@@ -58,6 +58,7 @@ BODIES = [
     {"login": "bob", "display_name": "Bob", "role": "viewer", "allow": [], "deny": ["records:write"]},
     {"display_name": "Bob B", "role": "admin", "allow": None},
     {"value": "s3cret"},
+    {"current_password": "old pw"},
     {"display_name": "Acme LLP", "contact_email": "it@acme.example", "mfa_policy": "required"},
 ]
 for i, b in enumerate(BODIES):

@@ -91,6 +91,11 @@ impl RecordId {
     }
 }
 
+/// Control characters and [`is_invisible_format`]'s, as the body of a
+/// regular-expression class (for the API document's patterns).
+pub const NOT_SHOWN_CLASS: &str =
+    "\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff";
+
 /// Characters that change how text around them is shown without being
 /// seen: bidirectional overrides and isolates (which make a name read
 /// differently from what it is), zero-width characters and the BOM.
@@ -103,6 +108,38 @@ pub fn is_invisible_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The class the API document states is exactly what the code refuses.
+    #[test]
+    fn the_not_shown_class_matches_the_predicates() {
+        let mut ranges = Vec::new();
+        let mut rest = NOT_SHOWN_CLASS;
+        let one = |r: &str| -> (u32, usize) {
+            let (digits, len) = match &r[..2] {
+                "\\x" => (&r[2..4], 4),
+                "\\u" => (&r[2..6], 6),
+                other => panic!("unexpected {other}"),
+            };
+            (u32::from_str_radix(digits, 16).unwrap(), len)
+        };
+        while !rest.is_empty() {
+            let (a, n) = one(rest);
+            rest = &rest[n..];
+            let b = match rest.strip_prefix('-') {
+                Some(r) => {
+                    let (b, n) = one(r);
+                    rest = &r[n..];
+                    b
+                }
+                None => a,
+            };
+            ranges.push(a..=b);
+        }
+        for c in (0..0x10000u32).filter_map(char::from_u32) {
+            let in_class = ranges.iter().any(|r| r.contains(&(c as u32)));
+            assert_eq!(in_class, c.is_control() || is_invisible_format(c), "{c:?}");
+        }
+    }
 
     #[test]
     fn parse_round_trip_and_rejects() {

@@ -245,7 +245,10 @@ pub(crate) fn load_or_create_appliance_key(
 }
 
 /// [`validate_name`] as a JSON Schema pattern (for the API document).
-pub const NAME_PATTERN: &str = "^[^\\s\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff](?:[^\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff]*[^\\s\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff])?$";
+pub fn name_pattern() -> String {
+    let x = crate::ids::NOT_SHOWN_CLASS;
+    format!("^[^\\s{x}](?:[^{x}]*[^\\s{x}])?$")
+}
 
 pub(crate) fn validate_name(name: &str) -> Result<&str, FirmError> {
     if name.trim().is_empty() {

@@ -17,7 +17,8 @@ use super::audit::{ConsistencyQuery, InclusionQuery, PageQuery, utc};
 use super::keys::MintBody;
 use super::secrets::ValueBody;
 use super::sessions::{
-    CodeBody, CurrentPasswordBody, EnrolConfirmBody, EnrolStartBody, PasswordBody, SignInBody,
+    CodeBody, CurrentPasswordBody, EnrolConfirmBody, EnrolStartBody, PasswordBody, ReauthBody,
+    SignInBody,
 };
 use super::users::{InviteBody, UpdateBody};
 use crate::records::schema::Schema;
@@ -41,7 +42,7 @@ pub(crate) fn api_json(data: &[u8]) {
         headers.insert(header::CONTENT_TYPE, v);
     }
     let body = Bytes::copy_from_slice(body);
-    match selector % 13 {
+    match selector % 14 {
         0 => {
             // A body the number check and the parser accept is stored as
             // written: writing it back out passes the check again.
@@ -68,6 +69,7 @@ pub(crate) fn api_json(data: &[u8]) {
         9 => _ = json::<InviteBody>(&headers, &body),
         10 => _ = json::<UpdateBody>(&headers, &body),
         11 => _ = json::<ValueBody>(&headers, &body),
+        12 => _ = json::<ReauthBody>(&headers, &body),
         _ => _ = json::<ProfilePatch>(&headers, &body),
     }
 }

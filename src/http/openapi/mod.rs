@@ -275,17 +275,12 @@ fn problem_schema() -> Value {
     })
 }
 
-/// Invisible and control characters every name refuses (as the validators do).
-const NOT_SHOWN: &str =
-    "\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2069\\ufeff";
-
 /// Limits the validators enforce that the derives cannot spell: (schema,
 /// property, JSON Schema keywords). A test checks each property exists.
 fn constraints() -> Vec<(&'static str, &'static str, Value)> {
-    let name =
-        json!({ "pattern": crate::firms::NAME_PATTERN, "maxLength": crate::firms::MAX_NAME_CHARS });
+    let name = json!({ "pattern": crate::firms::name_pattern(), "maxLength": crate::firms::MAX_NAME_CHARS });
     let profile = json!({
-        "pattern": format!("^[^{NOT_SHOWN}]*$"),
+        "pattern": format!("^[^{}]*$", crate::ids::NOT_SHOWN_CLASS),
         "maxLength": super::api::MAX_PROFILE_CHARS,
     });
     vec![
