@@ -5,12 +5,13 @@
 //! then (and only then) tell systemd `READY=1`.
 
 pub mod cli;
+mod dev;
 mod metrics;
 pub mod notify;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -229,7 +230,7 @@ fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
     let module = crypto::fips::require_fips_mode()?;
 
     if args.dev && !args.check_config {
-        prepare_dev_state(&config)?;
+        dev::prepare_state(&config)?;
     }
     let (cert_path, key_path) = config.tls_paths();
     if config.tls_is_generated() && !args.check_config {
@@ -350,7 +351,7 @@ fn harden_process() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), StartupError> {
+pub(super) fn ensure_dir(dir: &Path) -> Result<(), StartupError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -359,33 +360,6 @@ fn ensure_dir(dir: &Path) -> Result<(), StartupError> {
             path: dir.to_owned(),
             source,
         })
-}
-
-/// Dev mode: the state directory with a master key file (0600) in it.
-fn prepare_dev_state(config: &Config) -> Result<(), StartupError> {
-    let dir = &config.storage.state_dir;
-    ensure_dir(dir)?;
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    if let Some(path) = &config.keys.master_key_file {
-        if !path.exists() {
-            let key = zeroize::Zeroizing::new(crypto::random_array::<32>()?);
-            let hex = zeroize::Zeroizing::new(crypto::hex(key.as_ref()) + "\n");
-            let io = |source| StartupError::Io {
-                path: path.clone(),
-                source,
-            };
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut f, hex.as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            tracing::info!(path = %path.display(), "dev mode: created a master key file");
-        }
-    }
-    Ok(())
 }
 
 /// A task with a name, so shutdown can say which one misbehaved.
@@ -605,7 +579,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         "strongroomd ready"
     );
     if dev {
-        print_dev_banner(&runtime, &admin_path);
+        dev::print_banner(&runtime, &admin_path);
     }
     // Every listener is bound: only now is the service ready.
     notify::ready(&status_line);
@@ -698,22 +672,4 @@ fn reload(runtime: &Runtime, config_path: Option<&Path>) {
             tracing::error!(error = %e, "TLS reload failed: {e}; keeping the current certificate")
         }
     }
-}
-
-fn print_dev_banner(runtime: &Runtime, admin_path: &Path) {
-    let dir = runtime.state_dir.display();
-    let port = runtime.listen.port();
-    println!(
-        "\nStrongroom is running in dev mode (FIPS: {}).\n\
-         \n  API:           https://{listen}/status\n\
-         \x20 certificate:   {dir}/tls/cert.pem (SHA-256 {fp})\n\
-         \x20 admin socket:  {admin}\n\
-         \nNext:\n\
-         \x20 curl --cacert {dir}/tls/cert.pem https://localhost:{port}/status\n\
-         \x20 strongroomctl --socket {admin} status\n",
-        runtime.module.module,
-        listen = runtime.listen,
-        fp = runtime.certs.fingerprint(),
-        admin = admin_path.display(),
-    );
 }
