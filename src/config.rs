@@ -55,6 +55,33 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub backup: BackupSection,
+}
+
+/// Backups (`strongroomctl backup ...`; the packages' timer runs create
+/// and prune every 15 minutes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// The repository `backup create` writes to when not given `--to`.
+    /// Unset: every backup command must name one.
+    pub repository: Option<PathBuf>,
+    /// `backup prune` keeps the newest `keep_last` snapshots ...
+    pub keep_last: u32,
+    /// ... and the newest of each of the last `keep_daily` days.
+    pub keep_daily: u32,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        Self {
+            repository: None,
+            // A day of 15-minute snapshots, and five weeks of dailies.
+            keep_last: 96,
+            keep_daily: 35,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -433,6 +460,7 @@ impl Config {
             people: PeopleSection::default(),
             metrics: MetricsSection::default(),
             limits: LimitsSection::default(),
+            backup: BackupSection::default(),
         }
     }
 
@@ -460,6 +488,21 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backup.keep_last == 0 && self.backup.keep_daily == 0 {
+            return Err(ConfigError::Invalid(
+                "[backup] keep_last and keep_daily are both 0: prune would keep no snapshot".into(),
+            ));
+        }
+        if self
+            .backup
+            .repository
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err(ConfigError::Invalid(
+                "[backup] repository must be an absolute path".into(),
+            ));
+        }
         if self.version != CONFIG_VERSION {
             return Err(ConfigError::Invalid(format!(
                 "version = {} is not supported (this build reads version {CONFIG_VERSION})",

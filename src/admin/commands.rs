@@ -34,14 +34,14 @@ impl From<FirmError> for CmdError {
     }
 }
 
-fn bad(message: impl Into<String>) -> CmdError {
+pub(super) fn bad(message: impl Into<String>) -> CmdError {
     CmdError {
         code: "bad_request",
         message: message.into(),
     }
 }
 
-fn args<T: DeserializeOwned>(v: &Value) -> Result<T, CmdError> {
+pub(super) fn args<T: DeserializeOwned>(v: &Value) -> Result<T, CmdError> {
     let v = if v.is_null() { json!({}) } else { v.clone() };
     serde_json::from_value(v).map_err(|e| bad(format!("bad arguments: {e}")))
 }
@@ -258,6 +258,7 @@ fn run_as(
             Ok(json!({ "firm": row }))
         }
         "audit.verifier_key" => Ok(json!({ "verifier_key": trail.verifier_key() })),
+        c if c.starts_with("backup.") => super::backup::run(shared, by, caller, c, raw),
         "firm.set_rate_limit" => {
             let a: RateLimitArgs = args(raw)?;
             let class = crate::limits::Class::parse(&a.class)

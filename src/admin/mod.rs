@@ -6,6 +6,7 @@
 //!           `{"v":1,"ok":false,"error":{"code":"...","message":"..."}}`
 //! One request per line; a connection may carry several.
 
+mod backup;
 pub mod client;
 mod commands;
 pub mod server;
@@ -28,6 +29,7 @@ pub struct AdminState {
     pub limits: Arc<crate::limits::Limits>,
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,
+    pub backups: Arc<crate::backup::Backups>,
     /// `admin.idle_timeout_secs`.
     pub idle_timeout: Duration,
     /// The daemon's clock (a test build lets a dev-mode daemon move it).

@@ -406,6 +406,12 @@ impl AuditTrail {
         crate::audit::note::verifier_key(&self.signer_name, &self.signer.public())
     }
 
+    /// Signs `text` (ending in a newline) as a note with the appliance key
+    /// (backup manifests).
+    pub(crate) fn sign_note(&self, text: &str) -> String {
+        note::sign(&self.signer_name, &self.signer, text)
+    }
+
     /// The checkpoint origin for a firm's log.
     pub fn checkpoint_origin(&self, firm: &FirmId) -> String {
         format!("strongroom/{}/{firm}", self.pool.appliance_id())

@@ -49,6 +49,7 @@ struct Services {
     records: Arc<Records>,
     vault: Arc<Vault>,
     audit: Arc<AuditLog>,
+    backups: Arc<crate::backup::Backups>,
 }
 
 impl Services {
@@ -58,10 +59,17 @@ impl Services {
         appliance: crate::firms::pool::ApplianceKeys,
         people: PeopleConfig,
         limits: &crate::config::LimitsSection,
+        backups: crate::backup::BackupSettings,
     ) -> Self {
         let pool = Arc::new(pool);
         let trail = Arc::new(AuditTrail::new(pool.clone(), appliance));
         Self {
+            backups: Arc::new(crate::backup::Backups::new(
+                pool.clone(),
+                trail.clone(),
+                clock.clone(),
+                backups,
+            )),
             clock,
             lifecycle: Arc::new(Lifecycle::new(pool.clone(), trail.clone())),
             keys: Arc::new(Keys::new(pool.clone(), trail.clone())),
@@ -320,6 +328,14 @@ fn open_firms(
         appliance,
         (&config.people).into(),
         &config.limits,
+        crate::backup::BackupSettings {
+            repository: config.backup.repository.clone(),
+            policy: crate::backup::Policy {
+                keep_last: config.backup.keep_last,
+                keep_daily: config.backup.keep_daily,
+            },
+            scratch: config.storage.state_dir.join("scratch"),
+        },
     );
     services
         .audit
@@ -428,6 +444,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         limits: svc.limits.clone(),
         audit: svc.audit.clone(),
         trail: svc.trail.clone(),
+        backups: svc.backups.clone(),
         idle_timeout: Duration::from_secs(config.admin.idle_timeout_secs),
         clock: svc.clock.clone(),
     });

@@ -110,7 +110,17 @@ impl Pool {
         clock: Arc<dyn Clock>,
         idle: Duration,
     ) -> Result<(Self, ApplianceKeys), FirmError> {
-        let ring = master.derive()?;
+        Self::open_with_ring(state_dir, Arc::new(master.derive()?), clock, idle)
+    }
+
+    /// [`Pool::open`] with the keys already derived from the master key
+    /// (a backup drill opens its scratch copy with the daemon's own).
+    pub fn open_with_ring(
+        state_dir: &Path,
+        ring: Arc<Keyring>,
+        clock: Arc<dyn Clock>,
+        idle: Duration,
+    ) -> Result<(Self, ApplianceKeys), FirmError> {
         let dir = state_dir.join("firms");
         fs::DirBuilder::new()
             .recursive(true)
@@ -148,7 +158,7 @@ impl Pool {
         };
         let pool = Self {
             registry,
-            keyring: RwLock::new(Arc::new(ring)),
+            keyring: RwLock::new(ring),
             dir,
             open: Mutex::new(HashMap::new()),
             states: RwLock::new(states),

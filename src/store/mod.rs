@@ -190,6 +190,15 @@ pub(crate) fn migrate(conn: &Connection, steps: &[&str]) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Stops SQLCipher's own log lines on stderr (a command-line tool reports
+/// a wrong key itself, in one line).
+pub fn quiet_sqlcipher_log() {
+    sqlcipher::ensure_linked();
+    if let Ok(c) = Connection::open_in_memory() {
+        let _ = c.execute_batch("PRAGMA cipher_log_level = NONE;");
+    }
+}
+
 /// The version string SQLCipher reports (e.g. `4.19.0 community`).
 pub fn sqlcipher_version() -> String {
     Connection::open_in_memory()

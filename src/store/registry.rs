@@ -142,6 +142,20 @@ impl Registry {
         &self.path
     }
 
+    /// Runs `copy` on the registry file while no write can start: the
+    /// registry uses a rollback journal and this one connection, so holding
+    /// it keeps the file still. Also returns the system log's tree (size,
+    /// root) in that state.
+    pub fn with_still_file<R>(
+        &self,
+        copy: impl FnOnce(&Path) -> R,
+    ) -> Result<(R, u64, crate::audit::merkle::Hash), StoreError> {
+        let conn = self.lock();
+        let size = audit_log::size(&conn)?;
+        let root = audit_log::root(&conn, size)?;
+        Ok((copy(&self.path), size, root))
+    }
+
     pub fn meta(&self, k: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .lock()

@@ -10,11 +10,13 @@ mod people;
 mod read;
 mod rows;
 mod schema;
+mod snapshot;
 mod write;
 
 pub use people::{SessionAuth, SessionRow, UserRow};
 pub use read::ReadTx;
 pub use rows::{ApiKeyRow, RecordRow, SealedRecord, SecretRow};
+pub use snapshot::{FirmSnapshot, committed_prefix};
 pub use write::WriteTx;
 
 use schema::MIGRATIONS;

@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use strongroom::admin::client;
 
+mod backup;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "strongroomctl",
@@ -48,6 +50,10 @@ enum Command {
     /// firm's own log.
     #[command(subcommand)]
     User(UserCmd),
+    /// Backups: online snapshots into a repository, verify, prune, a
+    /// recovery drill, and (offline) restore.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +209,9 @@ fn main() -> ExitCode {
     }
     if let Command::Audit(AuditCmd::VerifyExport { file, verifier_key }) = &cli.command {
         return verify_export(file, verifier_key, cli.json);
+    }
+    if let Command::Backup(b) = &cli.command {
+        return backup::run(b, &cli.socket, cli.json);
     }
     let (cmd, args) = request(&cli.command);
     let resp = match client::call(&cli.socket, cmd, args, Duration::from_secs(120)) {
@@ -371,6 +380,7 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             }
         },
         Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
+        Command::Backup(_) => ("backup", json!({})),
         Command::Audit(AuditCmd::Verify { firm }) => ("audit.verify", json!({ "id": firm })),
         Command::Audit(AuditCmd::VerifyExport { .. }) => ("audit.verify_export", json!({})),
         Command::Audit(AuditCmd::ShredPayloads { firm, confirm }) => (
@@ -540,6 +550,7 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
                 Err(_) => println!("{f}"),
             }
         }
+        Command::Backup(_) => {}
     }
 }
 

@@ -1,0 +1,203 @@
+//! Taking a snapshot while the API keeps serving.
+//!
+//! Order matters for the keys: admin operations that change the registry's
+//! keys (firm create and delete, rekey, data-key destruction, master
+//! rotation) wait while a snapshot is taken, so the set of firms is fixed;
+//! each firm's image is taken in turn (see `store::firm::snapshot`); the
+//! registry is copied last, so it holds every key that any firm image uses.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use super::BackupError;
+use super::manifest::{FileEntry, FirmEntry, Manifest, TreeHead};
+use super::repo::{FORMAT, Id, Repo, id_of};
+use crate::clock::{Clock, rfc3339};
+use crate::crypto::hex;
+use crate::firms::FirmState;
+use crate::firms::pool::Pool;
+use crate::ids::FirmId;
+
+/// Database files are cut into chunks of one page.
+pub const PAGE: usize = 4096;
+const WAL_HEADER: usize = 32;
+const FRAME_HEADER: usize = 24;
+
+/// What a snapshot cost, besides its manifest.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TakeStats {
+    /// The longest any firm's writer waited (microseconds).
+    pub max_writer_pause_us: u64,
+    /// How long the registry was held still (microseconds).
+    pub registry_pause_us: u64,
+}
+
+/// A snapshot id for `now`: `YYYYMMDDTHHMMSS.mmmZ-<8 hex>` (sorts by time).
+pub fn new_id(now: time::OffsetDateTime) -> Result<String, BackupError> {
+    let fmt = time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+    );
+    let stamp = now
+        .to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .map_err(|e| BackupError::Invalid(format!("clock: {e}")))?;
+    let r: [u8; 4] = crate::crypto::random_array()
+        .map_err(|_| BackupError::Invalid("the DRBG failed".to_owned()))?;
+    Ok(format!("{stamp}-{}", hex(&r)))
+}
+
+/// Stores `chunks` (consecutive slices of one file) and its chunk list.
+fn store_chunks<'a>(
+    repo: &mut Repo,
+    chunks: impl Iterator<Item = &'a [u8]>,
+    ids: &mut Vec<Id>,
+    size: &mut u64,
+) -> Result<(), BackupError> {
+    for c in chunks {
+        let id = id_of(c);
+        repo.add_chunk(id, c)?;
+        ids.push(id);
+        *size += c.len() as u64;
+    }
+    Ok(())
+}
+
+/// Stores a file from disk, page by page, as it is (ciphertext).
+fn store_file(repo: &mut Repo, src: &Path, name: &str) -> Result<FileEntry, BackupError> {
+    let mut f = File::open(src).map_err(|source| BackupError::Io {
+        path: src.display().to_string(),
+        source,
+    })?;
+    let (mut ids, mut size) = (Vec::new(), 0u64);
+    let mut buf = vec![0u8; 256 * PAGE];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f
+                .read(&mut buf[filled..])
+                .map_err(|source| BackupError::Io {
+                    path: src.display().to_string(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        store_chunks(repo, buf[..filled].chunks(PAGE), &mut ids, &mut size)?;
+        if filled < buf.len() {
+            break;
+        }
+    }
+    finish_file(repo, name, &ids, size)
+}
+
+fn finish_file(
+    repo: &mut Repo,
+    name: &str,
+    ids: &[Id],
+    size: u64,
+) -> Result<FileEntry, BackupError> {
+    let list = repo.put_list(ids)?;
+    Ok(FileEntry {
+        path: name.to_owned(),
+        size,
+        list: hex(&list),
+        chunks: ids.len() as u64,
+    })
+}
+
+/// Stores a WAL image: its header, then one chunk per frame, so frames
+/// already stored by an earlier snapshot are not stored again.
+fn store_wal(
+    repo: &mut Repo,
+    wal: &[u8],
+    page: usize,
+    name: &str,
+) -> Result<FileEntry, BackupError> {
+    let (mut ids, mut size) = (Vec::new(), 0u64);
+    let (head, frames) = wal.split_at(WAL_HEADER.min(wal.len()));
+    store_chunks(
+        repo,
+        std::iter::once(head).chain(frames.chunks(FRAME_HEADER + page)),
+        &mut ids,
+        &mut size,
+    )?;
+    finish_file(repo, name, &ids, size)
+}
+
+/// Takes a snapshot of every firm and the registry into `repo`; returns
+/// the manifest (not yet written) and what it cost.
+pub fn take(
+    pool: &Pool,
+    clock: &dyn Clock,
+    repo: &mut Repo,
+) -> Result<(Manifest, TakeStats), BackupError> {
+    let started = clock.now();
+    let id = new_id(started)?;
+    let mut stats = TakeStats::default();
+    // Security invariant: no key changes while a snapshot is taken, so the registry copied last holds every key its firm images use.
+    let _ops = pool.admin_ops();
+    let mut files = Vec::new();
+    let mut firms = Vec::new();
+    for row in pool.registry.firms()? {
+        let Some(fid) = FirmId::parse(&row.id) else {
+            continue;
+        };
+        if FirmState::parse(&row.state) == FirmState::Deleted {
+            continue;
+        }
+        let h = pool.handle(&fid).map_err(|e| {
+            BackupError::Invalid(format!("firm {fid} cannot be opened for the snapshot: {e}"))
+        })?;
+        let snap = h.db.snapshot()?;
+        let db_name = format!("firms/{fid}.db");
+        files.push(store_file(repo, snap.db_path(), &db_name)?);
+        if !snap.wal.is_empty() {
+            files.push(store_wal(
+                repo,
+                &snap.wal,
+                snap.page_size,
+                &format!("{db_name}-wal"),
+            )?);
+        }
+        let pause = snap.paused.as_micros() as u64;
+        stats.max_writer_pause_us = stats.max_writer_pause_us.max(pause);
+        firms.push(FirmEntry {
+            id: fid.to_string(),
+            state: row.state.clone(),
+            audit: TreeHead {
+                size: snap.audit_size,
+                root: hex(&snap.audit_root),
+            },
+            writer_pause_us: pause,
+        });
+    }
+    #[allow(clippy::disallowed_methods)] // clock: the pause is real elapsed time
+    let held = std::time::Instant::now(); // clock: a measurement of real time
+    let (registry, size, root) = pool
+        .registry
+        .with_still_file(|path| store_file(repo, path, "registry.db"))?;
+    stats.registry_pause_us = held.elapsed().as_micros() as u64;
+    files.insert(0, registry?);
+    repo.flush()?;
+    let manifest = Manifest {
+        format: FORMAT.to_owned(),
+        id,
+        appliance_id: pool.appliance_id().to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: rfc3339(started),
+        finished_at: rfc3339(clock.now()),
+        files,
+        firms,
+        system_log: TreeHead {
+            size,
+            root: hex(&root),
+        },
+    };
+    Ok((manifest, stats))
+}

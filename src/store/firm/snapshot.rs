@@ -1,0 +1,273 @@
+//! An online, consistent image of a firm database, taken while writers go on.
+//!
+//! A firm database is the main file plus its WAL. The image is taken like
+//! this: on the writer thread, between commits (so no commit is half
+//! written), a read transaction begins on a connection of its own and the
+//! WAL file is read into memory; that is the only pause writers see. The
+//! WAL is then cut at the last commit frame that SQLite's own recovery
+//! would accept. While the read transaction stays open, no checkpoint can
+//! copy a frame newer than it into the main file, so the main file only
+//! changes in pages that the kept WAL frames supersede, and it can be
+//! copied at leisure. Main file + kept WAL frames is exactly the committed
+//! state at the pause; SQLite recovers it at the first open.
+//!
+//! Both are copied as they are on disk: ciphertext pages, never decrypted
+//! or re-encrypted, so a page that did not change keeps its bytes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::FirmDb;
+use crate::audit::merkle::Hash;
+use crate::store::{StoreError, audit_log};
+
+/// A consistent image of one firm database. The read transaction that
+/// pins the main file ends when this is dropped.
+pub struct FirmSnapshot {
+    conn: Connection,
+    path: PathBuf,
+    /// The WAL's bytes up to the image's last commit frame (empty: none).
+    pub wal: Vec<u8>,
+    /// The page size of the main file.
+    pub page_size: usize,
+    /// The firm's audit tree at the image.
+    pub audit_size: u64,
+    pub audit_root: Hash,
+    /// How long the writer waited for the image to be taken.
+    pub paused: Duration,
+}
+
+impl std::fmt::Debug for FirmSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirmSnapshot")
+            .field("path", &self.path)
+            .field("wal_bytes", &self.wal.len())
+            .field("audit_size", &self.audit_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FirmSnapshot {
+    /// The main database file, stable while `self` lives.
+    pub fn db_path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for FirmSnapshot {
+    fn drop(&mut self) {
+        let _ = self.conn.execute_batch("COMMIT");
+    }
+}
+
+/// What the pause on the writer thread hands back.
+struct Taken {
+    conn: Option<Connection>,
+    wal: Vec<u8>,
+    paused: Duration,
+}
+
+impl FirmDb {
+    /// Takes a consistent image of the database (see the module comment).
+    /// Blocking.
+    pub fn snapshot(&self) -> Result<FirmSnapshot, StoreError> {
+        let conn = self.open_reader()?;
+        // SQLCipher answers with its cipher page size, as text.
+        let page_size: i64 = conn
+            .query_row("PRAGMA cipher_page_size", [], |r| r.get::<_, String>(0))?
+            .trim()
+            .parse()
+            .map_err(|_| StoreError::Corrupt("cipher_page_size is not a number".into()))?;
+        let wal_path = wal_path(&self.path);
+        let taken = Arc::new(Mutex::new(Taken {
+            conn: Some(conn),
+            wal: Vec::new(),
+            paused: Duration::ZERO,
+        }));
+        let slot = taken.clone();
+        // Runs inside the writer's transaction, before any later commit: the
+        // only time writers wait. It may run twice (a batch replay); the
+        // last run wins.
+        self.write_blocking(move |_tx| {
+            #[allow(clippy::disallowed_methods)] // clock: the pause is real elapsed time
+            let started = std::time::Instant::now(); // clock: a measurement of real time
+            let mut t = slot.lock().map_err(|_| StoreError::CommandPanicked)?;
+            let c = t.conn.as_ref().ok_or(StoreError::CommandPanicked)?;
+            if !c.is_autocommit() {
+                c.execute_batch("COMMIT")?;
+            }
+            c.execute_batch("BEGIN")?;
+            // The first read starts the read transaction at the last commit.
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            t.wal = match std::fs::read(&wal_path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path: wal_path.display().to_string(),
+                        source,
+                    });
+                }
+            };
+            t.paused = started.elapsed();
+            Ok(())
+        })?;
+        let mut t = taken.lock().map_err(|_| StoreError::CommandPanicked)?;
+        let conn = t.conn.take().ok_or(StoreError::CommandPanicked)?;
+        let mut wal = std::mem::take(&mut t.wal);
+        wal.truncate(committed_prefix(&wal, page_size as usize));
+        let audit_size = audit_log::size(&conn)?;
+        let audit_root = audit_log::root(&conn, audit_size)?;
+        Ok(FirmSnapshot {
+            conn,
+            path: self.path.clone(),
+            wal,
+            page_size: page_size as usize,
+            audit_size,
+            audit_root,
+            paused: t.paused,
+        })
+    }
+}
+
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+const WAL_HEADER: usize = 32;
+const FRAME_HEADER: usize = 24;
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// SQLite's WAL checksum over `data` (a multiple of 8 bytes), continuing
+/// from `s`; `big` says how the 32-bit words are read.
+fn wal_checksum(data: &[u8], big: bool, mut s: (u32, u32)) -> (u32, u32) {
+    for w in data.chunks_exact(8) {
+        let (x0, x1) = if big {
+            (be32(w, 0), be32(w, 4))
+        } else {
+            (
+                u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+                u32::from_le_bytes([w[4], w[5], w[6], w[7]]),
+            )
+        };
+        s.0 = s.0.wrapping_add(x0).wrapping_add(s.1);
+        s.1 = s.1.wrapping_add(x1).wrapping_add(s.0);
+    }
+    s
+}
+
+/// The length of `wal`'s prefix that ends at its last valid commit frame:
+/// the frames SQLite's recovery would keep (matching salts, an unbroken
+/// checksum chain). 0 when no frame is committed.
+pub fn committed_prefix(wal: &[u8], page_size: usize) -> usize {
+    if wal.len() < WAL_HEADER || page_size == 0 {
+        return 0;
+    }
+    let magic = be32(wal, 0);
+    if magic & !1 != 0x377f_0682 || be32(wal, 8) as usize != page_size {
+        return 0;
+    }
+    let big = magic & 1 == 1;
+    let mut sum = wal_checksum(&wal[..24], big, (0, 0));
+    if sum != (be32(wal, 24), be32(wal, 28)) {
+        return 0;
+    }
+    let salts = (be32(wal, 16), be32(wal, 20));
+    let frame = FRAME_HEADER + page_size;
+    let (mut at, mut kept) = (WAL_HEADER, 0);
+    while at + frame <= wal.len() {
+        let h = &wal[at..at + FRAME_HEADER];
+        if (be32(h, 8), be32(h, 12)) != salts || be32(h, 0) == 0 {
+            break;
+        }
+        sum = wal_checksum(&h[..8], big, sum);
+        sum = wal_checksum(&wal[at + FRAME_HEADER..at + frame], big, sum);
+        if sum != (be32(h, 16), be32(h, 20)) {
+            break;
+        }
+        at += frame;
+        if be32(h, 4) != 0 {
+            kept = at;
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keyring::SqlcipherKey;
+    use crate::crypto::secret::SecretKey;
+
+    fn key() -> SqlcipherKey {
+        SqlcipherKey::from_secret(&SecretKey::from_bytes([7; 32]))
+    }
+
+    #[test]
+    fn the_image_is_the_state_at_the_pause_and_later_writes_are_not_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(), true).unwrap();
+        db.write_blocking(|tx| tx.set_profile("display_name", "before", "t"))
+            .unwrap();
+        let snap = db.snapshot().unwrap();
+        assert!(!snap.wal.is_empty(), "the commit is still in the WAL");
+        // Written after the image: must not be in it.
+        db.write_blocking(|tx| tx.set_profile("display_name", "after", "t"))
+            .unwrap();
+        let main = std::fs::read(snap.db_path()).unwrap();
+        let out = dir.path().join("copy.db");
+        std::fs::write(&out, &main).unwrap();
+        std::fs::write(wal_path(&out), &snap.wal).unwrap();
+        drop(snap);
+        db.close();
+        let copy = FirmDb::open("frm_x", &out, key(), false).unwrap();
+        let name = copy
+            .read_blocking(|r| {
+                Ok(r.conn
+                    .query_row("SELECT v FROM profile WHERE k = 'display_name'", [], |r| {
+                        r.get::<_, String>(0)
+                    })?)
+            })
+            .unwrap();
+        assert_eq!(name, "before");
+    }
+
+    #[test]
+    fn a_torn_or_uncommitted_tail_is_cut_and_garbage_keeps_nothing() {
+        assert_eq!(committed_prefix(b"", 4096), 0);
+        assert_eq!(committed_prefix(&[0u8; 5000], 4096), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(), true).unwrap();
+        for i in 0..3 {
+            db.write_blocking(move |tx| tx.set_profile("display_name", &format!("n{i}"), "t"))
+                .unwrap();
+        }
+        let snap = db.snapshot().unwrap();
+        let wal = snap.wal.clone();
+        let n = committed_prefix(&wal, 4096);
+        assert_eq!(n, wal.len());
+        assert_eq!((n - WAL_HEADER) % (FRAME_HEADER + 4096), 0);
+        // A flipped byte in the last frame ends the log before that frame.
+        let mut torn = wal.clone();
+        let last = torn.len() - 100;
+        torn[last] ^= 1;
+        assert!(committed_prefix(&torn, 4096) < n);
+        // A wrong page size or a broken header keeps nothing.
+        assert_eq!(committed_prefix(&wal, 1024), 0);
+        let mut bad = wal;
+        bad[3] ^= 0x10;
+        assert_eq!(committed_prefix(&bad, 4096), 0);
+    }
+}
