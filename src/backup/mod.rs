@@ -197,6 +197,14 @@ impl Backups {
         clock: Arc<dyn Clock>,
         settings: BackupSettings,
     ) -> Self {
+        // A drill or deep verify interrupted by a crash leaves its scratch copy.
+        if let Ok(entries) = std::fs::read_dir(&settings.scratch) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("drill-") {
+                    restore::remove_dir(&e.path());
+                }
+            }
+        }
         Self {
             pool,
             trail,
@@ -212,7 +220,9 @@ impl Backups {
             .ok_or(BackupError::NoTarget)
     }
 
-    /// Records `action` in the system log with its outcome.
+    /// Records `action` in the system log with its outcome: a failure when
+    /// it fails, or when its details say `"ok": false` (a check that found
+    /// damage).
     fn audited<R>(
         &self,
         by: &AdminActor,
@@ -221,6 +231,7 @@ impl Backups {
     ) -> Result<R, BackupError> {
         let out = f();
         let (outcome, details) = match &out {
+            Ok((_, d)) if d["ok"] == false => (Outcome::Failure, d.clone()),
             Ok((_, d)) => (Outcome::Success, d.clone()),
             Err(e) => (
                 Outcome::Failure,

@@ -71,6 +71,11 @@ impl Daemon {
         Self::spawn_in(dir, opts)
     }
 
+    /// A daemon on an existing temp dir (its `state/` may hold a restored state).
+    pub fn start_in(dir: tempfile::TempDir, opts: Options) -> Self {
+        Self::spawn_in(dir, opts)
+    }
+
     /// Stops this daemon (asserting exit 0) and starts a new one on the same
     /// state directory with `opts`.
     pub fn restart(mut self, opts: Options) -> Self {

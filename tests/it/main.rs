@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod audit;
+mod backup;
 mod client;
 mod datakeys;
 mod firms;
