@@ -19,6 +19,11 @@ fi
 systemctl daemon-reload >/dev/null 2>&1 || :
 if [ "$1" -eq 1 ]; then
     systemctl preset strongroomd.service >/dev/null 2>&1 || :
+    # Scheduled backups are part of the appliance, not a site policy: the
+    # timer is enabled and started whatever the presets say. Its runs fail
+    # (and say so in the journal) until strongroomd is started.
+    systemctl enable --now strongroom-backup.timer >/dev/null 2>&1 || :
 else
     systemctl try-restart strongroomd.service >/dev/null 2>&1 || :
+    systemctl try-restart strongroom-backup.timer >/dev/null 2>&1 || :
 fi
