@@ -17,7 +17,7 @@ STOCK_PY   := $(STOCK_VENV)/bin/python
 TEST_VENV  := $(CURDIR)/target/test-py
 TEST_PY    := $(TEST_VENV)/bin/python
 
-.PHONY: help deps build run test lint deny bench bench-http package test-package clean fuzz-deps fuzz fuzz-smoke
+.PHONY: help deps build run test lint deny bench bench-http bench-backup package test-package clean fuzz-deps fuzz fuzz-smoke
 
 help:
 	@echo "make run     build and run strongroomd in dev mode (STATE_DIR=$(STATE_DIR), LISTEN=$(LISTEN))"
@@ -28,6 +28,7 @@ help:
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default $(FUZZ_SECONDS)) each; make fuzz-smoke: $(FUZZ_SMOKE_SECONDS) s each"
 	@echo "make bench   durable commits/s through the group-commit writer vs a plain loop (BENCH_DIR=disk to measure)"
 	@echo "make bench-http  64 HTTPS clients against strongroomd, and against nginx (TLS 1.3, static JSON) as the ceiling"
+	@echo "make bench-backup  100 firms, ~1 GB: full and incremental snapshots against cp, restore, API p99 during snapshots"
 
 deps:
 	@bash packaging/build-deps.sh
@@ -89,6 +90,11 @@ bench-http: build
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx && \
 		{ systemctl disable --now nginx 2>/dev/null || true; }; }
 	./target/release/strongroom-httpbench --dir "$(BENCH_DIR)/http"
+
+# Backups: 100 firms, about 1 GB; full and incremental snapshots against cp,
+# restore, and create latency while snapshots run (BENCH_DIR=disk to measure).
+bench-backup: build
+	./target/release/strongroom-httpbench --dir "$(BENCH_DIR)/backup" --only backup --seconds 10
 
 clean:
 	$(CARGO) clean

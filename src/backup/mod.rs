@@ -39,7 +39,9 @@ pub enum BackupError {
     NoRepository(String),
     #[error("no snapshot {0} in the repository")]
     NoSnapshot(String),
-    #[error("another backup or prune holds the repository's lock; try again when it ends")]
+    #[error(
+        "the repository is busy (a create or prune, or a prune waiting for a verify, drill or restore); try again when it ends"
+    )]
     Busy,
     #[error(
         "the master key does not open this snapshot's registry (a wrong key, or one from before a master-key rotation)"
@@ -263,6 +265,7 @@ impl Backups {
                     appliance_id: self.pool.appliance_id().to_owned(),
                     verifier_key: self.verifier_key(),
                 },
+                false,
             )?;
             let (m, pauses) = take::take(&self.pool, self.clock.as_ref(), &mut repo)?;
             let signed = self.trail.sign_note(&m.text());
@@ -330,7 +333,7 @@ impl Backups {
         by: &AdminActor,
     ) -> Result<VerifyReport, BackupError> {
         self.audited(by, "backup.verify", || {
-            let repo = Repo::open(&self.target(repository)?)?;
+            let repo = Repo::open_reading(&self.target(repository)?)?;
             let key = self.verifier_key();
             let mut checks = Vec::new();
             for id in Self::pick(&repo, snapshot)? {
@@ -398,7 +401,7 @@ impl Backups {
         by: &AdminActor,
     ) -> Result<DrillReport, BackupError> {
         self.audited(by, "backup.drill", || {
-            let repo = Repo::open(&self.target(repository)?)?;
+            let repo = Repo::open_reading(&self.target(repository)?)?;
             let id = Self::pick(&repo, Some("latest"))?.remove(0);
             let key = self.verifier_key();
             let m = Manifest::open(&id, &repo.read_snapshot_note(&id)?, &key)?;
@@ -446,6 +449,7 @@ impl Backups {
                     appliance_id: self.pool.appliance_id().to_owned(),
                     verifier_key: self.verifier_key(),
                 },
+                true,
             )?;
             let policy = Policy {
                 keep_last: keep_last.unwrap_or(self.settings.policy.keep_last),

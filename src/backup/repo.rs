@@ -6,6 +6,8 @@
 //!   strongroom-backup.json        format, appliance id, verifier key (not trusted: the
 //!                                 registry in each snapshot names the real key)
 //!   lock                          flock(2): one writer (create, prune) at a time
+//!   prune.lock                    flock(2): shared by readers (verify, drill, restore),
+//!                                 exclusive by prune, which deletes
 //!   packs/<hh>/<pack>.pack        chunks back to back; <pack> = BLAKE3 of the file
 //!   packs/<hh>/<pack>.idx         per chunk: id (32) | offset (u64 BE) | length (u32 BE)
 //!   lists/<hh>/<list>             a file's chunk ids in order (32 bytes each); <list> = BLAKE3
@@ -79,7 +81,8 @@ pub struct Repo {
     pub bytes_added: u64,
     /// Chunks stored since open (deduplicated ones not counted).
     pub chunks_added: u64,
-    _lock: Option<nix::fcntl::Flock<File>>,
+    /// flock(2)s held for the repository's life.
+    locks: Vec<nix::fcntl::Flock<File>>,
 }
 
 impl std::fmt::Debug for Repo {
@@ -110,6 +113,23 @@ fn fsync_dir(path: &Path) -> Result<(), BackupError> {
     File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io(path))
+}
+
+/// Takes an exclusive (or shared) flock on `path`, without waiting.
+fn lock(path: &Path, exclusive: bool) -> Result<nix::fcntl::Flock<File>, BackupError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    let arg = if exclusive {
+        nix::fcntl::FlockArg::LockExclusiveNonblock
+    } else {
+        nix::fcntl::FlockArg::LockSharedNonblock
+    };
+    nix::fcntl::Flock::lock(f, arg).map_err(|_| BackupError::Busy)
 }
 
 /// Writes `bytes` to `path` durably: a temporary file, fsync, rename, and
@@ -145,20 +165,18 @@ impl Repo {
     }
 
     /// Opens the repository at `dir`, creating it for this appliance if it
-    /// does not exist. One writer at a time (`lock`).
-    pub fn open_for_write(dir: &Path, config: RepoConfig) -> Result<Self, BackupError> {
+    /// does not exist. One writer (create or prune) at a time holds `lock`;
+    /// a prune, which deletes, also waits for no reader to hold `prune.lock`.
+    pub fn open_for_write(
+        dir: &Path,
+        config: RepoConfig,
+        pruning: bool,
+    ) -> Result<Self, BackupError> {
         mkdir(dir)?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        // Held for the repository's life; released when the descriptor closes.
-        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| BackupError::Busy)?;
+        let mut locks = vec![lock(&dir.join("lock"), true)?];
+        if pruning {
+            locks.push(lock(&dir.join("prune.lock"), true)?);
+        }
         let cfg_path = dir.join("strongroom-backup.json");
         if !cfg_path.exists() {
             let body = serde_json::to_vec_pretty(&config).unwrap_or_default();
@@ -173,7 +191,28 @@ impl Repo {
                 config.appliance_id
             )));
         }
-        repo._lock = Some(lock);
+        repo.locks = locks;
+        Ok(repo)
+    }
+
+    /// Opens an existing repository to read all of it (verify, drill,
+    /// restore): a prune cannot delete under it meanwhile.
+    pub fn open_reading(dir: &Path) -> Result<Self, BackupError> {
+        let mut repo = Self::open(dir)?;
+        let path = dir.join("prune.lock");
+        // A read-only medium cannot be pruned either: no lock needed there.
+        if let Ok(f) = OpenOptions::new().read(true).open(&path).or_else(|_| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+        }) {
+            let l = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock)
+                .map_err(|_| BackupError::Busy)?;
+            repo.locks.push(l);
+        }
         Ok(repo)
     }
 
@@ -205,7 +244,7 @@ impl Repo {
             pending: HashSet::new(),
             bytes_added: 0,
             chunks_added: 0,
-            _lock: None,
+            locks: Vec::new(),
         };
         repo.load_index()?;
         Ok(repo)
@@ -527,5 +566,64 @@ impl PackCache {
         self.open
             .get_mut(id)
             .ok_or_else(|| BackupError::Damaged(format!("pack {} is missing", hex(id))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(appliance: &str) -> RepoConfig {
+        RepoConfig {
+            format: FORMAT.to_owned(),
+            appliance_id: appliance.to_owned(),
+            verifier_key: "k".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_prune_waits_for_readers_and_one_writer_holds_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Repo::open_for_write(dir.path(), config("a"), false).unwrap();
+        // A second writer is refused while the first holds the lock.
+        assert!(matches!(
+            Repo::open_for_write(dir.path(), config("a"), false),
+            Err(BackupError::Busy)
+        ));
+        drop(w);
+        let r = Repo::open_reading(dir.path()).unwrap();
+        // A create may run under a reader; a prune, which deletes, may not.
+        drop(Repo::open_for_write(dir.path(), config("a"), false).unwrap());
+        assert!(matches!(
+            Repo::open_for_write(dir.path(), config("a"), true),
+            Err(BackupError::Busy)
+        ));
+        drop(r);
+        drop(Repo::open_for_write(dir.path(), config("a"), true).unwrap());
+        // Another appliance's repository is refused.
+        assert!(matches!(
+            Repo::open_for_write(dir.path(), config("b"), false),
+            Err(BackupError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn chunks_are_stored_once_and_checked_against_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = Repo::open_for_write(dir.path(), config("a"), false).unwrap();
+        let page = vec![7u8; 4096];
+        let id = id_of(&page);
+        repo.add_chunk(id, &page).unwrap();
+        repo.add_chunk(id, &page).unwrap();
+        repo.flush().unwrap();
+        assert_eq!(repo.chunks_added, 1);
+        let list = repo.put_list(&[id, id]).unwrap();
+        let reopened = Repo::open(dir.path()).unwrap();
+        let mut packs = PackCache::default();
+        assert_eq!(reopened.read_list(&list).unwrap(), vec![id, id]);
+        assert_eq!(reopened.read_chunk(&id, &mut packs).unwrap(), page);
+        let missing = id_of(b"other");
+        let e = reopened.read_chunk(&missing, &mut packs).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
     }
 }

@@ -265,7 +265,7 @@ pub fn restore(
 ) -> Result<RestoreReport, BackupError> {
     #[allow(clippy::disallowed_methods)] // clock: durations reported to the operator are real time
     let started = std::time::Instant::now(); // clock: a measurement of real time
-    let repo = Repo::open(repo_dir)?;
+    let repo = Repo::open_reading(repo_dir)?;
     let ids = repo.snapshot_ids()?;
     let id = match id {
         "latest" => ids

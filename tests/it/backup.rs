@@ -300,6 +300,21 @@ fn incremental_snapshots_store_changes_only_and_damage_or_a_wrong_key_is_caught(
         first["snapshot"].as_str().unwrap().to_owned(),
         second["snapshot"].as_str().unwrap().to_owned(),
     );
+    // Ciphertext only: no field value, firm name or key in clear anywhere.
+    let mut all = Vec::new();
+    read_tree(&repo, &mut all);
+    for needle in [
+        SSN.as_bytes(),
+        b"Client 700",
+        b"Incremental LLP",
+        f.token.as_bytes(),
+    ] {
+        assert!(
+            !all.windows(needle.len()).any(|w| w == needle),
+            "{:?} is readable in the repository",
+            String::from_utf8_lossy(needle)
+        );
+    }
     let list = backup(&d, &["list", "--repository", r]);
     let listed: Vec<&str> = list["snapshots"]
         .as_array()
@@ -443,4 +458,14 @@ fn dir_size(p: &Path) -> u64 {
             }
         })
         .sum()
+}
+
+fn read_tree(p: &Path, out: &mut Vec<u8>) {
+    for e in fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            read_tree(&e.path(), out);
+        } else {
+            out.extend(fs::read(e.path()).unwrap());
+        }
+    }
 }

@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+mod backup;
 mod overhead;
 mod people;
 mod servers;
@@ -61,9 +62,12 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Only these workloads (comma-separated: nginx, create1, createN, get,
-    /// get-session, signin, overhead).
+    /// get-session, signin, overhead; and `backup`, which runs only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The backup workload's data size, in MB (spread over --firms firms).
+    #[arg(long, default_value_t = 1000)]
+    backup_mb: u64,
 }
 
 /// One request to send, again and again, on every connection.
@@ -223,7 +227,11 @@ fn run() -> Result<(), BoxError> {
         d.stop();
     }
 
-    if want("overhead") {
+    if args.only.iter().any(|o| o == "backup") {
+        backup::run(&args, &rt, &dir, &mut results)?;
+    }
+
+    if want("overhead") && !args.only.iter().any(|o| o == "backup") {
         overhead::run(&args, &rt, &dir, &mut results)?;
     }
 
