@@ -105,6 +105,8 @@ impl Progress for Quiet {
 pub struct BackupSettings {
     pub repository: Option<PathBuf>,
     pub policy: Policy,
+    /// The state directory: no repository may be inside it.
+    pub state_dir: PathBuf,
     /// Where drills and deep verifies restore to (inside the state directory).
     pub scratch: PathBuf,
 }
@@ -216,10 +218,19 @@ impl Backups {
     }
 
     fn target(&self, given: Option<&Path>) -> Result<PathBuf, BackupError> {
-        given
+        let dir = given
             .map(Path::to_owned)
             .or_else(|| self.settings.repository.clone())
-            .ok_or(BackupError::NoTarget)
+            .ok_or(BackupError::NoTarget)?;
+        // Security invariant: a repository never lives inside the state it backs up (nor may a caller make the daemon write there).
+        if inside(&dir, &self.settings.state_dir) {
+            return Err(BackupError::Invalid(format!(
+                "{} is inside the state directory {}: a backup must live elsewhere",
+                dir.display(),
+                self.settings.state_dir.display()
+            )));
+        }
+        Ok(dir)
     }
 
     /// Records `action` in the system log with its outcome: a failure when
@@ -464,6 +475,29 @@ impl Backups {
     /// The time, as the snapshot ids and manifests write it.
     pub fn now(&self) -> String {
         rfc3339(self.clock.now())
+    }
+}
+
+/// Whether `path` is `dir` or below it, once symbolic links and `..` are
+/// resolved (through its nearest existing ancestor).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    let mut probe = path.to_owned();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = probe.canonicalize() {
+            let full = rest.iter().rev().fold(real, |p: PathBuf, c| p.join(c));
+            return full.starts_with(&dir) || rest.iter().any(|c: &std::ffi::OsString| c == "..");
+        }
+        match (probe.file_name(), probe.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                probe = parent.to_owned();
+            }
+            _ => return false,
+        }
     }
 }
 

@@ -334,6 +334,7 @@ fn open_firms(
                 keep_last: config.backup.keep_last,
                 keep_daily: config.backup.keep_daily,
             },
+            state_dir: config.storage.state_dir.clone(),
             scratch: config.storage.state_dir.join("scratch"),
         },
     );

@@ -394,6 +394,16 @@ fn incremental_snapshots_store_changes_only_and_damage_or_a_wrong_key_is_caught(
     assert!(!out.status.success());
     assert_eq!(fs::read(target.join("registry.db")).unwrap(), b"live");
 
+    // A repository inside the state directory is refused.
+    let inside = d.state_dir.join("firms/../backups");
+    let out = ctl(
+        &d.admin_socket,
+        &["backup", "create", "--to", inside.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the state directory"));
+    assert!(!d.state_dir.join("backups").exists());
+
     // The drill restores the newest snapshot into scratch and reports.
     let drill = backup(&d, &["drill", "--repository", r]);
     assert_eq!(drill["snapshot"], s2.as_str());

@@ -3,13 +3,22 @@
 //! A firm database is the main file plus its WAL. The image is taken like
 //! this: on the writer thread, between commits (so no commit is half
 //! written), a read transaction begins on a connection of its own and the
-//! WAL file is read into memory; that is the only pause writers see. The
-//! WAL is then cut at the last commit frame that SQLite's own recovery
-//! would accept. While the read transaction stays open, no checkpoint can
-//! copy a frame newer than it into the main file, so the main file only
-//! changes in pages that the kept WAL frames supersede, and it can be
-//! copied at leisure. Main file + kept WAL frames is exactly the committed
-//! state at the pause; SQLite recovers it at the first open.
+//! WAL index header is read from the `-shm` file: the last committed frame
+//! (`mxFrame`), how far checkpoints got (`nBackfill`) and the WAL's salts.
+//! That is the only pause writers see (tens of microseconds).
+//!
+//! While the read transaction stays open:
+//! - no checkpoint copies a frame newer than it into the main file, and
+//!   none past `mxFrame`, so the main file only changes in pages that WAL
+//!   frames up to `mxFrame` supersede;
+//! - if checkpoints had not reached `mxFrame`, the reader uses the WAL, so
+//!   the WAL cannot restart: frames up to `mxFrame` stay as they are and are
+//!   read after the pause, and checked (salts, checksum chain, a commit
+//!   frame last) like SQLite's own recovery;
+//! - if they had, the main file alone is the image (the WAL is not kept).
+//!
+//! Main file + kept WAL frames is exactly the committed state at the pause;
+//! SQLite recovers the WAL at the first open.
 //!
 //! Both are copied as they are on disk: ciphertext pages, never decrypted
 //! or re-encrypted, so a page that did not change keeps its bytes.
@@ -31,7 +40,7 @@ pub struct FirmSnapshot {
     path: PathBuf,
     /// The WAL's bytes up to the image's last commit frame (empty: none).
     pub wal: Vec<u8>,
-    /// The page size of the main file.
+    /// The page size of the main file (and the WAL's frames).
     pub page_size: usize,
     /// The firm's audit tree at the image.
     pub audit_size: u64,
@@ -66,8 +75,49 @@ impl Drop for FirmSnapshot {
 /// What the pause on the writer thread hands back.
 struct Taken {
     conn: Option<Connection>,
-    wal: Vec<u8>,
+    index: Option<WalIndex>,
     paused: Duration,
+}
+
+/// The parts of the WAL index header (`-shm`) a snapshot needs.
+#[derive(Debug, Clone, Copy)]
+struct WalIndex {
+    max_frame: u32,
+    backfilled: u32,
+    /// The WAL header's salts, as its bytes (the index copies them raw).
+    salts: [u8; 8],
+}
+
+/// Reads the WAL index header: its two copies must agree (a writer is
+/// never between them here: the caller holds the write lock).
+fn read_wal_index(shm: &Path) -> Result<Option<WalIndex>, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let f = match std::fs::File::open(shm) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: shm.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut h = [0u8; 100];
+    if f.read_exact_at(&mut h, 0).is_err() {
+        return Ok(None);
+    }
+    let ne = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    if h[..48] != h[48..96] || h[12] != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "{}: the WAL index header copies differ",
+            shm.display()
+        )));
+    }
+    Ok(Some(WalIndex {
+        max_frame: ne(16),
+        backfilled: ne(96),
+        salts: [h[32], h[33], h[34], h[35], h[36], h[37], h[38], h[39]],
+    }))
 }
 
 impl FirmDb {
@@ -76,15 +126,16 @@ impl FirmDb {
     pub fn snapshot(&self) -> Result<FirmSnapshot, StoreError> {
         let conn = self.open_reader()?;
         // SQLCipher answers with its cipher page size, as text.
-        let page_size: i64 = conn
+        let page_size: usize = conn
             .query_row("PRAGMA cipher_page_size", [], |r| r.get::<_, String>(0))?
             .trim()
             .parse()
             .map_err(|_| StoreError::Corrupt("cipher_page_size is not a number".into()))?;
         let wal_path = wal_path(&self.path);
+        let shm_path = side_path(&self.path, "-shm");
         let taken = Arc::new(Mutex::new(Taken {
             conn: Some(conn),
-            wal: Vec::new(),
+            index: None,
             paused: Duration::ZERO,
         }));
         let slot = taken.clone();
@@ -104,30 +155,25 @@ impl FirmDb {
             c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
                 r.get::<_, i64>(0)
             })?;
-            t.wal = match std::fs::read(&wal_path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        path: wal_path.display().to_string(),
-                        source,
-                    });
-                }
-            };
+            t.index = read_wal_index(&shm_path)?;
             t.paused = started.elapsed();
             Ok(())
         })?;
         let mut t = taken.lock().map_err(|_| StoreError::CommandPanicked)?;
         let conn = t.conn.take().ok_or(StoreError::CommandPanicked)?;
-        let mut wal = std::mem::take(&mut t.wal);
-        wal.truncate(committed_prefix(&wal, page_size as usize));
+        let wal = match t.index {
+            // Checkpoints had copied every committed frame: the main file is the image.
+            None => Vec::new(),
+            Some(i) if i.max_frame == 0 || i.backfilled >= i.max_frame => Vec::new(),
+            Some(i) => read_wal_prefix(&wal_path, page_size, i)?,
+        };
         let audit_size = audit_log::size(&conn)?;
         let audit_root = audit_log::root(&conn, audit_size)?;
         Ok(FirmSnapshot {
             conn,
             path: self.path.clone(),
             wal,
-            page_size: page_size as usize,
+            page_size,
             audit_size,
             audit_root,
             paused: t.paused,
@@ -135,10 +181,37 @@ impl FirmDb {
     }
 }
 
-pub(crate) fn wal_path(db: &Path) -> PathBuf {
+/// Reads the WAL up to frame `i.max_frame` and checks it is exactly the
+/// committed log the index named.
+fn read_wal_prefix(path: &Path, page_size: usize, i: WalIndex) -> Result<Vec<u8>, StoreError> {
+    use std::io::Read;
+    let len = WAL_HEADER + i.max_frame as usize * (FRAME_HEADER + page_size);
+    let mut wal = Vec::with_capacity(len);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(len as u64).read_to_end(&mut wal))
+        .map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let salts_match = wal.len() >= WAL_HEADER && wal[16..24] == i.salts;
+    if wal.len() != len || !salts_match || committed_prefix(&wal, page_size) != len {
+        return Err(StoreError::Corrupt(format!(
+            "{}: the WAL does not hold the {} committed frames its index names",
+            path.display(),
+            i.max_frame
+        )));
+    }
+    Ok(wal)
+}
+
+fn side_path(db: &Path, suffix: &str) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
+    p.push(suffix);
     PathBuf::from(p)
+}
+
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
+    side_path(db, "-wal")
 }
 
 const WAL_HEADER: usize = 32;
@@ -241,6 +314,45 @@ mod tests {
             })
             .unwrap();
         assert_eq!(name, "before");
+    }
+
+    fn profile_name(db: &FirmDb) -> String {
+        db.read_blocking(|r| {
+            Ok(r.conn
+                .query_row("SELECT v FROM profile WHERE k = 'display_name'", [], |r| {
+                    r.get::<_, String>(0)
+                })?)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn after_a_checkpoint_the_main_file_alone_is_the_image_and_stays_still() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_x", &path, key(), true).unwrap();
+        db.write_blocking(|tx| tx.set_profile("display_name", "checkpointed", "t"))
+            .unwrap();
+        let other =
+            crate::store::open_encrypted(&path, &key(), rusqlite::OpenFlags::default()).unwrap();
+        other
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .unwrap();
+        let snap = db.snapshot().unwrap();
+        assert!(snap.wal.is_empty(), "every frame was in the main file");
+        // Later writes, and a checkpoint attempt, leave the main file as it was.
+        for i in 0..50 {
+            db.write_blocking(move |tx| tx.set_profile("display_name", &format!("later {i}"), "t"))
+                .unwrap();
+        }
+        other
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .unwrap();
+        let out = dir.path().join("copy.db");
+        std::fs::copy(snap.db_path(), &out).unwrap();
+        drop(snap);
+        let copy = FirmDb::open("frm_x", &out, key(), false).unwrap();
+        assert_eq!(profile_name(&copy), "checkpointed");
     }
 
     #[test]
