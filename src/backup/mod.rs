@@ -278,9 +278,16 @@ impl Backups {
                 },
                 false,
             )?;
-            let (m, pauses) = take::take(&self.pool, self.clock.as_ref(), &mut repo)?;
+            let key = self.verifier_key();
+            let (m, pauses, tracked) =
+                take::take(&self.pool, self.clock.as_ref(), &mut repo, &key)?;
             let signed = self.trail.sign_note(&m.text());
-            repo::write_durable(&repo.snapshot_path(&m.id), signed.as_bytes())?;
+            if let Err(e) = repo::write_durable(&repo.snapshot_path(&m.id), signed.as_bytes()) {
+                tracked.abort();
+                return Err(e);
+            }
+            // Durable: the next snapshot into this repository reads only what changes from here.
+            tracked.commit();
             let report = CreateReport {
                 snapshot: m.id.clone(),
                 repository: dir.display().to_string(),

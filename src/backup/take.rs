@@ -6,9 +6,11 @@
 //! each firm's image is taken in turn (see `store::firm::snapshot`); the
 //! registry is copied last, so it holds every key that any firm image uses.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use super::BackupError;
 use super::manifest::{FileEntry, FirmEntry, Manifest, TreeHead};
@@ -27,6 +29,11 @@ const FRAME_HEADER: usize = 24;
 /// What a snapshot cost, besides its manifest.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct TakeStats {
+    /// Firm files read whole, and read only where they changed.
+    pub firms_read_whole: usize,
+    pub firms_read_changed: usize,
+    /// Main-file pages those changed-only reads read.
+    pub changed_pages_read: u64,
     /// The longest any firm's writer waited (microseconds).
     pub max_writer_pause_us: u64,
     /// How long the registry was held still (microseconds).
@@ -96,6 +103,66 @@ fn store_file(repo: &mut Repo, src: &Path, name: &str) -> Result<FileEntry, Back
     finish_file(repo, name, &ids, size)
 }
 
+/// Stores a file from disk reading only `dirty` pages (and any past the
+/// end of `old`, the file's chunk list in the baseline snapshot); every other
+/// page is unchanged since the baseline and keeps its chunk.
+fn store_file_changed(
+    repo: &mut Repo,
+    src: &Path,
+    name: &str,
+    old: &[Id],
+    dirty: &HashSet<u32>,
+    read: &mut u64,
+) -> Result<FileEntry, BackupError> {
+    let io = |source| BackupError::Io {
+        path: src.display().to_string(),
+        source,
+    };
+    let f = File::open(src).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let pages = size.div_ceil(PAGE as u64);
+    let (mut ids, mut stored) = (Vec::with_capacity(pages as usize), 0u64);
+    let mut buf = vec![0u8; PAGE];
+    for p in 0..pages {
+        let start = p * PAGE as u64;
+        let len = (size - start).min(PAGE as u64) as usize;
+        let unchanged = len == PAGE
+            && (p as usize) < old.len()
+            && u32::try_from(p).is_ok_and(|q| !dirty.contains(&q));
+        if unchanged {
+            ids.push(old[p as usize]);
+        } else {
+            f.read_exact_at(&mut buf[..len], start).map_err(io)?;
+            *read += 1;
+            let id = id_of(&buf[..len]);
+            repo.add_chunk(id, &buf[..len])?;
+            ids.push(id);
+        }
+        stored += len as u64;
+    }
+    finish_file(repo, name, &ids, stored)
+}
+
+/// The chunk list of `name` in snapshot `id`, if the repository still has
+/// it and it checks out (else the file is read whole).
+fn baseline_list(
+    repo: &Repo,
+    manifests: &mut HashMap<String, Option<Manifest>>,
+    verifier_key: &str,
+    id: &str,
+    name: &str,
+) -> Option<Vec<Id>> {
+    let m = manifests
+        .entry(id.to_owned())
+        .or_insert_with(|| {
+            let note = repo.read_snapshot_note(id).ok()?;
+            Manifest::open(id, &note, verifier_key).ok()
+        })
+        .as_ref()?;
+    let f = m.files.iter().find(|f| f.path == name)?;
+    repo.read_list(&super::repo::parse_id(&f.list)?).ok()
+}
+
 fn finish_file(
     repo: &mut Repo,
     name: &str,
@@ -130,16 +197,70 @@ fn store_wal(
     finish_file(repo, name, &ids, size)
 }
 
+/// The firm files a snapshot tracks changes of: once its manifest is
+/// durable, `commit` makes it their baseline; otherwise `abort`.
+#[derive(Debug)]
+pub struct Tracked {
+    pub repo_key: String,
+    pub snapshot: String,
+    pub files: Vec<PathBuf>,
+}
+
+impl Tracked {
+    pub fn commit(&self) {
+        for f in &self.files {
+            crate::store::firm::commit_snapshot(f, &self.repo_key, &self.snapshot);
+        }
+    }
+
+    pub fn abort(&self) {
+        for f in &self.files {
+            crate::store::firm::abort_snapshot(f, &self.repo_key, &self.snapshot);
+        }
+    }
+}
+
 /// Takes a snapshot of every firm and the registry into `repo`; returns
-/// the manifest (not yet written) and what it cost.
+/// the manifest (not yet written), what it cost, and the tracked files
+/// (aborted here if the snapshot fails).
 pub fn take(
     pool: &Pool,
     clock: &dyn Clock,
     repo: &mut Repo,
-) -> Result<(Manifest, TakeStats), BackupError> {
+    verifier_key: &str,
+) -> Result<(Manifest, TakeStats, Tracked), BackupError> {
     let started = clock.now();
     let id = new_id(started)?;
+    let mut tracked = Tracked {
+        repo_key: repo
+            .dir()
+            .canonicalize()
+            .unwrap_or_else(|_| repo.dir().to_owned())
+            .display()
+            .to_string(),
+        snapshot: id.clone(),
+        files: Vec::new(),
+    };
+    match take_into(pool, clock, repo, verifier_key, started, &mut tracked) {
+        Ok((m, stats)) => Ok((m, stats, tracked)),
+        Err(e) => {
+            tracked.abort();
+            Err(e)
+        }
+    }
+}
+
+fn take_into(
+    pool: &Pool,
+    clock: &dyn Clock,
+    repo: &mut Repo,
+    verifier_key: &str,
+    started: time::OffsetDateTime,
+    tracked: &mut Tracked,
+) -> Result<(Manifest, TakeStats), BackupError> {
+    let id = tracked.snapshot.clone();
     let mut stats = TakeStats::default();
+    let mut baselines = HashMap::new();
     // Security invariant: no key changes while a snapshot is taken, so the registry copied last holds every key its firm images use.
     let _ops = pool.admin_ops();
     let mut files = Vec::new();
@@ -154,9 +275,30 @@ pub fn take(
         let h = pool.handle(&fid).map_err(|e| {
             BackupError::Invalid(format!("firm {fid} cannot be opened for the snapshot: {e}"))
         })?;
-        let snap = h.db.snapshot()?;
+        let snap =
+            h.db.snapshot(Some((tracked.repo_key.as_str(), id.as_str())))?;
+        tracked.files.push(snap.db_path().to_owned());
         let db_name = format!("firms/{fid}.db");
-        files.push(store_file(repo, snap.db_path(), &db_name)?);
+        let old = snap.since.as_ref().and_then(|(base, _)| {
+            baseline_list(repo, &mut baselines, verifier_key, base, &db_name)
+        });
+        files.push(match (old, &snap.since) {
+            (Some(old), Some((_, dirty))) => {
+                stats.firms_read_changed += 1;
+                store_file_changed(
+                    repo,
+                    snap.db_path(),
+                    &db_name,
+                    &old,
+                    dirty,
+                    &mut stats.changed_pages_read,
+                )?
+            }
+            _ => {
+                stats.firms_read_whole += 1;
+                store_file(repo, snap.db_path(), &db_name)?
+            }
+        });
         if !snap.wal.is_empty() {
             files.push(store_wal(
                 repo,

@@ -89,11 +89,15 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(conn: Connection, name: String) -> Result<Self, StoreError> {
+    pub(crate) fn spawn(
+        conn: Connection,
+        name: String,
+        path: std::path::PathBuf,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = sync_channel::<Box<dyn Command>>(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, &path))
             .map_err(|e| StoreError::Io {
                 path: "writer thread".to_owned(),
                 source: e,
@@ -201,7 +205,7 @@ fn gather(
 }
 
 #[allow(clippy::disallowed_methods)] // clock: commit duration is real elapsed time
-fn run(conn: Connection, rx: Receiver<Box<dyn Command>>) {
+fn run(conn: Connection, rx: Receiver<Box<dyn Command>>, path: &std::path::Path) {
     let m = crate::telemetry::metrics::metrics();
     let mut previous = 1;
     while let Some(first) = next_command(&rx) {
@@ -224,12 +228,19 @@ fn run(conn: Connection, rx: Receiver<Box<dyn Command>>) {
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
+        let committed = commit.is_ok();
         let commit = commit.map(|_| ());
         for cmd in batch {
             cmd.finish(commit.clone());
         }
+        // After the answers: a checkpoint is nobody's latency.
+        if committed {
+            super::firm::after_commit(&conn, path);
+        }
     }
-    // All senders dropped: the connection closes here, checkpointing the WAL.
+    // All senders dropped: the connection closes here, checkpointing the
+    // WAL; its pages are recorded first.
+    super::firm::before_close(path);
     drop(conn);
 }
 

@@ -112,18 +112,55 @@ fn a_snapshot_under_write_load_restores_every_acknowledged_write_and_serves_the_
     while count(&acked) < 100 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let began = Instant::now();
-    let snap = backup(&d, &["create", "--to", repo.to_str().unwrap()]);
-    let ended = Instant::now();
-    let at_end = count(&acked);
-    while count(&acked) < at_end + 50 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+    let mut snaps = Vec::new();
+    for round in 0..2 {
+        let began = Instant::now();
+        let snap = backup(&d, &["create", "--to", repo.to_str().unwrap()]);
+        let ended = Instant::now();
+        // Enough writes after each snapshot that the writer checkpoints
+        // (1,000 WAL frames) before the next: the second snapshot reads only
+        // the pages those checkpoints changed.
+        let at_end = count(&acked);
+        while count(&acked) < at_end + 600 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(snap["firms"], 2);
+        assert!(snap["added_bytes"].as_u64().unwrap() > 0);
+        // The writers were paused only while the image was taken.
+        assert!(
+            snap["max_writer_pause_us"].as_u64().unwrap() < 1_000_000,
+            "{snap}"
+        );
+        if round == 1 {
+            // Read only where checkpoints changed the main files since the first.
+            assert_eq!(snap["firms_read_changed"], 2, "{snap}");
+            assert!(snap["changed_pages_read"].as_u64().unwrap() > 0, "{snap}");
+        }
+        snaps.push((began, ended, snap["snapshot"].as_str().unwrap().to_owned()));
     }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
+    for (began, ended, id) in &snaps {
+        check_restore(&d, &repo, id, &acked, *began, *ended, &f, &other);
+    }
+}
+
+/// Restores snapshot `id` onto a fresh root and serves it: every write
+/// acknowledged before `began` is there, none acknowledged after `ended`.
+#[allow(clippy::too_many_arguments)]
+fn check_restore(
+    d: &Daemon,
+    repo: &Path,
+    id: &str,
+    acked: &[(Instant, String)],
+    began: Instant,
+    ended: Instant,
+    f: &Firm,
+    other: &Firm,
+) {
     let before: Vec<&String> = acked
         .iter()
         .filter(|(t, _)| *t < began)
@@ -140,20 +177,12 @@ fn a_snapshot_under_write_load_restores_every_acknowledged_write_and_serves_the_
         before.len(),
         after.len()
     );
-    let id = snap["snapshot"].as_str().unwrap();
-    assert_eq!(snap["firms"], 2);
-    assert!(snap["added_bytes"].as_u64().unwrap() > 0);
-    // The writers were paused only while the image was taken.
-    assert!(
-        snap["max_writer_pause_us"].as_u64().unwrap() < 1_000_000,
-        "{snap}"
-    );
 
     // Restore onto a fresh root, offline, with the master key (dev mode keeps it in the state dir).
     let dir2 = tempfile::Builder::new().prefix("sr-it-").tempdir().unwrap();
     let key = dir2.path().join("master.key");
     fs::copy(d.state_dir.join("master.key"), &key).unwrap();
-    let out = restore(&repo, id, &dir2.path().join("state"), &key);
+    let out = restore(repo, id, &dir2.path().join("state"), &key);
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         out.status.success(),
@@ -201,7 +230,7 @@ fn a_snapshot_under_write_load_restores_every_acknowledged_write_and_serves_the_
         );
     }
     // Every audit log verifies after the restore; the other firm serves too.
-    for firm in [&f, &other] {
+    for firm in [f, other] {
         let v = ctl_json(&d2.admin_socket, &["audit", "verify", "--firm", &firm.id]);
         assert_eq!(v["ok"], true, "{v}");
         let r = req(

@@ -178,10 +178,11 @@ fn print_human(cmd: &BackupCmd, v: &Value) {
     match cmd {
         BackupCmd::Create { .. } => {
             println!(
-                "snapshot {} in {}: {} firms, {}, {} new ({} chunks) in {:.2}s; longest writer pause {} us, registry held {} us",
+                "snapshot {} in {}: {} firms ({} read only where changed), {}, {} new ({} chunks) in {:.2}s; longest writer pause {} us, registry held {} us",
                 d(&v["snapshot"]),
                 d(&v["repository"]),
                 d(&v["firms"]),
+                d(&v["firms_read_changed"]),
                 mb(&v["bytes"]),
                 mb(&v["added_bytes"]),
                 d(&v["added_chunks"]),

@@ -6,6 +6,7 @@
 //! read), which run one pooled read on an async worker by design, because a
 //! page-cache hit costs microseconds and a lane hop costs more.
 
+mod dirty;
 mod people;
 mod read;
 mod rows;
@@ -13,6 +14,8 @@ mod schema;
 mod snapshot;
 mod write;
 
+pub use dirty::{abort as abort_snapshot, commit as commit_snapshot};
+pub(crate) use dirty::{after_commit, before_close};
 pub use people::{SessionAuth, SessionRow, UserRow};
 pub use read::ReadTx;
 pub use rows::{ApiKeyRow, RecordRow, SealedRecord, SecretRow};
@@ -66,7 +69,8 @@ fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
         "PRAGMA synchronous = FULL;
          PRAGMA secure_delete = ON;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;",
+         PRAGMA busy_timeout = 5000;
+         PRAGMA wal_autocheckpoint = 0;",
     )?;
     Ok(())
 }
@@ -132,7 +136,12 @@ impl FirmDb {
                 path.display()
             )));
         }
-        let writer = Writer::spawn(conn, format!("w-{}", &firm_id[..firm_id.len().min(12)]))?;
+        // The writer runs every checkpoint itself (see `dirty`).
+        let writer = Writer::spawn(
+            conn,
+            format!("w-{}", &firm_id[..firm_id.len().min(12)]),
+            path.to_owned(),
+        )?;
         Ok(Self {
             firm_id: firm_id.to_owned(),
             path: path.to_owned(),
@@ -291,6 +300,8 @@ impl FirmDb {
         old: &SqlcipherKey,
         new_key: &SqlcipherKey,
     ) -> Result<(), StoreError> {
+        // Every page is rewritten: no backup's page tracking survives it.
+        dirty::forget(path);
         let conn = open_encrypted(path, old, OpenFlags::default())?;
         configure_writer(&conn)?;
         // Fold the WAL into the main file first, then leave WAL mode so the

@@ -30,8 +30,10 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::FirmDb;
+use super::dirty::{self, WalIndex, read_wal_index, side_path};
 use crate::audit::merkle::Hash;
 use crate::store::{StoreError, audit_log};
+use std::collections::HashSet;
 
 /// A consistent image of one firm database. The read transaction that
 /// pins the main file ends when this is dropped.
@@ -47,6 +49,10 @@ pub struct FirmSnapshot {
     pub audit_root: Hash,
     /// How long the writer waited for the image to be taken.
     pub paused: Duration,
+    /// For an incremental snapshot: the repository's previous snapshot of
+    /// this file and the main-file pages (0-based) changed since its pause.
+    /// None: read the whole file.
+    pub since: Option<(String, HashSet<u32>)>,
 }
 
 impl std::fmt::Debug for FirmSnapshot {
@@ -76,54 +82,17 @@ impl Drop for FirmSnapshot {
 struct Taken {
     conn: Option<Connection>,
     index: Option<WalIndex>,
+    since: Option<(String, HashSet<u32>)>,
     paused: Duration,
-}
-
-/// The parts of the WAL index header (`-shm`) a snapshot needs.
-#[derive(Debug, Clone, Copy)]
-struct WalIndex {
-    max_frame: u32,
-    backfilled: u32,
-    /// The WAL header's salts, as its bytes (the index copies them raw).
-    salts: [u8; 8],
-}
-
-/// Reads the WAL index header: its two copies must agree (a writer is
-/// never between them here: the caller holds the write lock).
-fn read_wal_index(shm: &Path) -> Result<Option<WalIndex>, StoreError> {
-    use std::os::unix::fs::FileExt;
-    let f = match std::fs::File::open(shm) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: shm.display().to_string(),
-                source,
-            });
-        }
-    };
-    let mut h = [0u8; 100];
-    if f.read_exact_at(&mut h, 0).is_err() {
-        return Ok(None);
-    }
-    let ne = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    if h[..48] != h[48..96] || h[12] != 1 {
-        return Err(StoreError::Corrupt(format!(
-            "{}: the WAL index header copies differ",
-            shm.display()
-        )));
-    }
-    Ok(Some(WalIndex {
-        max_frame: ne(16),
-        backfilled: ne(96),
-        salts: [h[32], h[33], h[34], h[35], h[36], h[37], h[38], h[39]],
-    }))
 }
 
 impl FirmDb {
     /// Takes a consistent image of the database (see the module comment).
+    /// `track`: the repository (a stable key) and the new snapshot's id, to
+    /// learn which pages changed since that repository's last snapshot
+    /// (see `dirty`); commit or abort it with `dirty::commit`/`abort`.
     /// Blocking.
-    pub fn snapshot(&self) -> Result<FirmSnapshot, StoreError> {
+    pub fn snapshot(&self, track: Option<(&str, &str)>) -> Result<FirmSnapshot, StoreError> {
         let conn = self.open_reader()?;
         // SQLCipher answers with its cipher page size, as text.
         let page_size: usize = conn
@@ -132,10 +101,12 @@ impl FirmDb {
             .parse()
             .map_err(|_| StoreError::Corrupt("cipher_page_size is not a number".into()))?;
         let wal_path = wal_path(&self.path);
-        let shm_path = side_path(&self.path, "-shm");
+        let db_path = self.path.clone();
+        let track = track.map(|(r, s)| (r.to_owned(), s.to_owned()));
         let taken = Arc::new(Mutex::new(Taken {
             conn: Some(conn),
             index: None,
+            since: None,
             paused: Duration::ZERO,
         }));
         let slot = taken.clone();
@@ -155,7 +126,11 @@ impl FirmDb {
             c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
                 r.get::<_, i64>(0)
             })?;
-            t.index = read_wal_index(&shm_path)?;
+            t.index = read_wal_index(&db_path)?;
+            // Checkpoints run on this thread, so none is between the index and this.
+            t.since = track
+                .as_ref()
+                .and_then(|(repo, id)| dirty::begin(&db_path, repo, id));
             t.paused = started.elapsed();
             Ok(())
         })?;
@@ -177,6 +152,7 @@ impl FirmDb {
             audit_size,
             audit_root,
             paused: t.paused,
+            since: t.since.take(),
         })
     }
 }
@@ -202,12 +178,6 @@ fn read_wal_prefix(path: &Path, page_size: usize, i: WalIndex) -> Result<Vec<u8>
         )));
     }
     Ok(wal)
-}
-
-fn side_path(db: &Path, suffix: &str) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
 }
 
 pub(crate) fn wal_path(db: &Path) -> PathBuf {
@@ -293,7 +263,7 @@ mod tests {
         let db = FirmDb::open("frm_x", &path, key(), true).unwrap();
         db.write_blocking(|tx| tx.set_profile("display_name", "before", "t"))
             .unwrap();
-        let snap = db.snapshot().unwrap();
+        let snap = db.snapshot(None).unwrap();
         assert!(!snap.wal.is_empty(), "the commit is still in the WAL");
         // Written after the image: must not be in it.
         db.write_blocking(|tx| tx.set_profile("display_name", "after", "t"))
@@ -338,7 +308,7 @@ mod tests {
         other
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .unwrap();
-        let snap = db.snapshot().unwrap();
+        let snap = db.snapshot(None).unwrap();
         assert!(snap.wal.is_empty(), "every frame was in the main file");
         // Later writes, and a checkpoint attempt, leave the main file as it was.
         for i in 0..50 {
@@ -366,7 +336,7 @@ mod tests {
             db.write_blocking(move |tx| tx.set_profile("display_name", &format!("n{i}"), "t"))
                 .unwrap();
         }
-        let snap = db.snapshot().unwrap();
+        let snap = db.snapshot(None).unwrap();
         let wal = snap.wal.clone();
         let n = committed_prefix(&wal, 4096);
         assert_eq!(n, wal.len());
