@@ -20,6 +20,7 @@ use crate::crypto::hex;
 use crate::firms::FirmState;
 use crate::firms::pool::Pool;
 use crate::ids::FirmId;
+use crate::store::firm::FirmSnapshot;
 
 /// Database files are cut into chunks of one page.
 pub const PAGE: usize = 4096;
@@ -178,23 +179,38 @@ fn finish_file(
     })
 }
 
-/// Stores a WAL image: its header, then one chunk per frame, so frames
-/// already stored by an earlier snapshot are not stored again.
+/// Stores the image's WAL: its header, then one chunk per frame. When the
+/// baseline snapshot kept the same WAL (same header: same salts, so the
+/// same generation, whose committed frames never change), its first frames'
+/// chunks are reused and only the frames after them are read.
 fn store_wal(
     repo: &mut Repo,
-    wal: &[u8],
-    page: usize,
+    snap: &FirmSnapshot,
     name: &str,
-) -> Result<FileEntry, BackupError> {
-    let (mut ids, mut size) = (Vec::new(), 0u64);
-    let (head, frames) = wal.split_at(WAL_HEADER.min(wal.len()));
-    store_chunks(
-        repo,
-        std::iter::once(head).chain(frames.chunks(FRAME_HEADER + page)),
-        &mut ids,
-        &mut size,
-    )?;
-    finish_file(repo, name, &ids, size)
+    old: Option<Vec<Id>>,
+) -> Result<Option<FileEntry>, BackupError> {
+    let Some(header) = snap.wal_header else {
+        return Ok(None);
+    };
+    let head = id_of(&header);
+    let frame = FRAME_HEADER + snap.page_size;
+    let (mut ids, from) = match old {
+        Some(o)
+            if o.first() == Some(&head)
+                && u32::try_from(o.len() - 1).is_ok_and(|k| k <= snap.wal_frames) =>
+        {
+            let k = (o.len() - 1) as u32;
+            (o, k)
+        }
+        _ => {
+            repo.add_chunk(head, &header)?;
+            (vec![head], 0)
+        }
+    };
+    let frames = snap.wal_frames_after(from)?;
+    let mut size = (WAL_HEADER + from as usize * frame) as u64;
+    store_chunks(repo, frames.chunks(frame), &mut ids, &mut size)?;
+    finish_file(repo, name, &ids, size).map(Some)
 }
 
 /// The firm files a snapshot tracks changes of: once its manifest is
@@ -299,13 +315,12 @@ fn take_into(
                 store_file(repo, snap.db_path(), &db_name)?
             }
         });
-        if !snap.wal.is_empty() {
-            files.push(store_wal(
-                repo,
-                &snap.wal,
-                snap.page_size,
-                &format!("{db_name}-wal"),
-            )?);
+        let wal_name = format!("{db_name}-wal");
+        let old_wal = snap.since.as_ref().and_then(|(base, _)| {
+            baseline_list(repo, &mut baselines, verifier_key, base, &wal_name)
+        });
+        if let Some(entry) = store_wal(repo, &snap, &wal_name, old_wal)? {
+            files.push(entry);
         }
         let pause = snap.paused.as_micros() as u64;
         stats.max_writer_pause_us = stats.max_writer_pause_us.max(pause);

@@ -25,6 +25,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -40,8 +41,11 @@ use std::collections::HashSet;
 pub struct FirmSnapshot {
     conn: Connection,
     path: PathBuf,
-    /// The WAL's bytes up to the image's last commit frame (empty: none).
-    pub wal: Vec<u8>,
+    /// The WAL's header, when the image keeps WAL frames.
+    pub wal_header: Option<[u8; WAL_HEADER]>,
+    /// The WAL frames the image keeps: 1 ..= this (the last is a commit).
+    pub wal_frames: u32,
+    wal_path: PathBuf,
     /// The page size of the main file (and the WAL's frames).
     pub page_size: usize,
     /// The firm's audit tree at the image.
@@ -59,7 +63,7 @@ impl std::fmt::Debug for FirmSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FirmSnapshot")
             .field("path", &self.path)
-            .field("wal_bytes", &self.wal.len())
+            .field("wal_frames", &self.wal_frames)
             .field("audit_size", &self.audit_size)
             .finish_non_exhaustive()
     }
@@ -136,18 +140,23 @@ impl FirmDb {
         })?;
         let mut t = taken.lock().map_err(|_| StoreError::CommandPanicked)?;
         let conn = t.conn.take().ok_or(StoreError::CommandPanicked)?;
-        let wal = match t.index {
+        let (wal_header, wal_frames) = match t.index {
             // Checkpoints had copied every committed frame: the main file is the image.
-            None => Vec::new(),
-            Some(i) if i.max_frame == 0 || i.backfilled >= i.max_frame => Vec::new(),
-            Some(i) => read_wal_prefix(&wal_path, page_size, i)?,
+            None => (None, 0),
+            Some(i) if i.max_frame == 0 || i.backfilled >= i.max_frame => (None, 0),
+            Some(i) => (
+                Some(read_wal_header(&wal_path, page_size, &i)?),
+                i.max_frame,
+            ),
         };
         let audit_size = audit_log::size(&conn)?;
         let audit_root = audit_log::root(&conn, audit_size)?;
         Ok(FirmSnapshot {
             conn,
             path: self.path.clone(),
-            wal,
+            wal_header,
+            wal_frames,
+            wal_path,
             page_size,
             audit_size,
             audit_root,
@@ -157,27 +166,72 @@ impl FirmDb {
     }
 }
 
-/// Reads the WAL up to frame `i.max_frame` and checks it is exactly the
-/// committed log the index named.
-fn read_wal_prefix(path: &Path, page_size: usize, i: WalIndex) -> Result<Vec<u8>, StoreError> {
-    use std::io::Read;
-    let len = WAL_HEADER + i.max_frame as usize * (FRAME_HEADER + page_size);
-    let mut wal = Vec::with_capacity(len);
+/// Reads and checks the WAL header the index describes.
+fn read_wal_header(
+    path: &Path,
+    page_size: usize,
+    i: &WalIndex,
+) -> Result<[u8; WAL_HEADER], StoreError> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; WAL_HEADER];
     std::fs::File::open(path)
-        .and_then(|f| f.take(len as u64).read_to_end(&mut wal))
+        .and_then(|f| f.read_exact_at(&mut h, 0))
         .map_err(|source| StoreError::Io {
             path: path.display().to_string(),
             source,
         })?;
-    let salts_match = wal.len() >= WAL_HEADER && wal[16..24] == i.salts;
-    if wal.len() != len || !salts_match || committed_prefix(&wal, page_size) != len {
+    if h[16..24] != i.salts || header_sum(&h, page_size).is_none() {
         return Err(StoreError::Corrupt(format!(
-            "{}: the WAL does not hold the {} committed frames its index names",
-            path.display(),
-            i.max_frame
+            "{}: the WAL header is not the one its index names",
+            path.display()
         )));
     }
-    Ok(wal)
+    Ok(h)
+}
+
+impl FirmSnapshot {
+    /// The image's WAL frames `from + 1 ..= wal_frames`, read now and checked
+    /// like SQLite's recovery (salts, the checksum chain continued from
+    /// frame `from`, a commit frame last). Frames never change once
+    /// committed while the image's read transaction is open.
+    pub fn wal_frames_after(&self, from: u32) -> Result<Vec<u8>, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let Some(header) = &self.wal_header else {
+            return Ok(Vec::new());
+        };
+        let bad = || {
+            StoreError::Corrupt(format!(
+                "{}: the WAL does not hold the {} committed frames its index names",
+                self.wal_path.display(),
+                self.wal_frames
+            ))
+        };
+        if from > self.wal_frames {
+            return Err(bad());
+        }
+        let frame = (FRAME_HEADER + self.page_size) as u64;
+        let f = std::fs::File::open(&self.wal_path).map_err(|source| StoreError::Io {
+            path: self.wal_path.display().to_string(),
+            source,
+        })?;
+        let start = WAL_HEADER as u64 + u64::from(from) * frame;
+        let sum = if from == 0 {
+            header_sum(header, self.page_size).ok_or_else(bad)?
+        } else {
+            let mut h = [0u8; FRAME_HEADER];
+            f.read_exact_at(&mut h, start - frame).map_err(|_| bad())?;
+            if h[8..16] != header[16..24] {
+                return Err(bad());
+            }
+            (be32(&h, 16), be32(&h, 20))
+        };
+        let mut frames = vec![0u8; (u64::from(self.wal_frames - from) * frame) as usize];
+        f.read_exact_at(&mut frames, start).map_err(|_| bad())?;
+        if committed_frames(header, sum, &frames, self.page_size) != frames.len() {
+            return Err(bad());
+        }
+        Ok(frames)
+    }
 }
 
 pub(crate) fn wal_path(db: &Path) -> PathBuf {
@@ -209,32 +263,34 @@ fn wal_checksum(data: &[u8], big: bool, mut s: (u32, u32)) -> (u32, u32) {
     s
 }
 
-/// The length of `wal`'s prefix that ends at its last valid commit frame:
-/// the frames SQLite's recovery would keep (matching salts, an unbroken
-/// checksum chain). 0 when no frame is committed.
-pub fn committed_prefix(wal: &[u8], page_size: usize) -> usize {
-    if wal.len() < WAL_HEADER || page_size == 0 {
-        return 0;
+/// The WAL header's own checksum, checked: the start of the frame chain.
+/// None if the header is not a valid one for `page_size`.
+fn header_sum(h: &[u8], page_size: usize) -> Option<(u32, u32)> {
+    if h.len() < WAL_HEADER || page_size == 0 {
+        return None;
     }
-    let magic = be32(wal, 0);
-    if magic & !1 != 0x377f_0682 || be32(wal, 8) as usize != page_size {
-        return 0;
+    let magic = be32(h, 0);
+    if magic & !1 != 0x377f_0682 || be32(h, 8) as usize != page_size {
+        return None;
     }
-    let big = magic & 1 == 1;
-    let mut sum = wal_checksum(&wal[..24], big, (0, 0));
-    if sum != (be32(wal, 24), be32(wal, 28)) {
-        return 0;
-    }
-    let salts = (be32(wal, 16), be32(wal, 20));
+    let sum = wal_checksum(&h[..24], magic & 1 == 1, (0, 0));
+    (sum == (be32(h, 24), be32(h, 28))).then_some(sum)
+}
+
+/// How many bytes of `frames` (whole frames following a frame whose
+/// running checksum is `sum`) end at the last valid commit frame.
+fn committed_frames(header: &[u8], mut sum: (u32, u32), frames: &[u8], page_size: usize) -> usize {
+    let big = be32(header, 0) & 1 == 1;
+    let salts = (be32(header, 16), be32(header, 20));
     let frame = FRAME_HEADER + page_size;
-    let (mut at, mut kept) = (WAL_HEADER, 0);
-    while at + frame <= wal.len() {
-        let h = &wal[at..at + FRAME_HEADER];
+    let (mut at, mut kept) = (0, 0);
+    while at + frame <= frames.len() {
+        let h = &frames[at..at + FRAME_HEADER];
         if (be32(h, 8), be32(h, 12)) != salts || be32(h, 0) == 0 {
             break;
         }
         sum = wal_checksum(&h[..8], big, sum);
-        sum = wal_checksum(&wal[at + FRAME_HEADER..at + frame], big, sum);
+        sum = wal_checksum(&frames[at + FRAME_HEADER..at + frame], big, sum);
         if sum != (be32(h, 16), be32(h, 20)) {
             break;
         }
@@ -244,6 +300,19 @@ pub fn committed_prefix(wal: &[u8], page_size: usize) -> usize {
         }
     }
     kept
+}
+
+/// The length of `wal`'s prefix that ends at its last valid commit frame:
+/// the frames SQLite's recovery would keep (matching salts, an unbroken
+/// checksum chain). 0 when no frame is committed.
+pub fn committed_prefix(wal: &[u8], page_size: usize) -> usize {
+    match header_sum(wal, page_size) {
+        Some(sum) => match committed_frames(wal, sum, &wal[WAL_HEADER..], page_size) {
+            0 => 0,
+            n => WAL_HEADER + n,
+        },
+        None => 0,
+    }
 }
 
 #[cfg(test)]
@@ -264,14 +333,15 @@ mod tests {
         db.write_blocking(|tx| tx.set_profile("display_name", "before", "t"))
             .unwrap();
         let snap = db.snapshot(None).unwrap();
-        assert!(!snap.wal.is_empty(), "the commit is still in the WAL");
+        assert!(snap.wal_frames > 0, "the commit is still in the WAL");
+        let wal = whole_wal(&snap);
         // Written after the image: must not be in it.
         db.write_blocking(|tx| tx.set_profile("display_name", "after", "t"))
             .unwrap();
         let main = std::fs::read(snap.db_path()).unwrap();
         let out = dir.path().join("copy.db");
         std::fs::write(&out, &main).unwrap();
-        std::fs::write(wal_path(&out), &snap.wal).unwrap();
+        std::fs::write(wal_path(&out), &wal).unwrap();
         drop(snap);
         db.close();
         let copy = FirmDb::open("frm_x", &out, key(), false).unwrap();
@@ -284,6 +354,12 @@ mod tests {
             })
             .unwrap();
         assert_eq!(name, "before");
+    }
+
+    fn whole_wal(snap: &FirmSnapshot) -> Vec<u8> {
+        let mut wal = snap.wal_header.unwrap().to_vec();
+        wal.extend(snap.wal_frames_after(0).unwrap());
+        wal
     }
 
     fn profile_name(db: &FirmDb) -> String {
@@ -309,7 +385,10 @@ mod tests {
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .unwrap();
         let snap = db.snapshot(None).unwrap();
-        assert!(snap.wal.is_empty(), "every frame was in the main file");
+        assert!(
+            snap.wal_header.is_none(),
+            "every frame was in the main file"
+        );
         // Later writes, and a checkpoint attempt, leave the main file as it was.
         for i in 0..50 {
             db.write_blocking(move |tx| tx.set_profile("display_name", &format!("later {i}"), "t"))
@@ -337,7 +416,11 @@ mod tests {
                 .unwrap();
         }
         let snap = db.snapshot(None).unwrap();
-        let wal = snap.wal.clone();
+        let wal = whole_wal(&snap);
+        // Reading from a later frame continues the chain from that frame.
+        let tail = snap.wal_frames_after(2).unwrap();
+        assert_eq!(&wal[wal.len() - tail.len()..], &tail[..]);
+        assert!(snap.wal_frames_after(snap.wal_frames + 1).is_err());
         let n = committed_prefix(&wal, 4096);
         assert_eq!(n, wal.len());
         assert_eq!((n - WAL_HEADER) % (FRAME_HEADER + 4096), 0);
