@@ -173,3 +173,46 @@ for i, t in enumerate([RECORD["notes"], "ssn 123-45-6789; iban GB82 WEST 1234 56
                        "server 192.168.1.20 and fe80::1:2, call (555) 123-4567 or 555.123.4567",
                        "version 1.2.3, date 2026-11-23, id a1b2c3d4e5f6, amount 1234567890123"]):
     put("pii", f"text-{i}", t)
+
+# Backups: a manifest note (the signature line need not verify for peek),
+# a WAL of two frames with SQLite's checksums (the second a commit), and
+# the validators' inputs.
+MANIFEST = {"format": "strongroom-backup/1", "id": "20261201T061500.000Z-0a1b2c3d",
+            "appliance_id": "abc", "version": "0.1.0",
+            "started_at": "2026-12-01T06:15:00Z", "finished_at": "2026-12-01T06:15:01Z",
+            "files": [{"path": "registry.db", "size": 4096, "list": "00" * 32, "chunks": 1},
+                      {"path": "firms/frm_0123456789abcdef01234567.db", "size": 8192,
+                       "list": "11" * 32, "chunks": 2}],
+            "firms": [{"id": "frm_0123456789abcdef01234567", "state": "active",
+                       "audit": {"size": 3, "root": "22" * 32}, "writer_pause_us": 40}],
+            "system_log": {"size": 1, "root": "33" * 32}}
+put("backup_repo", "manifest",
+    b"\x00" + f"strongroom/backup/v1\n{json.dumps(MANIFEST, separators=(',', ':'))}\n\n"
+    f"\u2014 strongroom/abc {b64(bytes(68))}\n".encode())
+
+
+def wal_sum(data, s0=0, s1=0):
+    for i in range(0, len(data), 8):
+        x0, x1 = struct.unpack(">II", data[i:i + 8])
+        s0 = (s0 + x0 + s1) & 0xFFFFFFFF
+        s1 = (s1 + x1 + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def wal(page, frames):
+    head = struct.pack(">IIIIII", 0x377F0683, 3007000, page, 0, 0x01020304, 0x05060708)
+    s = wal_sum(head)
+    out = head + struct.pack(">II", *s)
+    for n, (pgno, commit) in enumerate(frames):
+        body = bytes([n + 1]) * page
+        fh = struct.pack(">IIII", pgno, commit, 0x01020304, 0x05060708)
+        s = wal_sum(fh[:8], *s)
+        s = wal_sum(body, *s)
+        out += fh + struct.pack(">II", *s) + body
+    return out
+
+
+put("backup_repo", "wal-512", b"\x01\x00" + wal(512, [(1, 0), (2, 2)]))
+put("backup_repo", "wal-1024-torn", b"\x01\x01" + wal(1024, [(1, 1), (3, 3)])[:-100])
+put("backup_repo", "id", b"\x02" + b"20261201T061500.000Z-0a1b2c3d")
+put("backup_repo", "path", b"\x02" + b"firms/frm_0123456789abcdef01234567.db-wal")

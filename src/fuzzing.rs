@@ -383,3 +383,59 @@ pub fn pii(data: &[u8]) {
         .count();
     assert_eq!(masks, found.len());
 }
+
+/// The backup repository's parsers: `<0><manifest note>`, `<1><page size
+/// selector><WAL bytes>`, `<2><snapshot id or state path>`.
+pub fn backup_repo(data: &[u8]) {
+    use crate::backup::manifest::{Manifest, valid_path, valid_snapshot_id};
+    use crate::store::firm::committed_prefix;
+    const ID: &str = "20261201T061500.000Z-0a1b2c3d";
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    match sel % 3 {
+        0 => {
+            let Ok(text) = std::str::from_utf8(rest) else {
+                return;
+            };
+            for m in [
+                Manifest::peek(ID, text),
+                Manifest::open(ID, text, &note_verifier_key()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // A parsed manifest names itself and only state files, and
+                // its text parses back to the same files.
+                assert_eq!(m.id, ID);
+                assert!(m.files.iter().all(|f| valid_path(&f.path)));
+                let again = Manifest::parse_text(ID, &m.text()).unwrap();
+                let paths =
+                    |m: &Manifest| m.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+                assert_eq!(paths(&again), paths(&m));
+            }
+        }
+        1 => {
+            let Some((&ps, wal)) = rest.split_first() else {
+                return;
+            };
+            let page = [512usize, 1024, 4096][usize::from(ps) % 3];
+            let n = committed_prefix(wal, page);
+            // Whole frames after the header, and the kept prefix keeps itself.
+            assert!(n <= wal.len());
+            assert!(n == 0 || (n - 32) % (24 + page) == 0);
+            assert_eq!(committed_prefix(&wal[..n], page), n);
+        }
+        _ => {
+            let Ok(s) = std::str::from_utf8(rest) else {
+                return;
+            };
+            if valid_snapshot_id(s) {
+                assert!(s.len() == 29 && !s.contains('/') && !s.contains(".."));
+            }
+            if valid_path(s) {
+                assert!(!s.starts_with('/') && !s.contains("..") && !s.contains('\0'));
+            }
+        }
+    }
+}
