@@ -57,6 +57,46 @@ pub struct Config {
     pub limits: LimitsSection,
     #[serde(default)]
     pub backup: BackupSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+/// Record retention: the classes a collection's schema may name, and the
+/// job that deletes what outlived its class.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Class name -> how long a record of that class is kept (`2557d`).
+    /// None by default: nothing is deleted until an operator says so.
+    pub classes: std::collections::BTreeMap<String, String>,
+    /// How often the job runs.
+    pub interval: String,
+    /// Records deleted per transaction (1-10000).
+    pub batch: u32,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            classes: std::collections::BTreeMap::new(),
+            interval: "1h".to_owned(),
+            batch: 500,
+        }
+    }
+}
+
+impl RetentionSection {
+    /// The classes with their durations (validated at load).
+    pub fn durations(&self) -> std::collections::BTreeMap<String, Duration> {
+        self.classes
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), parse_duration(v)?)))
+            .collect()
+    }
+
+    pub fn interval(&self) -> Duration {
+        parse_duration(&self.interval).unwrap_or(Duration::from_secs(3600))
+    }
 }
 
 /// Backups (`strongroomctl backup ...`; the packages' timer runs create
@@ -461,6 +501,7 @@ impl Config {
             metrics: MetricsSection::default(),
             limits: LimitsSection::default(),
             backup: BackupSection::default(),
+            retention: RetentionSection::default(),
         }
     }
 
@@ -488,6 +529,25 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, d) in &self.retention.classes {
+            let ok_name = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_'
+                });
+            if !ok_name || parse_duration(d).is_none_or(|d| d.is_zero()) {
+                return Err(ConfigError::Invalid(format!(
+                    "[retention] classes: {name:?} = {d:?}: a name of a-z 0-9 - _ and a duration such as 2557d"
+                )));
+            }
+        }
+        if parse_duration(&self.retention.interval).is_none_or(|d| d.is_zero())
+            || !(1..=10_000).contains(&self.retention.batch)
+        {
+            return Err(ConfigError::Invalid(
+                "[retention] interval must be a duration (e.g. 1h) and batch 1-10000".into(),
+            ));
+        }
         if self.backup.keep_last == 0 && self.backup.keep_daily == 0 {
             return Err(ConfigError::Invalid(
                 "[backup] keep_last and keep_daily are both 0: prune would keep no snapshot".into(),
@@ -657,6 +717,30 @@ mod tests {
         }
         let err = Config::parse("version = 1\n[audit]\nretention = \"7 years\"\n").unwrap_err();
         assert!(err.to_string().contains("audit.retention"), "{err}");
+    }
+
+    #[test]
+    fn retention_classes_and_backup_policy_are_checked() {
+        let cfg = Config::parse(
+            "version = 1\n[retention]\nclasses = { \"7y-legal\" = \"2557d\" }\n[backup]\nrepository = \"/srv/b\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.retention.durations().get("7y-legal"),
+            Some(&Duration::from_secs(2557 * 86_400))
+        );
+        for bad in [
+            "[retention]\nclasses = { \"Seven Years\" = \"2557d\" }",
+            "[retention]\nclasses = { \"short\" = \"0d\" }",
+            "[retention]\nbatch = 0",
+            "[backup]\nkeep_last = 0\nkeep_daily = 0",
+            "[backup]\nrepository = \"relative/dir\"",
+        ] {
+            assert!(
+                Config::parse(&format!("version = 1\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -140,6 +140,7 @@ const AUDITED: &[&str] = &[
     "audit.shred_payloads",
     "audit.verify",
     "audit.purge_expired",
+    "records.purge_expired",
     "firm.set_rate_limit",
     "user.unlock",
     "user.disable",
@@ -181,7 +182,12 @@ pub fn run(shared: &AdminState, caller: Caller, cmd: &str, raw: &Value) -> Resul
             .map_or_else(|| "appliance".to_owned(), |id| id.to_string());
         let recorded = match &result {
             // export_key records itself before the key leaves (see below).
-            Ok(_) if matches!(cmd, "audit.verify" | "audit.purge_expired") => {
+            Ok(_)
+                if matches!(
+                    cmd,
+                    "audit.verify" | "audit.purge_expired" | "records.purge_expired"
+                ) =>
+            {
                 shared.trail.system_audit(
                     &by,
                     cmd,
@@ -243,6 +249,10 @@ fn run_as(
         "audit.purge_expired" => {
             let _: Empty = args(raw)?;
             Ok(json!({ "purged_entries": log.purge_expired() }))
+        }
+        "records.purge_expired" => {
+            let _: Empty = args(raw)?;
+            Ok(serde_json::to_value(shared.records.purge_expired()).unwrap_or_default())
         }
         "firm.set_retention" => {
             let a: RetentionArgs = args(raw)?;

@@ -30,6 +30,7 @@ pub struct AdminState {
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,
     pub backups: Arc<crate::backup::Backups>,
+    pub records: Arc<crate::records::Records>,
     /// `admin.idle_timeout_secs`.
     pub idle_timeout: Duration,
     /// The daemon's clock (a test build lets a dev-mode daemon move it).

@@ -341,6 +341,12 @@ fn open_firms(
     services
         .audit
         .set_default_retention(config.audit.retention());
+    services
+        .records
+        .set_retention(crate::records::retention::RetentionClasses {
+            classes: config.retention.durations(),
+            batch: config.retention.batch,
+        });
     services.lifecycle.set_reencrypt_pacing(
         config.keys.reencrypt_batch,
         Duration::from_millis(config.keys.reencrypt_pause_ms),
@@ -446,6 +452,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         audit: svc.audit.clone(),
         trail: svc.trail.clone(),
         backups: svc.backups.clone(),
+        records: svc.records.clone(),
         idle_timeout: Duration::from_secs(config.admin.idle_timeout_secs),
         clock: svc.clock.clone(),
     });
@@ -530,6 +537,16 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         &svc.audit,
         |a| {
             a.purge_expired();
+        },
+    ));
+    // Record retention: delete what outlived its collection's class.
+    tasks.push(periodic(
+        "record-retention",
+        config.retention.interval(),
+        &stop_rx,
+        &svc.records,
+        |r| {
+            r.purge_expired();
         },
     ));
     // Failed-authentication summaries, once their window has closed.

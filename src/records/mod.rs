@@ -3,6 +3,7 @@
 
 pub mod pii;
 mod read;
+pub mod retention;
 pub mod schema;
 mod service;
 

@@ -78,9 +78,15 @@ pub struct Schema {
     pub allow_unknown: bool,
     #[serde(default)]
     pub pii: PiiPolicy,
-    /// A retention class, for the retention work (free text, e.g. `7y-legal`).
+    /// A retention class from the config's `[retention] classes` (e.g.
+    /// `7y-legal`): records older than it are deleted by the retention job.
     #[serde(default)]
     pub retention_class: Option<String>,
+    /// What a record's age counts from: its creation (unset), or the ISO
+    /// 8601 date held in this declared, non-sensitive string field (records
+    /// without a date there are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_from: Option<String>,
 }
 
 pub fn valid_name(s: &str) -> bool {
@@ -99,6 +105,19 @@ impl Schema {
         }
         if self.fields.len() > MAX_FIELDS {
             return Err(format!("at most {MAX_FIELDS} fields"));
+        }
+        if let Some(from) = &self.retention_from {
+            match self.fields.get(from) {
+                Some(f) if f.kind == FieldType::String && !f.sensitive => {}
+                _ => {
+                    return Err(format!(
+                        "retention_from {from:?}: name a declared string field that is not sensitive"
+                    ));
+                }
+            }
+            if self.retention_class.is_none() {
+                return Err("retention_from needs a retention_class".into());
+            }
         }
         for (name, f) in &self.fields {
             if !valid_name(name) {

@@ -167,11 +167,16 @@ impl CreateCmd {
 pub struct Records {
     pub(super) pool: Arc<Pool>,
     pub(super) trail: Arc<AuditTrail>,
+    pub(super) retention: std::sync::RwLock<super::retention::RetentionClasses>,
 }
 
 impl Records {
     pub fn new(pool: Arc<Pool>, trail: Arc<AuditTrail>) -> Self {
-        Self { pool, trail }
+        Self {
+            pool,
+            trail,
+            retention: Default::default(),
+        }
     }
 
     /// Creates a record. On an open firm with a cached schema it is
@@ -245,6 +250,7 @@ impl Records {
                 )));
             }
             schema.check().map_err(FirmError::Invalid)?;
+            self.check_retention_class(&schema)?;
             // Fields the old schema did not declare: records of an
             // `allow_unknown` collection may already hold them in clear.
             let mut undeclared: Vec<String> = Vec::new();

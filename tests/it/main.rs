@@ -17,6 +17,7 @@ mod openapi;
 mod operations;
 mod people;
 mod raw_tls;
+mod record_retention;
 mod records;
 mod retention;
 mod secrets;

@@ -54,6 +54,16 @@ enum Command {
     /// recovery drill, and (offline) restore.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
+    /// Records.
+    #[command(subcommand)]
+    Records(RecordsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordsCmd {
+    /// Run the record retention job now: delete, in every active firm, the
+    /// records older than their collection's retention class.
+    PurgeExpired,
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +391,7 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
         },
         Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
         Command::Backup(_) => ("backup", json!({})),
+        Command::Records(RecordsCmd::PurgeExpired) => ("records.purge_expired", json!({})),
         Command::Audit(AuditCmd::Verify { firm }) => ("audit.verify", json!({ "id": firm })),
         Command::Audit(AuditCmd::VerifyExport { .. }) => ("audit.verify_export", json!({})),
         Command::Audit(AuditCmd::ShredPayloads { firm, confirm }) => (
@@ -551,6 +562,14 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
             }
         }
         Command::Backup(_) => {}
+        Command::Records(RecordsCmd::PurgeExpired) => {
+            println!(
+                "deleted {} expired records in {} collections of {} firms",
+                s("deleted"),
+                s("collections"),
+                s("firms")
+            );
+        }
     }
 }
 

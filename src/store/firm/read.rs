@@ -111,6 +111,15 @@ impl ReadTx<'_> {
         Ok(rows)
     }
 
+    /// Every collection's name.
+    pub fn collection_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name FROM collections ORDER BY name")?;
+        let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// A collection's schema (JSON text) and version.
     pub fn collection(&self, name: &str) -> Result<Option<(String, u32)>, StoreError> {
         Ok(self

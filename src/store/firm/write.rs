@@ -248,6 +248,52 @@ impl<'c> WriteTx<'c> {
         Ok(Some(current))
     }
 
+    /// Deletes up to `limit` records of `collection` whose retention date is
+    /// before `cutoff` (RFC 3339): their creation time, or with `by_field`
+    /// the ISO 8601 date in that clear field (records without one are
+    /// kept). Their index rows and idempotency entries go with them. With
+    /// `secure_delete` on, the freed cells are zeroed. How many went.
+    pub fn purge_expired_records(
+        &self,
+        collection: &str,
+        by_field: Option<&str>,
+        cutoff: &str,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let ids: Vec<String> = match by_field {
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM records WHERE collection = ?1 AND created_at < ?2 LIMIT ?3",
+                )?
+                .query_map(params![collection, cutoff, limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?,
+            Some(field) => {
+                let path = format!("$.\"{}\"", field.replace('"', ""));
+                self.conn
+                    .prepare_cached(
+                        "SELECT id FROM records WHERE collection = ?1
+                           AND json_extract(clear, ?4) GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
+                           AND json_extract(clear, ?4) < ?2 LIMIT ?3",
+                    )?
+                    .query_map(params![collection, cutoff, limit, path], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        for id in &ids {
+            for sql in [
+                "DELETE FROM records WHERE collection = ?1 AND id = ?2",
+                "DELETE FROM record_index WHERE collection = ?1 AND id = ?2",
+                "DELETE FROM idempotency WHERE collection = ?1 AND record_id = ?2",
+            ] {
+                self.conn
+                    .prepare_cached(sql)?
+                    .execute(params![collection, id])?;
+            }
+        }
+        Ok(ids.len() as u64)
+    }
+
     pub fn put_idempotency(
         &self,
         collection: &str,
