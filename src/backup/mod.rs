@@ -7,7 +7,7 @@
 //! service stopped, given the master key. Formats: repo.rs, manifest.rs.
 
 pub mod manifest;
-mod prune;
+pub(crate) mod prune;
 pub mod repo;
 pub mod restore;
 mod take;

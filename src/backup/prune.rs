@@ -61,6 +61,12 @@ pub fn prune(
     }
     let ids = repo.snapshot_ids()?;
     let kept = keep(&ids, policy);
+    // Security invariant: packs with no snapshot to keep them is a repository that cannot be read, not garbage.
+    if kept.is_empty() && !repo.packs()?.is_empty() {
+        return Err(BackupError::Damaged(
+            "the repository holds packs but no snapshot manifest; nothing was deleted".into(),
+        ));
+    }
     // Read every kept manifest first: a damaged one stops the prune before
     // anything is deleted, so its chunks are never taken for garbage.
     let mut live_chunks: HashSet<Id> = HashSet::new();

@@ -172,6 +172,10 @@ impl Repo {
         config: RepoConfig,
         pruning: bool,
     ) -> Result<Self, BackupError> {
+        // A prune never creates a repository (a mistyped path is an error).
+        if pruning && !dir.join("strongroom-backup.json").exists() {
+            return Err(BackupError::NoRepository(dir.display().to_string()));
+        }
         mkdir(dir)?;
         let mut locks = vec![lock(&dir.join("lock"), true)?];
         if pruning {
@@ -198,7 +202,12 @@ impl Repo {
     /// Opens an existing repository to read all of it (verify, drill,
     /// restore): a prune cannot delete under it meanwhile.
     pub fn open_reading(dir: &Path) -> Result<Self, BackupError> {
-        let mut repo = Self::open(dir)?;
+        // The lock first, then the index: a prune between the two would
+        // leave the index naming packs that are gone.
+        if !dir.join("strongroom-backup.json").exists() {
+            return Err(BackupError::NoRepository(dir.display().to_string()));
+        }
+        let mut locks = Vec::new();
         let path = dir.join("prune.lock");
         // A read-only medium cannot be pruned either: no lock needed there.
         if let Ok(f) = OpenOptions::new().read(true).open(&path).or_else(|_| {
@@ -211,8 +220,10 @@ impl Repo {
         }) {
             let l = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock)
                 .map_err(|_| BackupError::Busy)?;
-            repo.locks.push(l);
+            locks.push(l);
         }
+        let mut repo = Self::open(dir)?;
+        repo.locks = locks;
         Ok(repo)
     }
 
@@ -494,10 +505,15 @@ impl Repo {
     pub fn snapshot_ids(&self) -> Result<Vec<String>, BackupError> {
         let dir = self.dir.join("snapshots");
         let mut out = Vec::new();
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return Ok(out);
+        // Only a missing directory means "no snapshots": any other error must
+        // stop a prune, which would otherwise take every chunk for garbage.
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&dir)(e)),
         };
-        for e in entries.flatten() {
+        for e in entries {
+            let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(".note")
                 && super::manifest::valid_snapshot_id(id)
@@ -605,6 +621,32 @@ mod tests {
             Repo::open_for_write(dir.path(), config("b"), false),
             Err(BackupError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_prune_never_takes_unreadable_snapshots_for_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        // No repository there: a prune does not create one.
+        assert!(matches!(
+            Repo::open_for_write(&dir.path().join("typo"), config("a"), true),
+            Err(BackupError::NoRepository(_))
+        ));
+        let mut repo = Repo::open_for_write(dir.path(), config("a"), false).unwrap();
+        repo.add_chunk(id_of(b"page"), b"page").unwrap();
+        repo.flush().unwrap();
+        drop(repo);
+        // Packs but no manifest (lost, or unreadable): nothing is deleted.
+        let mut repo = Repo::open_for_write(dir.path(), config("a"), true).unwrap();
+        let policy = super::super::Policy {
+            keep_last: 1,
+            keep_daily: 0,
+        };
+        let e = super::super::prune::prune(&mut repo, policy, "k").unwrap_err();
+        assert!(matches!(e, BackupError::Damaged(_)), "{e}");
+        assert_eq!(repo.packs().unwrap().len(), 1);
+        // A snapshots directory that cannot be read is an error, not "none".
+        std::fs::write(dir.path().join("snapshots"), b"not a directory").unwrap();
+        assert!(repo.snapshot_ids().is_err());
     }
 
     #[test]

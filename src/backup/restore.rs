@@ -182,21 +182,32 @@ pub fn restore_into(
         .ok_or_else(|| BackupError::Damaged(format!("snapshot {id} has no registry")))?;
     write_file(repo, registry, dir, &mut packs, progress)?;
     let (pool, keys) = open_pool(dir, ring, clock)?;
-    // Security invariant: a manifest is trusted only once the appliance key in the registry the master key opened verifies it.
-    let verifier = note::verifier_key(&keys.signer_name, &keys.signer.public());
-    let m = Manifest::open(id, &signed, &verifier)?;
-    if m.appliance_id != pool.appliance_id() {
-        return Err(BackupError::Damaged(format!(
-            "snapshot {id} names appliance {}, its registry is appliance {}",
-            m.appliance_id,
-            pool.appliance_id()
-        )));
-    }
-    for f in firm_files {
-        write_file(repo, f, dir, &mut packs, progress)?;
-    }
-    progress.done();
-    let entries = check(&pool, &keys, &m)?;
+    let checked = (|| {
+        // Security invariant: a manifest is trusted only once the appliance key in the registry the master key opened verifies it.
+        let verifier = note::verifier_key(&keys.signer_name, &keys.signer.public());
+        let m = Manifest::open(id, &signed, &verifier)?;
+        if m.appliance_id != pool.appliance_id() {
+            return Err(BackupError::Damaged(format!(
+                "snapshot {id} names appliance {}, its registry is appliance {}",
+                m.appliance_id,
+                pool.appliance_id()
+            )));
+        }
+        for f in &firm_files {
+            write_file(repo, f, dir, &mut packs, progress)?;
+        }
+        progress.done();
+        let entries = check(&pool, &keys, &m)?;
+        Ok((m, entries))
+    })();
+    let (m, entries) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            // Every file closed before the caller removes the directory.
+            pool.close_all();
+            return Err(e);
+        }
+    };
     let checked = Checked {
         snapshot: m.id.clone(),
         firms: m.firms.len(),

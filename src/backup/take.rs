@@ -127,9 +127,11 @@ fn store_file_changed(
     for p in 0..pages {
         let start = p * PAGE as u64;
         let len = (size - start).min(PAGE as u64) as usize;
+        // A baseline chunk the repository no longer has is never reused.
         let unchanged = len == PAGE
             && (p as usize) < old.len()
-            && u32::try_from(p).is_ok_and(|q| !dirty.contains(&q));
+            && u32::try_from(p).is_ok_and(|q| !dirty.contains(&q))
+            && repo.has(&old[p as usize]);
         if unchanged {
             ids.push(old[p as usize]);
         } else {
@@ -197,7 +199,8 @@ fn store_wal(
     let (mut ids, from) = match old {
         Some(o)
             if o.first() == Some(&head)
-                && u32::try_from(o.len() - 1).is_ok_and(|k| k <= snap.wal_frames) =>
+                && u32::try_from(o.len() - 1).is_ok_and(|k| k <= snap.wal_frames)
+                && o.iter().all(|id| repo.has(id)) =>
         {
             let k = (o.len() - 1) as u32;
             (o, k)
@@ -288,6 +291,7 @@ fn take_into(
         if FirmState::parse(&row.state) == FirmState::Deleted {
             continue;
         }
+        let was_open = pool.cached_handle(&fid).is_some();
         let h = pool.handle(&fid).map_err(|e| {
             BackupError::Invalid(format!("firm {fid} cannot be opened for the snapshot: {e}"))
         })?;
@@ -333,6 +337,13 @@ fn take_into(
             },
             writer_pause_us: pause,
         });
+        drop(snap);
+        drop(h);
+        // A firm opened only to be copied does not stay open (thousands of
+        // firms would mean thousands of writer threads until the reaper).
+        if !was_open {
+            pool.close_if_unused(&fid);
+        }
     }
     #[allow(clippy::disallowed_methods)] // clock: the pause is real elapsed time
     let held = std::time::Instant::now(); // clock: a measurement of real time

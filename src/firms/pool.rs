@@ -450,6 +450,27 @@ impl Pool {
         Some(handle)
     }
 
+    /// Closes a firm now if nothing else holds it (a backup opened it only
+    /// to copy it); otherwise leaves it to the idle reaper. Never leaves two
+    /// handles on one file: a held handle stays in the map.
+    pub(crate) fn close_if_unused(&self, id: &FirmId) {
+        let h = {
+            let mut open = lock(&self.open);
+            match open.get(id) {
+                Some(h) if Arc::strong_count(h) == 1 => open.remove(id),
+                _ => None,
+            }
+        };
+        if let Some(h) = h {
+            match Arc::try_unwrap(h) {
+                Ok(handle) => handle.db.close(),
+                Err(h) => {
+                    lock(&self.open).insert(h.id.clone(), h);
+                }
+            }
+        }
+    }
+
     /// Closes firms unused for longer than the idle period.
     pub fn reap_idle(&self) -> usize {
         let idle_ms = self.idle.as_millis() as u64;

@@ -208,6 +208,7 @@ fn gather(
 fn run(conn: Connection, rx: Receiver<Box<dyn Command>>, path: &std::path::Path) {
     let m = crate::telemetry::metrics::metrics();
     let mut previous = 1;
+    let mut checkpointed_at = 0;
     while let Some(first) = next_command(&rx) {
         let mut batch = gather(&rx, first, previous);
         previous = batch.len();
@@ -235,7 +236,7 @@ fn run(conn: Connection, rx: Receiver<Box<dyn Command>>, path: &std::path::Path)
         }
         // After the answers: a checkpoint is nobody's latency.
         if committed {
-            super::firm::after_commit(&conn, path);
+            super::firm::after_commit(&conn, path, &mut checkpointed_at);
         }
     }
     // All senders dropped: the connection closes here, checkpointing the

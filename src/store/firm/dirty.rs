@@ -164,37 +164,63 @@ fn frame_pages(db: &Path, i: &WalIndex, from: u32, to: u32) -> std::io::Result<V
 }
 
 /// Records the pages of every frame not yet copied into the main file
-/// (0-based page indexes); forgets the file if they cannot be read.
-fn record_pending_frames(db: &Path) {
+/// (0-based page indexes), and returns them; forgets the file if they
+/// cannot be read.
+fn record_pending_frames(db: &Path) -> Vec<u32> {
     match read_wal_index(db) {
         Ok(Some(i)) if i.max_frame > i.backfilled => {
             match frame_pages(db, &i, i.backfilled, i.max_frame) {
-                Ok(pages) => record(db, &pages),
-                Err(_) => forget(db),
+                Ok(pages) => {
+                    record(db, &pages);
+                    pages
+                }
+                Err(_) => {
+                    forget(db);
+                    Vec::new()
+                }
             }
         }
-        Ok(_) => {}
-        Err(_) => forget(db),
+        Ok(_) => Vec::new(),
+        Err(_) => {
+            forget(db);
+            Vec::new()
+        }
     }
 }
 
 /// After a commit: checkpoint once the WAL holds enough frames, recording
-/// the pages first.
-pub(crate) fn after_commit(conn: &Connection, db: &Path) {
+/// the pages first. `last` is the WAL size at the writer's previous
+/// checkpoint: while a reader holds checkpoints back, the frame headers
+/// are read again only after another `CHECKPOINT_FRAMES` frames, not at
+/// every commit.
+pub(crate) fn after_commit(conn: &Connection, db: &Path, last: &mut u32) {
     let Ok(Some(i)) = read_wal_index(db) else {
         return;
     };
-    if i.max_frame.saturating_sub(i.backfilled) < CHECKPOINT_FRAMES {
+    if i.max_frame.saturating_sub(i.backfilled) < CHECKPOINT_FRAMES
+        || (i.max_frame >= *last && i.max_frame - *last < CHECKPOINT_FRAMES)
+    {
         return;
     }
-    record_pending_frames(db);
+    *last = i.max_frame;
+    let pages = record_pending_frames(db);
     // PASSIVE, as SQLite's own autocheckpoint: never waits for readers.
     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    // Again after it: a snapshot that began between the two (on another
+    // thread, should a second handle ever write this file) still counts
+    // these pages in its own period. Recording too many is harmless.
+    record(db, &pages);
+    // Fully copied: the WAL restarts at its next write, so count from zero.
+    if let Ok(Some(after)) = read_wal_index(db)
+        && after.backfilled >= after.max_frame
+    {
+        *last = 0;
+    }
 }
 
 /// Before the writer's connection closes (SQLite checkpoints then).
 pub(crate) fn before_close(db: &Path) {
-    record_pending_frames(db);
+    let _ = record_pending_frames(db);
 }
 
 #[cfg(test)]

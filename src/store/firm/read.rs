@@ -64,6 +64,11 @@ impl ReadTx<'_> {
         audit_log::leaf(self.conn, seq)
     }
 
+    /// The purge anchor (with its signed receipt), if entries were purged.
+    pub fn audit_anchor(&self) -> Result<Option<audit_log::PurgeAnchor>, StoreError> {
+        audit_log::anchor(self.conn)
+    }
+
     pub fn audit_root(&self, size: u64) -> Result<Hash, StoreError> {
         audit_log::root(self.conn, size)
     }

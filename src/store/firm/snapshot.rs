@@ -141,8 +141,15 @@ impl FirmDb {
         let mut t = taken.lock().map_err(|_| StoreError::CommandPanicked)?;
         let conn = t.conn.take().ok_or(StoreError::CommandPanicked)?;
         let (wal_header, wal_frames) = match t.index {
-            // Checkpoints had copied every committed frame: the main file is the image.
+            // No WAL index: the main file alone is the image only if there is no WAL either.
+            None if std::fs::metadata(&wal_path).is_ok_and(|m| m.len() > 0) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: a WAL without its index",
+                    wal_path.display()
+                )));
+            }
             None => (None, 0),
+            // Checkpoints had copied every committed frame: the main file is the image.
             Some(i) if i.max_frame == 0 || i.backfilled >= i.max_frame => (None, 0),
             Some(i) => (
                 Some(read_wal_header(&wal_path, page_size, &i)?),
