@@ -51,11 +51,17 @@ $(STOCK_PY):
 	python3 -m venv "$(STOCK_VENV)"
 	"$(STOCK_VENV)/bin/pip" install --quiet --disable-pip-version-check "sqlcipher3-binary==0.6.0"
 
+# The stamp names the package set: a changed set installs again.
+TEST_PY_DEPS := $(TEST_VENV)/.deps-pyotp2.9.0-schemathesis4.32.5-cryptography44.0.2
+
 $(TEST_PY):
 	python3 -m venv "$(TEST_VENV)"
-	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0" "schemathesis==4.32.5"
 
-test: lint deny $(STOCK_PY) $(TEST_PY)
+$(TEST_PY_DEPS): $(TEST_PY)
+	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0" "schemathesis==4.32.5" "cryptography==44.0.2"
+	touch "$@"
+
+test: lint deny $(STOCK_PY) $(TEST_PY_DEPS)
 	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \
 		STRONGROOM_TEST_PY="$(TEST_PY)" STRONGROOM_REQUIRE_PROMTOOL=1 \
 		$(CARGO) test --locked --features test-clock

@@ -59,6 +59,10 @@ pub struct Config {
     pub backup: BackupSection,
     #[serde(default)]
     pub retention: RetentionSection,
+    /// SHA-256 (hex) of the configuration text this was read from (empty:
+    /// the built-in defaults), for evidence bundles.
+    #[serde(skip)]
+    pub source_sha256: String,
 }
 
 /// Record retention: the classes a collection's schema may name, and the
@@ -502,6 +506,7 @@ impl Config {
             limits: LimitsSection::default(),
             backup: BackupSection::default(),
             retention: RetentionSection::default(),
+            source_sha256: String::new(),
         }
     }
 
@@ -520,11 +525,12 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
         cfg.validate()?;
+        cfg.source_sha256 = crate::crypto::hex(&crate::crypto::sha256(text.as_bytes()));
         Ok(cfg)
     }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod errors;
+pub mod evidence;
 pub mod firms;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -46,6 +46,17 @@ pub fn provider() -> CryptoProvider {
     p
 }
 
+/// The TLS policy served, for evidence bundles: versions, suites, groups.
+pub fn policy() -> serde_json::Value {
+    let p = provider();
+    serde_json::json!({
+        "versions": ["TLSv1.3", "TLSv1.2"],
+        "cipher_suites": p.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect::<Vec<_>>(),
+        "key_exchange_groups": p.kx_groups.iter().map(|g| format!("{:?}", g.name())).collect::<Vec<_>>(),
+        "fips": p.fips(),
+    })
+}
+
 fn is_forward_secret_aead(suite: &SupportedCipherSuite) -> bool {
     match suite {
         // TLS 1.3 suites are AEAD and always use (EC)DHE.

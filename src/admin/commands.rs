@@ -141,6 +141,7 @@ const AUDITED: &[&str] = &[
     "audit.verify",
     "audit.purge_expired",
     "records.purge_expired",
+    "evidence.export",
     "firm.set_rate_limit",
     "user.unlock",
     "user.disable",
@@ -185,7 +186,10 @@ pub fn run(shared: &AdminState, caller: Caller, cmd: &str, raw: &Value) -> Resul
             Ok(_)
                 if matches!(
                     cmd,
-                    "audit.verify" | "audit.purge_expired" | "records.purge_expired"
+                    "audit.verify"
+                        | "audit.purge_expired"
+                        | "records.purge_expired"
+                        | "evidence.export"
                 ) =>
             {
                 shared.trail.system_audit(
@@ -249,6 +253,26 @@ fn run_as(
         "audit.purge_expired" => {
             let _: Empty = args(raw)?;
             Ok(json!({ "purged_entries": log.purge_expired() }))
+        }
+        "evidence.export" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct ExportArgs {
+                firm: String,
+                #[serde(default)]
+                since: u64,
+            }
+            let a: ExportArgs = args(raw)?;
+            let id = firm_id(&a.firm)?;
+            let bundle = shared.evidence.bundle(&id, a.since)?;
+            // The firm's auditors see the export in the firm's own log too.
+            trail.audit_admin(
+                &id,
+                by,
+                "evidence.export",
+                json!({ "since": a.since, "bytes": bundle.len() }),
+            )?;
+            Ok(json!({ "firm_id": id, "bundle_base64": crate::crypto::sign::base64(&bundle) }))
         }
         "records.purge_expired" => {
             let _: Empty = args(raw)?;

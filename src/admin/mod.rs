@@ -31,6 +31,7 @@ pub struct AdminState {
     pub trail: Arc<AuditTrail>,
     pub backups: Arc<crate::backup::Backups>,
     pub records: Arc<crate::records::Records>,
+    pub evidence: Arc<crate::evidence::Evidence>,
     /// `admin.idle_timeout_secs`.
     pub idle_timeout: Duration,
     /// The daemon's clock (a test build lets a dev-mode daemon move it).

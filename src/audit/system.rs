@@ -95,7 +95,7 @@ impl AuditLog {
         self.retention_secs.store(d.as_secs(), Ordering::Relaxed);
     }
 
-    fn default_retention(&self) -> Duration {
+    pub fn default_retention(&self) -> Duration {
         Duration::from_secs(self.retention_secs.load(Ordering::Relaxed))
     }
 

@@ -314,6 +314,15 @@ pub fn new_master_key_hex() -> Result<zeroize::Zeroizing<String>, super::CryptoE
 /// A secret's fingerprint: HMAC-SHA256 under the firm's auth key, domain
 /// separated, so it tells whether a value changed but, without the key,
 /// cannot be used to guess the value.
+/// A key's public fingerprint for inventories: SHA-256 over a fixed label
+/// and the key (one-way; names the key, reveals nothing of it).
+pub fn key_fingerprint(k: &SecretKey) -> String {
+    super::hex(&super::sha256_parts(&[
+        b"strongroom/key-fingerprint/v1|",
+        k.expose(),
+    ]))
+}
+
 pub fn secret_fingerprint(auth_key: &SecretKey, name: &str, value: &[u8]) -> [u8; 32] {
     let k = hmac::Key::new(hmac::HMAC_SHA256, auth_key.expose());
     let mut ctx = hmac::Context::with_key(&k);

@@ -50,6 +50,7 @@ struct Services {
     vault: Arc<Vault>,
     audit: Arc<AuditLog>,
     backups: Arc<crate::backup::Backups>,
+    evidence: Arc<crate::evidence::Evidence>,
 }
 
 impl Services {
@@ -60,10 +61,20 @@ impl Services {
         people: PeopleConfig,
         limits: &crate::config::LimitsSection,
         backups: crate::backup::BackupSettings,
+        facts: crate::evidence::ApplianceFacts,
     ) -> Self {
         let pool = Arc::new(pool);
         let trail = Arc::new(AuditTrail::new(pool.clone(), appliance));
+        let records = Arc::new(Records::new(pool.clone(), trail.clone()));
+        let audit = Arc::new(AuditLog::new(pool.clone(), trail.clone()));
         Self {
+            evidence: Arc::new(crate::evidence::Evidence::new(
+                pool.clone(),
+                trail.clone(),
+                audit.clone(),
+                records.clone(),
+                facts,
+            )),
             backups: Arc::new(crate::backup::Backups::new(
                 pool.clone(),
                 trail.clone(),
@@ -79,9 +90,9 @@ impl Services {
                 pool.clone(),
                 trail.clone(),
             )),
-            records: Arc::new(Records::new(pool.clone(), trail.clone())),
+            records,
             vault: Arc::new(Vault::new(pool.clone(), trail.clone())),
-            audit: Arc::new(AuditLog::new(pool, trail.clone())),
+            audit,
             trail,
         }
     }
@@ -337,6 +348,17 @@ fn open_firms(
             state_dir: config.storage.state_dir.clone(),
             scratch: config.storage.state_dir.join("scratch"),
         },
+        crate::evidence::ApplianceFacts {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            fips_module: crate::crypto::fips::module_info().module,
+            sqlcipher: crate::store::sqlcipher_version(),
+            config_sha256: if config.source_sha256.is_empty() {
+                "built-in defaults".to_owned()
+            } else {
+                config.source_sha256.clone()
+            },
+            tls: crate::tls::policy(),
+        },
     );
     services
         .audit
@@ -439,6 +461,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         people: svc.people.clone(),
         limits: svc.limits.clone(),
         records: svc.records.clone(),
+        evidence: svc.evidence.clone(),
         vault: svc.vault.clone(),
         audit: svc.audit.clone(),
         trail: svc.trail.clone(),
@@ -453,6 +476,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         trail: svc.trail.clone(),
         backups: svc.backups.clone(),
         records: svc.records.clone(),
+        evidence: svc.evidence.clone(),
         idle_timeout: Duration::from_secs(config.admin.idle_timeout_secs),
         clock: svc.clock.clone(),
     });

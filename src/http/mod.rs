@@ -49,6 +49,7 @@ pub struct AppState {
     pub people: Arc<People>,
     pub limits: Arc<crate::limits::Limits>,
     pub records: Arc<Records>,
+    pub evidence: Arc<crate::evidence::Evidence>,
     pub vault: Arc<Vault>,
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,

@@ -46,6 +46,11 @@ impl Records {
         }
     }
 
+    /// The configured classes and their durations.
+    pub fn retention_classes(&self) -> BTreeMap<String, Duration> {
+        self.retention().classes
+    }
+
     pub(super) fn retention(&self) -> RetentionClasses {
         match self.retention.read() {
             Ok(g) => g.clone(),

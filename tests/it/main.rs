@@ -8,6 +8,7 @@ mod audit;
 mod backup;
 mod client;
 mod datakeys;
+mod evidence;
 mod firms;
 mod foundation;
 mod hardening;

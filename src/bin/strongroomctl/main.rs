@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use strongroom::admin::client;
 
 mod backup;
+mod evidence;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +58,9 @@ enum Command {
     /// Records.
     #[command(subcommand)]
     Records(RecordsCmd),
+    /// Evidence bundles for a firm's auditors: export, and verify offline.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +226,9 @@ fn main() -> ExitCode {
     }
     if let Command::Backup(b) = &cli.command {
         return backup::run(b, &cli.socket, cli.json);
+    }
+    if let Command::Evidence(e) = &cli.command {
+        return evidence::run(e, &cli.socket, cli.json);
     }
     let (cmd, args) = request(&cli.command);
     let resp = match client::call(&cli.socket, cmd, args, Duration::from_secs(120)) {
@@ -390,7 +397,7 @@ fn request(cmd: &Command) -> (&'static str, serde_json::Value) {
             }
         },
         Command::Audit(AuditCmd::VerifierKey) => ("audit.verifier_key", json!({})),
-        Command::Backup(_) => ("backup", json!({})),
+        Command::Backup(_) | Command::Evidence(_) => ("backup", json!({})),
         Command::Records(RecordsCmd::PurgeExpired) => ("records.purge_expired", json!({})),
         Command::Audit(AuditCmd::Verify { firm }) => ("audit.verify", json!({ "id": firm })),
         Command::Audit(AuditCmd::VerifyExport { .. }) => ("audit.verify_export", json!({})),
@@ -561,7 +568,7 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
                 Err(_) => println!("{f}"),
             }
         }
-        Command::Backup(_) => {}
+        Command::Backup(_) | Command::Evidence(_) => {}
         Command::Records(RecordsCmd::PurgeExpired) => {
             println!(
                 "deleted {} expired records in {} collections of {} firms",
