@@ -127,6 +127,27 @@ impl Evidence {
         }
     }
 
+    /// The bundle for an auditor's API call, recorded in the firm's log.
+    pub fn bundle_for(
+        &self,
+        auth: &crate::auth::policy::Authorized<crate::auth::policy::perm::AuditRead>,
+        since: u64,
+    ) -> Result<Vec<u8>, FirmError> {
+        let bundle = self.bundle(auth.firm(), since)?;
+        let h = self.pool.handle(auth.firm())?;
+        let e = self.trail.audit_entry(
+            &h,
+            auth.principal(),
+            auth.decision(),
+            "evidence.export",
+            "bundle",
+            crate::audit::Outcome::Success,
+            json!({ "since": since, "bytes": bundle.len() }),
+        )?;
+        h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+        Ok(bundle)
+    }
+
     /// Builds the bundle for `firm` covering the log from entry `since`
     /// (the previous bundle's checkpoint size; 0: from the start).
     pub fn bundle(&self, firm: &FirmId, since: u64) -> Result<Vec<u8>, FirmError> {

@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod body;
 pub mod conn;
+mod evidence;
 mod keys;
 pub mod metrics;
 mod middleware;
@@ -163,6 +164,12 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             "/api/v1/audit/{firm_id}/export",
             Firm(P::AuditRead),
             get(audit::export),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/evidence/{firm_id}",
+            Firm(P::AuditRead),
+            get(evidence::bundle),
         ),
         r(
             Method::GET,

@@ -219,6 +219,30 @@ fn evidence_bundles_verify_offline_with_standard_tools_and_name_any_changed_arte
     assert!(ok, "{v}");
     assert_eq!(v["bundle"]["consistent_from"], size1);
     assert!(v["bundle"]["log_size"].as_u64().unwrap() > size1);
+    // The firm's auditors fetch the same over the API with audit:read.
+    let r = d.client().request(
+        "GET",
+        &format!("/api/v1/evidence/{}?since={size1}", f.id),
+        &[("Authorization", &format!("Bearer {}", f.token))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-tar"));
+    let b3 = work.join("b3.tar");
+    fs::write(&b3, &r.body).unwrap();
+    let (ok, v) = verify(&d, &b3, &vkey, Some(&b1));
+    assert!(ok, "{v}");
+    let r = d
+        .client()
+        .request("GET", &format!("/api/v1/evidence/{}", f.id), &[], None);
+    assert_eq!(r.status, 401);
+    let r = d.client().request(
+        "GET",
+        &format!("/api/v1/evidence/{}?since=999999", f.id),
+        &[("Authorization", &format!("Bearer {}", f.token))],
+        None,
+    );
+    assert_eq!(r.status, 422);
     // Not a continuation of itself.
     let (ok, _) = verify(&d, &b1, &vkey, Some(&b2));
     assert!(!ok);
@@ -286,6 +310,6 @@ fn evidence_bundles_verify_offline_with_standard_tools_and_name_any_changed_arte
             .iter()
             .filter(|e| e["action"] == "evidence.export")
             .count(),
-        2
+        3
     );
 }

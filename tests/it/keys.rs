@@ -88,6 +88,7 @@ enum Route {
     InclusionProof,
     ConsistencyProof,
     Checkpoint,
+    Evidence,
     VerifierKey,
     Export,
     ListSecrets,
@@ -126,7 +127,7 @@ enum Route {
     RecoveryCodes,
 }
 
-const ROUTES: [Route; 48] = [
+const ROUTES: [Route; 49] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -139,6 +140,7 @@ const ROUTES: [Route; 48] = [
     Route::InclusionProof,
     Route::ConsistencyProof,
     Route::Checkpoint,
+    Route::Evidence,
     Route::VerifierKey,
     Route::Export,
     Route::ListSecrets,
@@ -188,6 +190,7 @@ impl Route {
             | Route::InclusionProof
             | Route::ConsistencyProof
             | Route::Checkpoint
+            | Route::Evidence
             | Route::VerifierKey
             | Route::Export
             | Route::ListSecrets
@@ -239,6 +242,7 @@ impl Route {
             Route::ConsistencyProof => format!("/api/v1/audit/{firm}/proof/consistency?from=1"),
             Route::Checkpoint => format!("/api/v1/audit/{firm}/checkpoint"),
             Route::VerifierKey => format!("/api/v1/audit/{firm}/verifier-key"),
+            Route::Evidence => format!("/api/v1/evidence/{firm}"),
             Route::Export => format!("/api/v1/audit/{firm}/export"),
             // Secrets are named after the fresh target key: one per call.
             Route::ListSecrets => format!("/api/v1/secrets/{firm}"),

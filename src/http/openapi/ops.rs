@@ -4,7 +4,7 @@ use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::{Components, HeaderParam, OpDoc, Payload, schema_of};
-use crate::http::{audit, keys, routes, secrets, sessions, users};
+use crate::http::{audit, evidence, keys, routes, secrets, sessions, users};
 
 fn op(id: &'static str, summary: &'static str) -> OpDoc {
     OpDoc {
@@ -206,6 +206,17 @@ pub(crate) fn all() -> Vec<(&'static str, &'static str, OpDoc)> {
             "GET",
             "/api/v1/audit/{firm_id}/export",
             op("exportAudit", "The log as CloudEvents (NDJSON)").text("application/x-ndjson"),
+        ),
+        (
+            "GET",
+            "/api/v1/evidence/{firm_id}",
+            op(
+                "evidenceBundle",
+                "The firm's evidence bundle (tar: artefacts, sha256sum manifest, signed note)",
+            )
+            .query(params::<evidence::EvidenceQuery>)
+            .text("application/x-tar")
+            .errors(&[422]),
         ),
         (
             "GET",
