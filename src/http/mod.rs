@@ -20,6 +20,7 @@ mod routes;
 mod secrets;
 pub mod server;
 mod sessions;
+mod subjects;
 mod users;
 
 use std::sync::Arc;
@@ -164,6 +165,12 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             "/api/v1/audit/{firm_id}/export",
             Firm(P::AuditRead),
             get(audit::export),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/subjects/{firm_id}",
+            Firm(P::RecordsReadSensitive),
+            get(subjects::access),
         ),
         r(
             Method::GET,

@@ -6,6 +6,7 @@ mod read;
 pub mod retention;
 pub mod schema;
 mod service;
+pub mod subjects;
 
 pub(crate) use service::record_aad;
 pub use service::{

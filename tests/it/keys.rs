@@ -89,6 +89,7 @@ enum Route {
     ConsistencyProof,
     Checkpoint,
     Evidence,
+    Subject,
     VerifierKey,
     Export,
     ListSecrets,
@@ -127,7 +128,7 @@ enum Route {
     RecoveryCodes,
 }
 
-const ROUTES: [Route; 49] = [
+const ROUTES: [Route; 50] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -141,6 +142,7 @@ const ROUTES: [Route; 49] = [
     Route::ConsistencyProof,
     Route::Checkpoint,
     Route::Evidence,
+    Route::Subject,
     Route::VerifierKey,
     Route::Export,
     Route::ListSecrets,
@@ -191,6 +193,7 @@ impl Route {
             | Route::ConsistencyProof
             | Route::Checkpoint
             | Route::Evidence
+            | Route::Subject
             | Route::VerifierKey
             | Route::Export
             | Route::ListSecrets
@@ -243,6 +246,7 @@ impl Route {
             Route::Checkpoint => format!("/api/v1/audit/{firm}/checkpoint"),
             Route::VerifierKey => format!("/api/v1/audit/{firm}/verifier-key"),
             Route::Evidence => format!("/api/v1/evidence/{firm}"),
+            Route::Subject => format!("/api/v1/subjects/{firm}?value=Ann"),
             Route::Export => format!("/api/v1/audit/{firm}/export"),
             // Secrets are named after the fresh target key: one per call.
             Route::ListSecrets => format!("/api/v1/secrets/{firm}"),

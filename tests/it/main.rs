@@ -22,3 +22,4 @@ mod record_retention;
 mod records;
 mod retention;
 mod secrets;
+mod subjects;

@@ -4,7 +4,7 @@ use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::{Components, HeaderParam, OpDoc, Payload, schema_of};
-use crate::http::{audit, evidence, keys, routes, secrets, sessions, users};
+use crate::http::{audit, evidence, keys, routes, secrets, sessions, subjects, users};
 
 fn op(id: &'static str, summary: &'static str) -> OpDoc {
     OpDoc {
@@ -206,6 +206,16 @@ pub(crate) fn all() -> Vec<(&'static str, &'static str, OpDoc)> {
             "GET",
             "/api/v1/audit/{firm_id}/export",
             op("exportAudit", "The log as CloudEvents (NDJSON)").text("application/x-ndjson"),
+        ),
+        (
+            "GET",
+            "/api/v1/subjects/{firm_id}",
+            op(
+                "subjectAccess",
+                "Everything held about one data subject (Art. 15/20), sensitive fields in clear",
+            )
+            .query(params::<subjects::SubjectQuery>)
+            .gives(&[200], s::<crate::records::subjects::SubjectDocument>),
         ),
         (
             "GET",
