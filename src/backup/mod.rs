@@ -264,20 +264,22 @@ impl Backups {
         self.trail.verifier_key()
     }
 
+    /// Opens (or, unless pruning, creates) this appliance's repository at `dir`.
+    fn open_for_write(&self, dir: &Path, pruning: bool) -> Result<Repo, BackupError> {
+        let config = RepoConfig {
+            format: FORMAT.to_owned(),
+            appliance_id: self.pool.appliance_id().to_owned(),
+            verifier_key: self.verifier_key(),
+        };
+        Repo::open_for_write(dir, config, pruning)
+    }
+
     /// Takes an online snapshot into the repository.
     pub fn create(&self, to: Option<&Path>, by: &AdminActor) -> Result<CreateReport, BackupError> {
         self.audited(by, "backup.create", || {
             let dir = self.target(to)?;
             let started = now_mono();
-            let mut repo = Repo::open_for_write(
-                &dir,
-                RepoConfig {
-                    format: FORMAT.to_owned(),
-                    appliance_id: self.pool.appliance_id().to_owned(),
-                    verifier_key: self.verifier_key(),
-                },
-                false,
-            )?;
+            let mut repo = self.open_for_write(&dir, false)?;
             let key = self.verifier_key();
             let (m, pauses, tracked) =
                 take::take(&self.pool, self.clock.as_ref(), &mut repo, &key)?;
@@ -460,15 +462,7 @@ impl Backups {
     ) -> Result<prune::PruneReport, BackupError> {
         self.audited(by, "backup.prune", || {
             let dir = self.target(repository)?;
-            let mut repo = Repo::open_for_write(
-                &dir,
-                RepoConfig {
-                    format: FORMAT.to_owned(),
-                    appliance_id: self.pool.appliance_id().to_owned(),
-                    verifier_key: self.verifier_key(),
-                },
-                true,
-            )?;
+            let mut repo = self.open_for_write(&dir, true)?;
             let policy = Policy {
                 keep_last: keep_last.unwrap_or(self.settings.policy.keep_last),
                 keep_daily: keep_daily.unwrap_or(self.settings.policy.keep_daily),
