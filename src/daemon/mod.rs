@@ -8,6 +8,9 @@ pub mod cli;
 mod dev;
 mod metrics;
 pub mod notify;
+mod services;
+
+use services::Services;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -23,80 +26,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::audit::{AuditLog, AuditTrail};
-use crate::auth::Keys;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::crypto::fips::ModuleInfo;
 use crate::crypto::keyring::{KeyError, MasterKey};
 use crate::crypto::{self, CryptoError};
 use crate::firms::{FirmError, Lifecycle, Pool};
-use crate::people::{People, PeopleConfig};
-use crate::records::Records;
 use crate::runtime::Runtime;
 use crate::tls::{self, CertStore, TlsError};
-use crate::vault::Vault;
-
-/// The capability services, wired on the shared firm pool and audit trail.
-#[derive(Debug, Clone)]
-struct Services {
-    clock: Arc<SystemClock>,
-    trail: Arc<AuditTrail>,
-    lifecycle: Arc<Lifecycle>,
-    keys: Arc<Keys>,
-    people: Arc<People>,
-    limits: Arc<crate::limits::Limits>,
-    records: Arc<Records>,
-    vault: Arc<Vault>,
-    audit: Arc<AuditLog>,
-    backups: Arc<crate::backup::Backups>,
-    evidence: Arc<crate::evidence::Evidence>,
-}
-
-impl Services {
-    fn new(
-        clock: Arc<SystemClock>,
-        pool: Pool,
-        appliance: crate::firms::pool::ApplianceKeys,
-        people: PeopleConfig,
-        limits: &crate::config::LimitsSection,
-        backups: crate::backup::BackupSettings,
-        facts: crate::evidence::ApplianceFacts,
-    ) -> Self {
-        let pool = Arc::new(pool);
-        let trail = Arc::new(AuditTrail::new(pool.clone(), appliance));
-        let records = Arc::new(Records::new(pool.clone(), trail.clone()));
-        let audit = Arc::new(AuditLog::new(pool.clone(), trail.clone()));
-        Self {
-            evidence: Arc::new(crate::evidence::Evidence::new(
-                pool.clone(),
-                trail.clone(),
-                audit.clone(),
-                records.clone(),
-                facts,
-            )),
-            backups: Arc::new(crate::backup::Backups::new(
-                pool.clone(),
-                trail.clone(),
-                clock.clone(),
-                backups,
-            )),
-            clock,
-            lifecycle: Arc::new(Lifecycle::new(pool.clone(), trail.clone())),
-            keys: Arc::new(Keys::new(pool.clone(), trail.clone())),
-            people: Arc::new(People::new(pool.clone(), trail.clone(), people)),
-            limits: Arc::new(crate::limits::Limits::new(
-                limits,
-                pool.clone(),
-                trail.clone(),
-            )),
-            records,
-            vault: Arc::new(Vault::new(pool.clone(), trail.clone())),
-            audit,
-            trail,
-        }
-    }
-}
 
 /// Why the daemon refused to start. Every variant exits 78 (EX_CONFIG).
 #[derive(Debug, thiserror::Error)]
@@ -333,46 +270,7 @@ fn open_firms(
         Duration::from_secs(config.storage.firm_idle_secs),
     )?;
     drop(master);
-    let services = Services::new(
-        clock,
-        pool,
-        appliance,
-        (&config.people).into(),
-        &config.limits,
-        crate::backup::BackupSettings {
-            repository: config.backup.repository.clone(),
-            policy: crate::backup::Policy {
-                keep_last: config.backup.keep_last,
-                keep_daily: config.backup.keep_daily,
-            },
-            state_dir: config.storage.state_dir.clone(),
-            scratch: config.storage.state_dir.join("scratch"),
-        },
-        crate::evidence::ApplianceFacts {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            fips_module: crate::crypto::fips::module_info().module,
-            sqlcipher: crate::store::sqlcipher_version(),
-            config_sha256: if config.source_sha256.is_empty() {
-                "built-in defaults".to_owned()
-            } else {
-                config.source_sha256.clone()
-            },
-            tls: crate::tls::policy(),
-        },
-    );
-    services
-        .audit
-        .set_default_retention(config.audit.retention());
-    services
-        .records
-        .set_retention(crate::records::retention::RetentionClasses {
-            classes: config.retention.durations(),
-            batch: config.retention.batch,
-        });
-    services.lifecycle.set_reencrypt_pacing(
-        config.keys.reencrypt_batch,
-        Duration::from_millis(config.keys.reencrypt_pause_ms),
-    );
+    let services = Services::new(clock, pool, appliance, config);
     tracing::info!(source = %source, "master key loaded; registry open");
     Ok((Some(services), source.to_string()))
 }
