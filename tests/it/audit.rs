@@ -22,7 +22,8 @@ pub fn call(d: &Daemon, method: &str, path: &str, token: &str, body: Option<&Val
         .request(method, path, &headers, body.as_deref().map(str::as_bytes))
 }
 
-fn entries(d: &Daemon, f: &Firm) -> Vec<Value> {
+/// The firm's whole audit log (at most 500 entries), as its reader sees it.
+pub fn entries(d: &Daemon, f: &Firm) -> Vec<Value> {
     let r = call(
         d,
         "GET",
@@ -37,6 +38,14 @@ fn entries(d: &Daemon, f: &Firm) -> Vec<Value> {
         v["entries"].as_array().unwrap().len()
     );
     v["entries"].as_array().unwrap().clone()
+}
+
+/// The firm's audit entries of one action, oldest first.
+pub fn entries_of(d: &Daemon, f: &Firm, action: &str) -> Vec<Value> {
+    entries(d, f)
+        .into_iter()
+        .filter(|e| e["action"] == action)
+        .collect()
 }
 
 pub fn mint(d: &Daemon, f: &Firm, role: &str) -> (String, String) {

@@ -59,7 +59,8 @@ fn restore(repo: &Path, snapshot: &str, to: &Path, key: &Path) -> std::process::
     )
 }
 
-fn system_actions(socket: &Path) -> Vec<String> {
+/// The system log's entries as `action outcome`.
+pub fn system_actions(socket: &Path) -> Vec<String> {
     let v = ctl_json(socket, &["audit", "system", "list", "--limit", "1000"]);
     v["entries"]
         .as_array()
@@ -203,27 +204,23 @@ fn check_restore(
             ..Options::default()
         },
     );
-    for rid in &before {
-        let r = req(
+    let record = |rid: &str| {
+        req(
             &d2,
             "GET",
             &format!("/api/v1/records/{}/clients/{rid}", f.id),
             &f.token,
             None,
             &[],
-        );
+        )
+    };
+    for rid in &before {
+        let r = record(rid);
         assert_eq!(r.status, 200, "{rid} was acknowledged before the snapshot");
         assert_eq!(r.json()["data"]["ssn"], SSN);
     }
     for rid in &after {
-        let r = req(
-            &d2,
-            "GET",
-            &format!("/api/v1/records/{}/clients/{rid}", f.id),
-            &f.token,
-            None,
-            &[],
-        );
+        let r = record(rid);
         assert_eq!(
             r.status, 404,
             "{rid} was acknowledged after the snapshot ended"

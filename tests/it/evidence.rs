@@ -8,6 +8,8 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::audit::entries_of;
+use crate::backup::system_actions;
 use crate::firms::create_firm;
 use crate::harness::{Daemon, ctl_json};
 use crate::people::test_python;
@@ -283,33 +285,6 @@ fn evidence_bundles_verify_offline_with_standard_tools_and_name_any_changed_arte
     assert!(!verify(&d, &b1, other, None).0);
 
     // The exports are in the system log and the firm's own log.
-    let sys = ctl_json(
-        &d.admin_socket,
-        &["audit", "system", "list", "--limit", "1000"],
-    );
-    assert!(
-        sys["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "evidence.export")
-    );
-    let log = req(
-        &d,
-        "GET",
-        &format!("/api/v1/audit/{}?limit=500", f.id),
-        &f.token,
-        None,
-        &[],
-    )
-    .json();
-    assert_eq!(
-        log["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["action"] == "evidence.export")
-            .count(),
-        3
-    );
+    assert!(system_actions(&d.admin_socket).contains(&"evidence.export success".to_owned()));
+    assert_eq!(entries_of(&d, &f, "evidence.export").len(), 3);
 }

@@ -4,6 +4,8 @@
 
 use serde_json::{Value, json};
 
+use crate::audit::entries_of;
+use crate::backup::system_actions;
 use crate::firms::{Firm, create_firm};
 use crate::harness::{Daemon, Options, ctl_json};
 use crate::records::req;
@@ -152,21 +154,7 @@ fn expired_records_are_deleted_by_class_or_date_field_and_each_batch_is_audited(
     assert_eq!(list["records"].as_array().map(Vec::len), Some(1), "{list}");
 
     // Every batch is in the firm's log, by the retention job, with its count.
-    let log = req(
-        &d,
-        "GET",
-        &format!("/api/v1/audit/{}?limit=500", f.id),
-        &f.token,
-        None,
-        &[],
-    )
-    .json();
-    let purges: Vec<&Value> = log["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "records.retention_purge")
-        .collect();
+    let purges = entries_of(&d, &f, "records.retention_purge");
     assert_eq!(purges.len(), 4, "1 + 3 batches: {purges:?}");
     assert!(purges.iter().all(|e| e["actor"] == "system:retention"));
     let counted: u64 = purges
@@ -179,15 +167,5 @@ fn expired_records_are_deleted_by_class_or_date_field_and_each_batch_is_audited(
     // The log still verifies, and the run is in the system log.
     let v = ctl_json(&d.admin_socket, &["audit", "verify", "--firm", &f.id]);
     assert_eq!(v["ok"], true, "{v}");
-    let sys = ctl_json(
-        &d.admin_socket,
-        &["audit", "system", "list", "--limit", "1000"],
-    );
-    assert!(
-        sys["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "records.purge_expired")
-    );
+    assert!(system_actions(&d.admin_socket).contains(&"records.purge_expired success".to_owned()));
 }
