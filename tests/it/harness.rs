@@ -444,14 +444,15 @@ pub fn run_daemon(args: &[&str], timeout: Duration) -> (Option<i32>, String) {
 }
 
 /// A config for a non-dev daemon in `dir` (tests run as root in CI), with a
-/// master key file `dir/master.key` (created, mode 0600, if missing).
+/// master key file `dir/master.key` (created, mode 0600, if missing), and
+/// its metrics listener on a free port, so such daemons run side by side.
 pub fn prod_config(dir: &Path, extra: &str) -> String {
     let key = dir.join("master.key");
     if !key.exists() {
         write_key_file(&key, &[0x5a; 32]);
     }
     format!(
-        "version = 1\n[storage]\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n[keys]\nmaster_key_file = \"{}\"\n[log]\ntarget = \"stderr\"\n[security]\nallow_root = true\n{extra}",
+        "version = 1\n[storage]\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n[keys]\nmaster_key_file = \"{}\"\n[log]\ntarget = \"stderr\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[security]\nallow_root = true\n{extra}",
         dir.join("state").display(),
         dir.join("admin.sock").display(),
         key.display()
