@@ -167,6 +167,7 @@ struct Batch {
 enum Cursor {
     Records(String, String),
     Secrets(String),
+    SubjectKeys(String),
 }
 
 fn reseal(keys: &DataKeys, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
@@ -362,6 +363,7 @@ impl Lifecycle {
         for start in [
             Cursor::Records(String::new(), String::new()),
             Cursor::Secrets(String::new()),
+            Cursor::SubjectKeys(String::new()),
         ] {
             let mut cursor = Some(start);
             while let Some(c) = cursor {
@@ -475,6 +477,21 @@ impl Lifecycle {
                             None => b.failed += 1,
                         }
                         b.next = full.then_some(Cursor::Secrets(name));
+                    }
+                }
+                Cursor::SubjectKeys(after) => {
+                    let rows = tx.subject_keys_sealed_not_under(active, after, limit)?;
+                    let full = rows.len() as u64 == limit;
+                    for (subject, wrapped) in rows {
+                        let aad = crate::records::subject_key_aad(firm, &subject);
+                        match reseal(&keys, &aad, &wrapped) {
+                            Some(new) => {
+                                tx.rewrap_subject_key(&subject, &new)?;
+                                b.resealed += 1;
+                            }
+                            None => b.failed += 1,
+                        }
+                        b.next = full.then_some(Cursor::SubjectKeys(subject));
                     }
                 }
             }

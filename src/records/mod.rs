@@ -6,9 +6,11 @@ mod read;
 pub mod retention;
 pub mod schema;
 mod service;
+pub(crate) mod subject_keys;
 pub mod subjects;
 
 pub(crate) use service::record_aad;
 pub use service::{
     CollectionView, PendingCreate, PiiWarning, RecordPage, RecordView, Records, Written,
 };
+pub(crate) use subject_keys::subject_key_aad;

@@ -74,13 +74,9 @@ impl Records {
         let mut data: Map<String, Value> = serde_json::from_str(&row.clear).unwrap_or_default();
         match (clear, &row.sealed) {
             (Some(keys), Some(sealed)) => {
-                let opened = keys
-                    .open(
-                        &record_aad(firm, &row.collection, &row.id, row.version),
-                        sealed,
-                    )
+                let aad = record_aad(firm, &row.collection, &row.id, row.version);
+                let opened = super::subject_keys::open_sealed(keys, firm, row, &aad, sealed)
                     .ok()
-                    .map(zeroize::Zeroizing::new)
                     .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
                 match opened {
                     Some(m) => data.extend(m),

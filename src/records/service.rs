@@ -14,6 +14,7 @@ use crate::firms::FirmError;
 use crate::firms::pool::{FirmHandle, Pool};
 use crate::ids::RecordId;
 use crate::records::schema::{self, Invalid, Schema};
+use crate::records::subject_keys;
 use crate::store::StoreError;
 use crate::store::firm::{RecordRow, WriteTx};
 
@@ -88,6 +89,8 @@ fn invalid(e: Invalid) -> FirmError {
 struct Prepared {
     row: RecordRow,
     sensitive: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The data subjects the record names (ids): their keys seal `sensitive`.
+    subjects: Vec<String>,
     index: Vec<(String, String)>,
     warnings: Vec<PiiWarning>,
 }
@@ -95,18 +98,28 @@ struct Prepared {
 impl Prepared {
     /// The row to store, its sensitive fields sealed now. Called inside the
     /// write transaction: the seal uses the data key active at commit, so a
-    /// data-key rotation never misses a row (see `datakeys`).
-    fn sealed_row(&self, h: &FirmHandle) -> Result<RecordRow, FirmError> {
+    /// data-key rotation never misses a row (see `datakeys`). A record
+    /// that names data subjects is sealed under their keys instead (see
+    /// `subject_keys`), made here for a subject new to the firm.
+    fn sealed_row(&self, h: &FirmHandle, tx: &WriteTx<'_>) -> Result<RecordRow, FirmError> {
         let mut row = self.row.clone();
         if let Some(plain) = &self.sensitive {
-            row.sealed = Some(
+            let aad = record_aad(h.id.as_str(), &row.collection, &row.id, row.version);
+            row.sealed = Some(if self.subjects.is_empty() {
                 h.data_keys()
-                    .seal(
-                        &record_aad(h.id.as_str(), &row.collection, &row.id, row.version),
-                        plain,
-                    )
-                    .map_err(|_| FirmError::Seal)?,
-            );
+                    .seal(&aad, plain)
+                    .map_err(|_| FirmError::Seal)?
+            } else {
+                row.subjects = Some(self.subjects.join(","));
+                subject_keys::seal_for_subjects(
+                    h,
+                    tx,
+                    &aad,
+                    plain,
+                    &self.subjects,
+                    &row.updated_at,
+                )?
+            });
         }
         Ok(row)
     }
@@ -154,7 +167,7 @@ impl CreateCmd {
                 &row.created_at,
             )?;
         }
-        let row = self.p.sealed_row(&self.h)?;
+        let row = self.p.sealed_row(&self.h, tx)?;
         tx.write_record(&row, None, &self.p.index)?;
         tx.append_audit(self.entry.clone())?;
         Ok((row, false))
@@ -313,6 +326,7 @@ impl Records {
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
+        h: &FirmHandle,
         schema: &Schema,
         collection: &str,
         id: &str,
@@ -321,6 +335,11 @@ impl Records {
         body: &Value,
     ) -> Result<Prepared, FirmError> {
         let split = schema::split(schema, body).map_err(invalid)?;
+        let subjects = if split.sensitive.is_empty() {
+            Vec::new()
+        } else {
+            subject_keys::subjects_named(h, schema, &[&split.clear, &split.sensitive])
+        };
         let sensitive = if split.sensitive.is_empty() {
             None
         } else {
@@ -339,8 +358,11 @@ impl Records {
                 sealed: None,
                 created_at: created_at.to_owned(),
                 updated_at: now,
+                subjects: None,
+                subject_keys: Vec::new(),
             },
             sensitive,
+            subjects,
             index: split.index,
             warnings: split
                 .pii
@@ -432,7 +454,7 @@ impl Records {
         let id =
             RecordId::generate_ordered(crate::clock::unix_ms(self.pool.clock.now()))?.to_string();
         let now = self.pool.now();
-        let p = self.prepare(&schema, collection, &id, 1, &now, body)?;
+        let p = self.prepare(&h, &schema, collection, &id, 1, &now, body)?;
         let request_hash = crate::crypto::sha256(body.to_string().as_bytes());
         let entry = self.trail.audit_entry(
             &h,
@@ -514,6 +536,7 @@ impl Records {
                 body.clone()
             };
             let p = self.prepare(
+                &h,
                 &schema,
                 collection,
                 id,
@@ -525,7 +548,7 @@ impl Records {
             let details = json!({ "version": expected + 1, "pii": p.warnings });
             let hh = h.clone();
             let row = c.commit(&resource, details, move |tx| {
-                let row = p.sealed_row(&hh)?;
+                let row = p.sealed_row(&hh, tx)?;
                 match tx.write_record(&row, Some(expected), &p.index) {
                     Err(StoreError::Stale) => return Err(FirmError::StaleVersion),
                     other => other?,

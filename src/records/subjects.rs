@@ -58,14 +58,7 @@ impl Records {
         }
         let h = self.pool.handle(auth.firm())?;
         let keys = h.data_keys();
-        let hash = crate::crypto::hex(
-            &crate::crypto::keyring::credential_mac(
-                &h.auth_key,
-                "subject",
-                h.id.as_str(),
-                subject.as_bytes(),
-            )[..16],
-        );
+        let hash = super::subject_keys::subject_id(&h, subject);
         let mut collections = BTreeMap::new();
         for name in h.db.read_blocking(|r| r.collection_names())? {
             let schema = self.schema_of(&h, &name)?;

@@ -97,8 +97,10 @@ fn seed(d: &Daemon, name: &str) -> (Firm, Vec<String>) {
     (f, ids)
 }
 
-/// Every sealed envelope's key version, read with stock SQLCipher and the
-/// break-glass key (None when the stock client is not installed).
+/// Every envelope under the data key (records not sealed under subject
+/// keys, secrets, subject keys): their key versions, read with stock
+/// SQLCipher and the break-glass key (None when the stock client is not
+/// installed).
 fn envelope_versions(d: &Daemon, f: &Firm) -> Option<String> {
     let key = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id])["sqlcipher_key"]
         .as_str()
@@ -110,8 +112,9 @@ fn envelope_versions(d: &Daemon, f: &Firm) -> Option<String> {
          c = sqlcipher3.connect({db:?})\n\
          c.execute('PRAGMA key = \"' + {key:?} + '\"')\n\
          c.execute('PRAGMA fast_kdf_iter = 1000')\n\
-         rows = [r[0] for r in c.execute('SELECT sealed FROM records WHERE sealed IS NOT NULL')]\n\
+         rows = [r[0] for r in c.execute('SELECT sealed FROM records WHERE sealed IS NOT NULL AND subjects IS NULL')]\n\
          rows += [r[0] for r in c.execute('SELECT ciphertext FROM secrets')]\n\
+         rows += [r[0] for r in c.execute('SELECT wrapped FROM subject_keys')]\n\
          print(sorted(set(int.from_bytes(r[1:5], 'big') for r in rows)), len(rows))\n",
         db = firm_db(d, &f.id).display().to_string(),
     );

@@ -12,6 +12,7 @@ mod read;
 mod rows;
 mod schema;
 mod snapshot;
+mod subjects;
 mod write;
 
 pub use dirty::{abort as abort_snapshot, commit as commit_snapshot};

@@ -147,13 +147,62 @@ impl ReadTx<'_> {
     }
 
     pub fn record(&self, collection: &str, id: &str) -> Result<Option<RecordRow>, StoreError> {
-        Ok(self
+        let row = self
             .conn
             .prepare_cached(&format!(
                 "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ?1 AND id = ?2"
             ))?
             .query_row(params![collection, id], record_row)
+            .optional()?;
+        Ok(match row {
+            Some(r) => self.with_subject_keys(vec![r])?.pop(),
+            None => None,
+        })
+    }
+
+    /// Fills in each row's wrapped subject keys, read in this same
+    /// transaction so the rows and their keys are one snapshot.
+    fn with_subject_keys(&self, mut rows: Vec<RecordRow>) -> Result<Vec<RecordRow>, StoreError> {
+        for r in &mut rows {
+            let Some(ids) = &r.subjects else { continue };
+            for id in ids.split(',') {
+                if let Some(w) = self.subject_key(id)? {
+                    r.subject_keys.push((id.to_owned(), w));
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A data subject's key, wrapped under the data key.
+    pub fn subject_key(&self, subject: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT wrapped FROM subject_keys WHERE subject = ?1")?
+            .query_row([subject], |r| r.get(0))
             .optional()?)
+    }
+
+    /// The ids of the erasures this firm holds (done here, or re-applied).
+    pub fn erasure_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM erasures ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Deletion certificates whose erasure entered the audit log after
+    /// entry `from` and at or before `to` (tree sizes), in order.
+    pub fn erasure_certificates(&self, from: u64, to: u64) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT certificate FROM erasures WHERE audit_size > ?1 AND audit_size <= ?2
+                 ORDER BY audit_size",
+            )?
+            .query_map(params![from as i64, to as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
     }
 
     /// Records by id after `after`, at most `limit`; with `filter` (an
@@ -165,7 +214,7 @@ impl ReadTx<'_> {
         limit: u64,
         filter: Option<(&str, &str)>,
     ) -> Result<Vec<RecordRow>, StoreError> {
-        let rows = match filter {
+        let rows: Vec<RecordRow> = match filter {
             None => self
                 .conn
                 .prepare_cached(&format!(
@@ -177,7 +226,8 @@ impl ReadTx<'_> {
             Some((field, value)) => self
                 .conn
                 .prepare_cached(
-                    "SELECT r.collection, r.id, r.version, r.clear, r.sealed, r.created_at, r.updated_at
+                    "SELECT r.collection, r.id, r.version, r.clear, r.sealed, r.created_at, r.updated_at,
+                            r.subjects
                      FROM record_index i JOIN records r ON r.collection = i.collection AND r.id = i.id
                      WHERE i.collection = ?1 AND i.field = ?4 AND i.value = ?5 AND i.id > ?2
                      ORDER BY i.id LIMIT ?3",
@@ -188,21 +238,26 @@ impl ReadTx<'_> {
                 )?
                 .collect::<Result<_, _>>()?,
         };
-        Ok(rows)
+        self.with_subject_keys(rows)
     }
 
     /// A stored idempotency key: (request hash, record id).
-    /// How many secrets and records are sealed under a key version other
-    /// than `version` (the envelope's bytes 1..5 name it).
+    /// How many secrets, records and subject keys are sealed under a data
+    /// key version other than `version` (the envelope's bytes 1..5 name
+    /// it). Records sealed under subject keys are not under the data key.
     pub fn count_sealed_not_under(&self, version: u32) -> Result<u64, StoreError> {
         let v = &version.to_be_bytes()[..];
-        Ok(self.conn.prepare_cached(
-            "SELECT (SELECT count(*) FROM records WHERE sealed IS NOT NULL AND substr(sealed, 2, 4) != ?1)
-                  + (SELECT count(*) FROM secrets WHERE substr(ciphertext, 2, 4) != ?1)",
-        )?
-        .query_row([v], |r| r.get::<_, i64>(0))?
-        .try_into()
-        .unwrap_or(0))
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM records
+                     WHERE sealed IS NOT NULL AND subjects IS NULL AND substr(sealed, 2, 4) != ?1)
+                  + (SELECT count(*) FROM secrets WHERE substr(ciphertext, 2, 4) != ?1)
+                  + (SELECT count(*) FROM subject_keys WHERE substr(wrapped, 2, 4) != ?1)",
+            )?
+            .query_row([v], |r| r.get::<_, i64>(0))?
+            .try_into()
+            .unwrap_or(0))
     }
 
     pub fn idempotency(

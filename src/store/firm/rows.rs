@@ -64,6 +64,12 @@ pub struct RecordRow {
     pub sealed: Option<Vec<u8>>,
     pub created_at: String,
     pub updated_at: String,
+    /// The data subjects whose keys seal `sealed` (ids, outermost layer
+    /// first, comma-separated); None when the firm's data key seals it.
+    pub subjects: Option<String>,
+    /// Read with the row, not stored in it: each of `subjects`' wrapped
+    /// keys (id, envelope under the data key).
+    pub subject_keys: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for RecordRow {
@@ -77,7 +83,7 @@ impl std::fmt::Debug for RecordRow {
 }
 
 pub(super) const RECORD_COLUMNS: &str =
-    "collection, id, version, clear, sealed, created_at, updated_at";
+    "collection, id, version, clear, sealed, created_at, updated_at, subjects";
 
 pub(super) fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
     Ok(RecordRow {
@@ -88,6 +94,8 @@ pub(super) fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
         sealed: r.get(4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
+        subjects: r.get(7)?,
+        subject_keys: Vec::new(),
     })
 }
 

@@ -141,4 +141,23 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_user ON sessions (user_id)
 "#,
+    // Subject erasure: the keys that seal each data subject's sensitive
+    // fields (wrapped under the data key), which subjects' keys seal a
+    // record (comma-separated ids, outermost first), and the erasures done.
+    r#"
+ALTER TABLE records ADD COLUMN subjects TEXT;
+CREATE TABLE subject_keys (
+    subject     TEXT PRIMARY KEY,
+    wrapped     BLOB NOT NULL,
+    created_at  TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE erasures (
+    id            TEXT PRIMARY KEY,
+    subject       TEXT NOT NULL,
+    erased_at     TEXT NOT NULL,
+    audit_size    INTEGER NOT NULL,
+    certificate   TEXT NOT NULL,
+    reapplied_at  TEXT
+)
+"#,
 ];

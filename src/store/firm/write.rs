@@ -180,7 +180,7 @@ impl<'c> WriteTx<'c> {
             None => {
                 self.conn
                     .prepare_cached(&format!(
-                        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                     ))?
                     .execute(params![
                         row.collection,
@@ -189,14 +189,16 @@ impl<'c> WriteTx<'c> {
                         row.clear,
                         row.sealed,
                         row.created_at,
-                        row.updated_at
+                        row.updated_at,
+                        row.subjects
                     ])?;
             }
             Some(v) => {
                 let n = self
                     .conn
                     .prepare_cached(
-                        "UPDATE records SET version = ?3, clear = ?4, sealed = ?5, updated_at = ?6
+                        "UPDATE records SET version = ?3, clear = ?4, sealed = ?5, updated_at = ?6,
+                                            subjects = ?8
                          WHERE collection = ?1 AND id = ?2 AND version = ?7",
                     )?
                     .execute(params![
@@ -206,7 +208,8 @@ impl<'c> WriteTx<'c> {
                         row.clear,
                         row.sealed,
                         row.updated_at,
-                        v
+                        v,
+                        row.subjects
                     ])?;
                 if n != 1 {
                     return Err(StoreError::Stale);
@@ -311,9 +314,10 @@ impl<'c> WriteTx<'c> {
         Ok(())
     }
 
-    /// Records whose sealed fields are under a key version other than
+    /// Records whose sealed fields are under a data key version other than
     /// `version`, after `(collection, id)`, in key order: (collection, id,
-    /// record version, envelope).
+    /// record version, envelope). Records sealed under subject keys are
+    /// not: their subject keys are re-wrapped instead.
     pub fn records_sealed_not_under(
         &self,
         version: u32,
@@ -322,7 +326,8 @@ impl<'c> WriteTx<'c> {
     ) -> Result<Vec<SealedRecord>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT collection, id, version, sealed FROM records
-             WHERE (collection, id) > (?1, ?2) AND sealed IS NOT NULL AND substr(sealed, 2, 4) != ?3
+             WHERE (collection, id) > (?1, ?2) AND sealed IS NOT NULL AND subjects IS NULL
+               AND substr(sealed, 2, 4) != ?3
              ORDER BY collection, id LIMIT ?4",
         )?;
         let rows = st
