@@ -236,6 +236,11 @@ pub const CODES: &[Code] = &[
     ),
     c("firm_maintenance", 503, "the firm is being rekeyed; retry"),
     c(
+        "erasure_ledger_unavailable",
+        503,
+        "the erasure ledger (state directory or backup repository) could not be written; nothing was erased; retry",
+    ),
+    c(
         "storage_full",
         507,
         "the disk holding the databases is full; retry (`Retry-After`)",

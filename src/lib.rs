@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod erasure;
 pub mod errors;
 pub mod evidence;
 pub mod firms;

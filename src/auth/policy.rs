@@ -75,6 +75,7 @@ permissions! {
     RecordsWrite => RecordsWrite, "records:write", "create, replace and patch records";
     RecordsDelete => RecordsDelete, "records:delete", "delete records";
     RecordsReadSensitive => RecordsReadSensitive, "records:read_sensitive", "see sensitive fields in clear (each read audited)";
+    SubjectsErase => SubjectsErase, "subjects:erase", "erase a data subject: delete their records, destroy their key, certify it";
     UsersRead => UsersRead, "users:read", "list the firm's users and their sessions";
     UsersInvite => UsersInvite, "users:invite", "invite a user (never with more power than one's own)";
     UsersUpdate => UsersUpdate, "users:update", "change a user's role, overrides or state; unlock, reset MFA, revoke sessions";
@@ -127,6 +128,7 @@ pub fn role_grants(role: Role) -> &'static [Permission] {
             RecordsWrite,
             RecordsDelete,
             RecordsReadSensitive,
+            SubjectsErase,
             UsersRead,
             UsersInvite,
             UsersUpdate,

@@ -283,6 +283,15 @@ impl Backups {
             let key = self.verifier_key();
             let (m, pauses, tracked) =
                 take::take(&self.pool, self.clock.as_ref(), &mut repo, &key)?;
+            // The erasure ledger lives beside the snapshots, outside them:
+            // every erasure the images predate is in it before the manifest.
+            if let Err(e) = crate::erasure::ledger::copy_missing(&self.settings.state_dir, &dir) {
+                tracked.abort();
+                return Err(BackupError::Io {
+                    path: dir.join("erasures").display().to_string(),
+                    source: e,
+                });
+            }
             let signed = self.trail.sign_note(&m.text());
             if let Err(e) = repo::write_durable(&repo.snapshot_path(&m.id), signed.as_bytes()) {
                 tracked.abort();

@@ -258,6 +258,9 @@ pub struct RestoreReport {
     pub to: String,
     #[serde(flatten)]
     pub checked: Checked,
+    /// Erasures from the ledger carried out again (after the snapshot).
+    pub erasures_reapplied: usize,
+    pub records_erased: u64,
     pub seconds: f64,
 }
 
@@ -304,7 +307,8 @@ pub fn restore(
         |(m, checked, pool, keys)| {
             pool.close_all();
             let pool = Arc::new(pool);
-            let trail = crate::audit::AuditTrail::new(pool.clone(), keys);
+            let trail = Arc::new(crate::audit::AuditTrail::new(pool.clone(), keys));
+            let reapplied = reapply_erasures(repo_dir, &work, &pool, &trail)?;
             trail
                 .system_audit(
                     by,
@@ -315,13 +319,15 @@ pub fn restore(
                     serde_json::json!({
                         "snapshot": m.id, "repository": repo_dir.display().to_string(),
                         "firms": checked.firms, "entries": checked.entries,
+                        "erasures_reapplied": reapplied.erasures,
                     }),
                 )
                 .map_err(BackupError::from)?;
-            Ok(checked)
+            pool.close_all();
+            Ok((checked, reapplied))
         },
     );
-    let checked = match done {
+    let (checked, erasures) = match done {
         Ok(c) => c,
         Err(e) => {
             remove_dir(&work);
@@ -337,6 +343,24 @@ pub fn restore(
         snapshot: id,
         to: to.display().to_string(),
         checked,
+        erasures_reapplied: erasures.erasures,
+        records_erased: erasures.records_deleted,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The erasure ledger outlives every snapshot: the repository's copy goes
+/// into the restored state directory, and each erasure a restored firm
+/// does not hold (it happened after the snapshot) is carried out again.
+fn reapply_erasures(
+    repo_dir: &Path,
+    work: &Path,
+    pool: &Arc<Pool>,
+    trail: &Arc<crate::audit::AuditTrail>,
+) -> Result<crate::erasure::Reapplied, BackupError> {
+    crate::erasure::ledger::copy_missing(repo_dir, work).map_err(io(repo_dir))?;
+    let erasures =
+        crate::erasure::Erasures::new(pool.clone(), trail.clone(), work.to_path_buf(), None);
+    // Security invariant: a restore never brings back a subject erased after its snapshot.
+    Ok(erasures.reapply(work, "system:restore", false)?)
 }

@@ -271,6 +271,8 @@ fn open_firms(
     )?;
     drop(master);
     let services = Services::new(clock, pool, appliance, config);
+    // Before anything is served: finish erasures a crash interrupted.
+    services.erasures.resume();
     tracing::info!(source = %source, "master key loaded; registry open");
     Ok((Some(services), source.to_string()))
 }
@@ -360,6 +362,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         limits: svc.limits.clone(),
         records: svc.records.clone(),
         evidence: svc.evidence.clone(),
+        erasures: svc.erasures.clone(),
         vault: svc.vault.clone(),
         audit: svc.audit.clone(),
         trail: svc.trail.clone(),

@@ -9,6 +9,7 @@ use crate::auth::Keys;
 use crate::backup::{BackupSettings, Backups, Policy};
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::erasure::Erasures;
 use crate::evidence::{ApplianceFacts, Evidence};
 use crate::firms::{Lifecycle, Pool};
 use crate::people::People;
@@ -30,6 +31,7 @@ pub(super) struct Services {
     pub(super) audit: Arc<AuditLog>,
     pub(super) backups: Arc<Backups>,
     pub(super) evidence: Arc<Evidence>,
+    pub(super) erasures: Arc<Erasures>,
 }
 
 impl Services {
@@ -75,6 +77,12 @@ impl Services {
             tls: crate::tls::policy(),
         };
         Self {
+            erasures: Arc::new(Erasures::new(
+                pool.clone(),
+                trail.clone(),
+                state_dir.clone(),
+                config.backup.repository.clone(),
+            )),
             evidence: Arc::new(Evidence::new(
                 pool.clone(),
                 trail.clone(),

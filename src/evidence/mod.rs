@@ -37,6 +37,7 @@ pub const ARTEFACTS: &[&str] = &[
     "appliance.json",
     "checkpoint.note",
     "consistency.json",
+    "erasures.json",
     "keys.json",
     "policy.json",
     "privacy.json",
@@ -287,6 +288,14 @@ impl Evidence {
             &mut files,
             "receipts.json",
             json!({ "from_seq": since, "to_seq": size, "items": receipts }),
+        );
+        // Deletion certificates of the period, each a signed note that
+        // verifies on its own with the appliance key.
+        let certificates = crate::erasure::Erasures::certificates(&h, since, size)?;
+        put(
+            &mut files,
+            "erasures.json",
+            json!({ "from_seq": since, "to_seq": size, "certificates": certificates }),
         );
         put(
             &mut files,

@@ -95,6 +95,10 @@ pub enum FirmError {
     SessionNotFound,
     #[error("sealing failed")]
     Seal,
+    /// The erasure ledger could not be written where it must be; nothing
+    /// was erased.
+    #[error("the erasure ledger could not be written: {0}")]
+    LedgerUnavailable(String),
     /// A failure with no cause worth telling the caller (500).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -140,6 +144,7 @@ impl FirmError {
             FirmError::UserState(_) => "invalid_user_state",
             FirmError::SessionNotFound => "session_not_found",
             FirmError::Seal => "crypto_error",
+            FirmError::LedgerUnavailable(_) => "erasure_ledger_unavailable",
             FirmError::Internal(_) => "internal",
             FirmError::Store(e) => e.code(),
             FirmError::Key(_) => "key_error",

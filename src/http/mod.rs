@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod body;
 pub mod conn;
+mod erasure;
 mod evidence;
 mod keys;
 pub mod metrics;
@@ -52,6 +53,7 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     pub records: Arc<Records>,
     pub evidence: Arc<crate::evidence::Evidence>,
+    pub erasures: Arc<crate::erasure::Erasures>,
     pub vault: Arc<Vault>,
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,
@@ -171,6 +173,12 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             "/api/v1/subjects/{firm_id}",
             Firm(P::RecordsReadSensitive),
             get(subjects::access),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/erasure/{firm_id}",
+            Firm(P::SubjectsErase),
+            post(erasure::erase),
         ),
         r(
             Method::GET,

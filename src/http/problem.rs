@@ -121,6 +121,13 @@ impl From<crate::firms::FirmError> for Problem {
                 Some(retry("30")),
             ),
             E::RateLimited(wait) => (e.to_string(), Some(retry(&wait.to_string()))),
+            E::LedgerUnavailable(_) => {
+                tracing::error!(error = %e, "erasure refused");
+                (
+                    "the erasure ledger could not be written; nothing was erased; retry".to_owned(),
+                    Some(retry("60")),
+                )
+            }
             E::Frozen => (
                 "the firm is frozen: writes are refused, reads still work".to_owned(),
                 None,

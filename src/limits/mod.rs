@@ -67,7 +67,7 @@ impl Class {
         match p {
             Account => Class::Auth,
             FirmUpdate | KeysCreate | KeysRotate | KeysRevoke | UsersInvite | UsersUpdate
-            | UsersDelete | CollectionsWrite => Class::Admin,
+            | UsersDelete | CollectionsWrite | SubjectsErase => Class::Admin,
             FirmRead | KeysRead | AuditRead | SecretsRead | RecordsRead | UsersRead
             | RecordsReadSensitive => Class::Read,
             SecretsWrite | SecretsDelete | SecretsVerify | RecordsWrite | RecordsDelete => {

@@ -99,6 +99,7 @@ fn action_of(method: &str, path: &str) -> &'static str {
         ("POST", "/api/v1/sessions/{firm_id}") => "sessions.create",
         ("POST", "/api/v1/enrolment/{firm_id}") => "users.enrol_start",
         ("POST", "/api/v1/enrolment/{firm_id}/confirm") => "users.enrol",
+        ("POST", "/api/v1/erasure/{firm_id}") => "subjects.erase",
         other => panic!("mutation route {other:?} has no expected audit action: add it here"),
     }
 }
@@ -225,6 +226,7 @@ fn every_mutation_route_leaves_exactly_one_entry() {
             }
             "account.totp_enrol" => Some(json!({"code": code})),
             "account.recovery_codes" => Some(json!({"current_password": PASSWORD})),
+            "subjects.erase" => Some(json!({"values": ["Nobody Held"]})),
             _ => None,
         };
         let credential = if personal {

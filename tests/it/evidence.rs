@@ -36,7 +36,7 @@ for line in sigs.splitlines():
 sys.exit("no signature by that key")
 "#;
 
-fn note_verifies(note: &Path, vkey: &str) -> bool {
+pub fn note_verifies(note: &Path, vkey: &str) -> bool {
     let o = Command::new(test_python())
         .args(["-c", NOTE_VERIFIER])
         .arg(note)

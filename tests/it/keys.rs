@@ -90,6 +90,7 @@ enum Route {
     Checkpoint,
     Evidence,
     Subject,
+    Erase,
     VerifierKey,
     Export,
     ListSecrets,
@@ -128,7 +129,7 @@ enum Route {
     RecoveryCodes,
 }
 
-const ROUTES: [Route; 50] = [
+const ROUTES: [Route; 51] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -143,6 +144,7 @@ const ROUTES: [Route; 50] = [
     Route::Checkpoint,
     Route::Evidence,
     Route::Subject,
+    Route::Erase,
     Route::VerifierKey,
     Route::Export,
     Route::ListSecrets,
@@ -211,6 +213,7 @@ impl Route {
             | Route::RotateKey
             | Route::VerifySecret
             | Route::CreateRecord
+            | Route::Erase
             | Route::InviteUser
             | Route::Reinvite
             | Route::DisableUser
@@ -247,6 +250,7 @@ impl Route {
             Route::VerifierKey => format!("/api/v1/audit/{firm}/verifier-key"),
             Route::Evidence => format!("/api/v1/evidence/{firm}"),
             Route::Subject => format!("/api/v1/subjects/{firm}?value=Ann"),
+            Route::Erase => format!("/api/v1/erasure/{firm}"),
             Route::Export => format!("/api/v1/audit/{firm}/export"),
             // Secrets are named after the fresh target key: one per call.
             Route::ListSecrets => format!("/api/v1/secrets/{firm}"),
@@ -349,6 +353,7 @@ impl Route {
                 json!({"current_password": crate::people::PASSWORD, "new_password": crate::people::PASSWORD}),
             ),
             Route::TotpConfirm => Some(json!({"code": "000000"})),
+            Route::Erase => Some(json!({"values": ["Nobody Held"]})),
             Route::RecoveryCodes => Some(json!({"current_password": crate::people::PASSWORD})),
             _ => None,
         }

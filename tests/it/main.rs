@@ -8,6 +8,7 @@ mod audit;
 mod backup;
 mod client;
 mod datakeys;
+mod erasure;
 mod evidence;
 mod firms;
 mod foundation;

@@ -218,6 +218,17 @@ pub(crate) fn all() -> Vec<(&'static str, &'static str, OpDoc)> {
             .gives(&[200], s::<crate::records::subjects::SubjectDocument>),
         ),
         (
+            "POST",
+            "/api/v1/erasure/{firm_id}",
+            op(
+                "eraseSubject",
+                "Erase a data subject (Art. 17): delete their records, destroy their key; returns the signed deletion certificate",
+            )
+            .takes(s::<crate::erasure::ErasureRequest>)
+            .gives(&[200], s::<crate::erasure::ErasureCertificate>)
+            .errors(&[422]),
+        ),
+        (
             "GET",
             "/api/v1/evidence/{firm_id}",
             op(

@@ -1,0 +1,233 @@
+//! The erasure ledger: one file per erasure, kept in the state directory
+//! and in the backup repository, outside every snapshot, so a restore of a
+//! snapshot taken before an erasure can re-apply it.
+//!
+//! ```text
+//! <dir>/erasures/<firm>/<erasure id>.json   the intent, written and synced before the erasure commits
+//! <dir>/erasures/<firm>/<erasure id>.note   its deletion certificate, once committed
+//! ```
+//!
+//! An intent names the subjects only by their keyed ids and salted
+//! hashes, never by an identifier.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::certificate::SaltedHash;
+
+pub const FORMAT: &str = "strongroom-erasure-ledger/1";
+
+/// What a ledger intent records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub format: String,
+    pub id: String,
+    pub firm_id: String,
+    /// Keyed subject ids (HMAC under the firm's auth key, 16 bytes hex).
+    pub subjects: Vec<String>,
+    /// The salted hashes the certificate will carry, one per identifier.
+    pub identifiers: Vec<SaltedHash>,
+    pub requested_at: String,
+    /// Who asked (an actor label, never a subject).
+    pub by: String,
+}
+
+/// A ledger entry found on disk: its intent, and its certificate if one
+/// was written.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub intent: Intent,
+    pub certificate: Option<String>,
+}
+
+fn firm_dir(root: &Path, firm: &str) -> PathBuf {
+    root.join("erasures").join(firm)
+}
+
+/// Writes `bytes` to `path` durably: a temporary name, fsync, rename, and
+/// an fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Records an intent under `root` (a state directory or a repository).
+pub fn write_intent(root: &Path, intent: &Intent) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(intent).map_err(std::io::Error::other)?;
+    write_durably(
+        &firm_dir(root, &intent.firm_id).join(format!("{}.json", intent.id)),
+        &text,
+    )
+}
+
+/// Records an erasure's certificate next to its intent.
+pub fn write_certificate(root: &Path, firm: &str, id: &str, note: &str) -> std::io::Result<()> {
+    write_durably(
+        &firm_dir(root, firm).join(format!("{id}.note")),
+        note.as_bytes(),
+    )
+}
+
+/// Withdraws an intent whose erasure did not commit.
+pub fn withdraw(root: &Path, firm: &str, id: &str) {
+    let path = firm_dir(root, firm).join(format!("{id}.json"));
+    if let Err(e) = fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not withdraw an erasure intent; it is re-applied at the next start");
+    }
+}
+
+/// Every ledger entry of `firm` under `root`, in id order (ids are
+/// time-ordered). A missing directory is an empty ledger.
+pub fn entries(root: &Path, firm: &str) -> std::io::Result<Vec<Found>> {
+    let dir = firm_dir(root, firm);
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".json"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        let text = fs::read(dir.join(&n))?;
+        let intent: Intent = serde_json::from_slice(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", dir.join(&n).display()),
+            )
+        })?;
+        if intent.format != FORMAT || intent.firm_id != firm || format!("{}.json", intent.id) != n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: not an erasure intent of this firm",
+                    dir.join(&n).display()
+                ),
+            ));
+        }
+        let certificate = fs::read_to_string(dir.join(format!("{}.note", intent.id))).ok();
+        out.push(Found {
+            intent,
+            certificate,
+        });
+    }
+    Ok(out)
+}
+
+/// The firms with a ledger under `root`.
+pub fn firms(root: &Path) -> std::io::Result<Vec<String>> {
+    match fs::read_dir(root.join("erasures")) {
+        Ok(rd) => {
+            let mut v: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            v.sort();
+            Ok(v)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies every ledger file under `from` that `to` lacks (a state
+/// directory into a repository, or a repository into a restored state
+/// directory). How many files were copied.
+pub fn copy_missing(from: &Path, to: &Path) -> std::io::Result<usize> {
+    let mut copied = 0;
+    for firm in firms(from)? {
+        let src = firm_dir(from, &firm);
+        let dst = firm_dir(to, &firm);
+        let mut names: Vec<String> = fs::read_dir(&src)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".json") || n.ends_with(".note"))
+            .collect();
+        // Intents first: a certificate never stands without its intent.
+        names.sort_by_key(|n| (n.ends_with(".note"), n.clone()));
+        for n in names {
+            if dst.join(&n).exists() {
+                continue;
+            }
+            write_durably(&dst.join(&n), &fs::read(src.join(&n))?)?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(id: &str) -> Intent {
+        Intent {
+            format: FORMAT.to_owned(),
+            id: id.to_owned(),
+            firm_id: "frm_a".to_owned(),
+            subjects: vec!["00ff".to_owned()],
+            identifiers: vec![],
+            requested_at: "2026-01-01T00:00:00Z".to_owned(),
+            by: "key:k".to_owned(),
+        }
+    }
+
+    #[test]
+    fn intents_certificates_and_copies() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_intent(&a, &intent("era_2")).unwrap();
+        write_intent(&a, &intent("era_1")).unwrap();
+        write_certificate(&a, "frm_a", "era_1", "note\n").unwrap();
+        let found = entries(&a, "frm_a").unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| f.intent.id.as_str())
+                .collect::<Vec<_>>(),
+            ["era_1", "era_2"]
+        );
+        assert_eq!(found[0].certificate.as_deref(), Some("note\n"));
+        assert!(found[1].certificate.is_none());
+        assert_eq!(copy_missing(&a, &b).unwrap(), 3);
+        assert_eq!(copy_missing(&a, &b).unwrap(), 0);
+        assert_eq!(entries(&b, "frm_a").unwrap().len(), 2);
+        withdraw(&a, "frm_a", "era_2");
+        assert_eq!(entries(&a, "frm_a").unwrap().len(), 1);
+        assert!(entries(&a, "frm_other").unwrap().is_empty());
+        // An intent filed under another firm's name is refused.
+        let mut wrong = intent("era_3");
+        wrong.firm_id = "frm_b".to_owned();
+        write_intent(&a, &wrong).unwrap();
+        fs::rename(
+            a.join("erasures/frm_b/era_3.json"),
+            a.join("erasures/frm_a/era_3.json"),
+        )
+        .unwrap();
+        assert!(entries(&a, "frm_a").is_err());
+    }
+}
