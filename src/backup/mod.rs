@@ -292,6 +292,10 @@ impl Backups {
                     source: e,
                 });
             }
+            if let Err(e) = copy_peppers(&self.settings.state_dir, &dir, &m) {
+                tracked.abort();
+                return Err(e);
+            }
             let signed = self.trail.sign_note(&m.text());
             if let Err(e) = repo::write_durable(&repo.snapshot_path(&m.id), signed.as_bytes()) {
                 tracked.abort();
@@ -490,6 +494,28 @@ impl Backups {
 
 /// Whether `path` is `dir` or below it, once symbolic links and `..` are
 /// resolved (through its nearest existing ancestor).
+/// Copies each firm's subject peppers into `<repo>/peppers/` (one current
+/// copy, replaced, never part of a snapshot): it serves every snapshot,
+/// since slots are only added, or zeroed by an erasure, which zeroes this
+/// copy too.
+fn copy_peppers(state_dir: &Path, repo: &Path, m: &manifest::Manifest) -> Result<(), BackupError> {
+    let _g = crate::store::peppers::REPOSITORY_COPY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for f in &m.firms {
+        let from = state_dir.join("firms").join(format!("{}.peppers", f.id));
+        if !from.exists() {
+            continue;
+        }
+        let to = repo.join("peppers").join(format!("{}.peppers", f.id));
+        crate::store::peppers::copy_durably(&from, &to).map_err(|source| BackupError::Io {
+            path: to.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 fn inside(path: &Path, dir: &Path) -> bool {
     let Ok(dir) = dir.canonicalize() else {
         return false;

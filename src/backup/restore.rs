@@ -359,6 +359,17 @@ fn reapply_erasures(
     trail: &Arc<crate::audit::AuditTrail>,
 ) -> Result<crate::erasure::Reapplied, BackupError> {
     crate::erasure::ledger::copy_missing(repo_dir, work).map_err(io(repo_dir))?;
+    // The repository's current peppers: every subject the snapshot names
+    // but an erasure since.
+    for firm in pool.registry.firms()? {
+        let from = repo_dir
+            .join("peppers")
+            .join(format!("{}.peppers", firm.id));
+        let to = work.join("firms").join(format!("{}.peppers", firm.id));
+        if from.exists() {
+            crate::store::peppers::copy_durably(&from, &to).map_err(io(&to))?;
+        }
+    }
     let erasures =
         crate::erasure::Erasures::new(pool.clone(), trail.clone(), work.to_path_buf(), None);
     // Security invariant: a restore never brings back a subject erased after its snapshot.

@@ -24,6 +24,8 @@ pub struct Erased {
     /// Records deleted, by collection.
     pub deleted: BTreeMap<String, u64>,
     pub keys_destroyed: u64,
+    /// The pepper slots zeroed (the repository's copy must follow).
+    pub slots: Vec<u64>,
 }
 
 impl Erased {
@@ -51,7 +53,7 @@ fn names_any(
     let mut fields: Map<String, Value> = serde_json::from_str(&row.clear).unwrap_or_default();
     if open && let Some(sealed) = &row.sealed {
         let aad = record_aad(h.id.as_str(), &row.collection, &row.id, row.version);
-        if let Some(m) = open_sealed(keys, h.id.as_str(), row, &aad, sealed)
+        if let Some(m) = open_sealed(h, keys, row, &aad, sealed)
             .ok()
             .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
         {
@@ -105,8 +107,15 @@ pub fn erase_in_tx(
     }
     for s in subjects {
         // Security invariant: erasure destroys the subject's key in the same transaction that deletes their records.
-        if tx.destroy_subject_key(s)? {
+        if let Some(slot) = tx.destroy_subject_key(s)? {
+            // The pepper half, outside the database: zeroed before the
+            // commit, so no acknowledged erasure leaves it readable.
+            h.peppers.zero(slot).map_err(|source| StoreError::Io {
+                path: h.peppers.path().display().to_string(),
+                source,
+            })?;
             out.keys_destroyed += 1;
+            out.slots.push(slot);
         }
     }
     Ok(out)

@@ -263,6 +263,29 @@ impl Erasures {
         run: &Run<'_>,
         auth: Option<&Authorized<perm::SubjectsErase>>,
     ) -> Result<(Statement, String), FirmError> {
+        let done = self.run_tx(h, run, auth)?;
+        let (statement, note, slots) = done;
+        // The repository's copy of the peppers follows the live file.
+        if let Some(repo) = self.repository() {
+            let _g = crate::store::peppers::REPOSITORY_COPY
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let copy = repo.join("peppers").join(format!("{}.peppers", h.id));
+            for slot in slots {
+                if let Err(e) = crate::store::peppers::zero_in(&copy, slot) {
+                    tracing::error!(firm = %h.id, error = %e, path = %copy.display(), "could not zero an erased subject's pepper in the backup repository");
+                }
+            }
+        }
+        Ok((statement, note))
+    }
+
+    fn run_tx(
+        &self,
+        h: &Arc<FirmHandle>,
+        run: &Run<'_>,
+        auth: Option<&Authorized<perm::SubjectsErase>>,
+    ) -> Result<(Statement, String, Vec<u64>), FirmError> {
         let (hh, trail) = (h.clone(), self.trail.clone());
         let principal = auth.map(|a| (a.principal().clone(), a.decision()));
         let origin = self.trail.checkpoint_origin(&h.id);
@@ -338,7 +361,7 @@ impl Erasures {
             };
             let reapplied_at = reapply.as_ref().map(|_| now.as_str());
             tx.insert_erasure(&id, &subjects.join(","), &now, size, &note, reapplied_at)?;
-            Ok::<_, FirmError>((statement, note))
+            Ok::<_, FirmError>((statement, note, erased.slots))
         })
     }
 

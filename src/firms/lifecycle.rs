@@ -125,6 +125,7 @@ impl Lifecycle {
         let handle = FirmHandle {
             id: id.clone(),
             db,
+            peppers: crate::store::peppers::Peppers::beside(&path),
             auth_key,
             audit_key,
             audit_key_version: 1,

@@ -284,6 +284,7 @@ pub(crate) fn validate_name(name: &str) -> Result<&str, FirmError> {
 }
 
 pub(crate) fn remove_db_files(path: &Path) -> std::io::Result<()> {
+    let _ = fs::remove_file(path.with_extension("peppers"));
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);

@@ -33,6 +33,8 @@ pub struct FirmHandle {
     pub id: FirmId,
     pub(crate) db: FirmDb,
     pub(crate) auth_key: SecretKey,
+    /// Half of each data subject's key, outside the database (erasure).
+    pub(crate) peppers: crate::store::peppers::Peppers,
     /// Seals audit payloads, and its version (the envelope header's).
     pub(crate) audit_key: SecretKey,
     pub(crate) audit_key_version: u32,
@@ -336,6 +338,7 @@ impl Pool {
         Ok(FirmHandle {
             id: id.clone(),
             db,
+            peppers: crate::store::peppers::Peppers::beside(&self.path(id)),
             auth_key,
             audit_key,
             audit_key_version,

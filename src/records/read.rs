@@ -66,7 +66,7 @@ impl Records {
     /// `clear` (a key snapshot taken before the row was read), else masked.
     pub(super) fn record_view(
         &self,
-        firm: &str,
+        h: &FirmHandle,
         schema: &Schema,
         row: &RecordRow,
         clear: Option<&DataKeys>,
@@ -74,8 +74,8 @@ impl Records {
         let mut data: Map<String, Value> = serde_json::from_str(&row.clear).unwrap_or_default();
         match (clear, &row.sealed) {
             (Some(keys), Some(sealed)) => {
-                let aad = record_aad(firm, &row.collection, &row.id, row.version);
-                let opened = super::subject_keys::open_sealed(keys, firm, row, &aad, sealed)
+                let aad = record_aad(h.id.as_str(), &row.collection, &row.id, row.version);
+                let opened = super::subject_keys::open_sealed(h, keys, row, &aad, sealed)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
                 match opened {
@@ -151,7 +151,7 @@ impl Records {
             holds_sensitive(&schema, &row),
             &format!("{collection}/{id}"),
         )?;
-        Ok(self.record_view(h.id.as_str(), &schema, &row, clear.then_some(&*keys)))
+        Ok(self.record_view(&h, &schema, &row, clear.then_some(&*keys)))
     }
 
     /// `get_record` on the calling thread, for the async request path:
@@ -189,7 +189,7 @@ impl Records {
         };
         let clear = clear && holds_sensitive(&schema, &row);
         Some(Ok(self.record_view(
-            h.id.as_str(),
+            &h,
             &schema,
             &row,
             clear.then_some(&*keys),
@@ -233,7 +233,7 @@ impl Records {
         let clear = self.clear_read(&h, auth, sensitive, &format!("{collection}/*"))?;
         let records: Vec<RecordView> = rows
             .iter()
-            .map(|r| self.record_view(h.id.as_str(), &schema, r, clear.then_some(&*keys)))
+            .map(|r| self.record_view(&h, &schema, r, clear.then_some(&*keys)))
             .collect();
         let next = (records.len() as u64 == limit)
             .then(|| records.last().map(|r| r.id.clone()))

@@ -490,7 +490,7 @@ impl Records {
     ) -> Result<Written, FirmError> {
         let (row, replayed) = stored?;
         Ok(Written {
-            record: self.record_view(p.h.id.as_str(), &p.schema, &row, None),
+            record: self.record_view(&p.h, &p.schema, &row, None),
             warnings: if replayed { Vec::new() } else { p.warnings },
             created: !replayed,
             replayed,
@@ -526,10 +526,8 @@ impl Records {
                 return Err(FirmError::StaleVersion);
             }
             let body = if patch {
-                let mut whole = Value::Object(
-                    self.record_view(h.id.as_str(), &schema, &current, Some(&keys))
-                        .data,
-                );
+                let mut whole =
+                    Value::Object(self.record_view(&h, &schema, &current, Some(&keys)).data);
                 merge_patch(&mut whole, &body);
                 whole
             } else {
@@ -556,7 +554,7 @@ impl Records {
                 Ok(row)
             })?;
             Ok(Written {
-                record: self.record_view(h.id.as_str(), &schema, &row, None),
+                record: self.record_view(&h, &schema, &row, None),
                 warnings,
                 created: false,
                 replayed: false,

@@ -23,6 +23,7 @@ use crate::crypto::envelope::{self, EnvelopeError};
 use crate::crypto::secret::SecretKey;
 use crate::firms::pool::FirmHandle;
 use crate::firms::{DataKeys, FirmError};
+use crate::store::StoreError;
 use crate::store::firm::{RecordRow, WriteTx};
 
 /// The envelope version written for a subject-key layer.
@@ -81,11 +82,26 @@ pub(crate) fn subjects_named(
     ids
 }
 
-/// Opens a subject key's wrapping.
-fn unwrap_key(keys: &DataKeys, firm: &str, subject: &str, wrapped: &[u8]) -> Option<SecretKey> {
-    let plain = Zeroizing::new(keys.open(&subject_key_aad(firm, subject), wrapped).ok()?);
-    let bytes: [u8; 32] = plain.as_slice().try_into().ok()?;
-    Some(SecretKey::from_bytes(bytes))
+/// A subject's key: HMAC-SHA256 keyed by its pepper (slot `slot` of the
+/// firm's pepper file) over the label and its half sealed in the database.
+/// Either half alone is useless; an erased pepper leaves no key.
+fn subject_key(
+    h: &FirmHandle,
+    keys: &DataKeys,
+    subject: &str,
+    slot: u64,
+    wrapped: &[u8],
+) -> Option<SecretKey> {
+    let firm = h.id.as_str();
+    let half = Zeroizing::new(keys.open(&subject_key_aad(firm, subject), wrapped).ok()?);
+    let pepper = h.peppers.read(slot).ok()??;
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &pepper[..]);
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&k);
+    ctx.update(&subject_key_aad(firm, subject));
+    ctx.update(&half);
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    bytes.copy_from_slice(ctx.sign().as_ref());
+    Some(SecretKey::from_bytes(*bytes))
 }
 
 /// Seals a record's sensitive fields under its subjects' keys (`subjects`
@@ -103,17 +119,24 @@ pub(crate) fn seal_for_subjects(
     let firm = h.id.as_str();
     let mut sealed = Zeroizing::new(plain.to_vec());
     for s in subjects.iter().rev() {
-        let key = match tx.read().subject_key(s)? {
-            Some(w) => unwrap_key(&keys, firm, s, &w).ok_or(FirmError::Seal)?,
+        let (slot, wrapped) = match tx.read().subject_key(s)? {
+            Some(k) => k,
             None => {
-                let k = SecretKey::random().map_err(|_| FirmError::Seal)?;
+                // The pepper is durable before the database names its slot.
+                let slot = tx.next_subject_slot()?;
+                h.peppers.ensure(slot).map_err(|source| StoreError::Io {
+                    path: h.peppers.path().display().to_string(),
+                    source,
+                })?;
+                let half = SecretKey::random().map_err(|_| FirmError::Seal)?;
                 let w = keys
-                    .seal(&subject_key_aad(firm, s), k.expose())
+                    .seal(&subject_key_aad(firm, s), half.expose())
                     .map_err(|_| FirmError::Seal)?;
-                tx.put_subject_key(s, &w, now)?;
-                k
+                tx.put_subject_key(s, slot, &w, now)?;
+                (slot, w)
             }
         };
+        let key = subject_key(h, &keys, s, slot, &wrapped).ok_or(FirmError::Seal)?;
         let next = envelope::seal(&key, LAYER_VERSION, &layer_aad(record_aad, s), &sealed)
             .map_err(|_| FirmError::Seal)?;
         sealed = Zeroizing::new(next);
@@ -125,8 +148,8 @@ pub(crate) fn seal_for_subjects(
 /// of the subjects the row lists (read with the row). A destroyed subject
 /// key fails like a wrong key.
 pub(crate) fn open_sealed(
+    h: &FirmHandle,
     keys: &DataKeys,
-    firm: &str,
     row: &RecordRow,
     record_aad: &[u8],
     sealed: &[u8],
@@ -136,13 +159,13 @@ pub(crate) fn open_sealed(
     };
     let mut inner = Zeroizing::new(sealed.to_vec());
     for s in list.split(',') {
-        let wrapped = row
+        let (slot, wrapped) = row
             .subject_keys
             .iter()
-            .find(|(id, _)| id == s)
-            .map(|(_, w)| w)
+            .find(|(id, _, _)| id == s)
+            .map(|(_, slot, w)| (*slot, w))
             .ok_or(EnvelopeError::Auth)?;
-        let key = unwrap_key(keys, firm, s, wrapped).ok_or(EnvelopeError::Auth)?;
+        let key = subject_key(h, keys, s, slot, wrapped).ok_or(EnvelopeError::Auth)?;
         inner = Zeroizing::new(envelope::open(&key, &layer_aad(record_aad, s), &inner)?);
     }
     Ok(inner)

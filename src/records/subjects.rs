@@ -77,7 +77,7 @@ impl Records {
                 let rows =
                     h.db.read_blocking(|r| r.records(&name, &after, PAGE, None))?;
                 for row in &rows {
-                    let view = self.record_view(h.id.as_str(), &schema, row, Some(&keys));
+                    let view = self.record_view(&h, &schema, row, Some(&keys));
                     if fields
                         .iter()
                         .any(|f| view.data.get(*f).is_some_and(|v| names(v, subject)))

@@ -7,6 +7,7 @@
 pub mod audit_log;
 pub mod bench;
 pub mod firm;
+pub mod peppers;
 pub mod registry;
 mod writer;
 

@@ -184,24 +184,49 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
         &key,
         &[
             "SELECT id, subjects FROM records ORDER BY id",
-            "SELECT subject FROM subject_keys ORDER BY subject",
+            "SELECT subject, slot FROM subject_keys ORDER BY subject",
         ],
     );
-    let ann_subject = before.as_ref().map(|v| {
+    // (Ann's subject id, her pepper slot, Bob's pepper slot)
+    let slots = before.as_ref().map(|v| {
         let rows = v[0].as_array().unwrap();
         assert!(rows.iter().all(|r| r[1].is_string()), "{rows:?}");
-        assert_eq!(v[1].as_array().unwrap().len(), 2, "one key per subject");
+        let keys = v[1].as_array().unwrap();
+        assert_eq!(keys.len(), 2, "one key per subject");
         let s = rows.iter().find(|r| r[0] == ann[0].1.as_str()).unwrap()[1]
             .as_str()
             .unwrap()
             .to_owned();
         assert_eq!(s.len(), 32);
-        s
+        let slot_of = |want: bool| {
+            keys.iter().find(|k| (k[0] == s.as_str()) == want).unwrap()[1]
+                .as_u64()
+                .unwrap()
+        };
+        (s.clone(), slot_of(true), slot_of(false))
     });
+    let ann_subject = slots.as_ref().map(|(s, _, _)| s.clone());
+    let peppers = |root: &Path| {
+        root.join(if root.ends_with("repo") {
+            "peppers"
+        } else {
+            "firms"
+        })
+        .join(format!("{}.peppers", f.id))
+    };
+    let slot_bytes = |file: &Path, slot: u64| {
+        let b = fs::read(file).unwrap();
+        b[slot as usize * 32..slot as usize * 32 + 32].to_vec()
+    };
 
-    // A snapshot before the erasure.
+    // A snapshot before the erasure; the repository keeps one current copy
+    // of the peppers beside the snapshots.
     let old = ctl_json(&d.admin_socket, &["backup", "create"]);
     let old = old["snapshot"].as_str().unwrap().to_owned();
+    let repo = d.dir.path().join("repo");
+    if let Some((_, ann_slot, _)) = &slots {
+        assert_ne!(slot_bytes(&peppers(&repo), *ann_slot), [0u8; 32]);
+    }
 
     let (status, cert) = erase(&d, &f, &f.token, &json!({"values": [ANN]}));
     assert_eq!(status, 200, "{cert}");
@@ -301,10 +326,29 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
         assert_eq!(v[1], json!([[2]]));
     }
 
+    // Ann's pepper is zeroed in the live file and in the repository's copy:
+    // the snapshot taken before holds her sealed key half, and nothing
+    // anywhere holds the other. Bob's is intact.
+    if let Some((_, ann_slot, bob_slot)) = &slots {
+        for file in [peppers(&d.state_dir), peppers(&repo)] {
+            assert_eq!(
+                slot_bytes(&file, *ann_slot),
+                [0u8; 32],
+                "{}",
+                file.display()
+            );
+            assert_ne!(
+                slot_bytes(&file, *bob_slot),
+                [0u8; 32],
+                "{}",
+                file.display()
+            );
+        }
+    }
+
     // The ledger holds the intent and the certificate, in the state
     // directory and beside the snapshots; no identifier in clear anywhere.
     let id = st["id"].as_str().unwrap();
-    let repo = d.dir.path().join("repo");
     for root in [d.state_dir.clone(), repo.clone()] {
         let dir = root.join("erasures").join(&f.id);
         assert!(dir.join(format!("{id}.json")).exists(), "{}", dir.display());
@@ -343,31 +387,8 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
     // Restore the snapshot taken before the erasure: the ledger is
     // re-applied, Ann stays erased.
     assert_eq!(d.stop().code(), Some(0));
-    let dir2 = tempfile::Builder::new().prefix("sr-it-").tempdir().unwrap();
-    let mkey = dir2.path().join("master.key");
-    fs::copy(d.dir.path().join("master.key"), &mkey).unwrap();
+    let (dir2, r) = restore(&repo, &old, &d.dir.path().join("master.key"));
     let to = dir2.path().join("state");
-    let out = ctl(
-        Path::new("/nonexistent"),
-        &[
-            "--json",
-            "backup",
-            "restore",
-            &old,
-            "--to",
-            to.to_str().unwrap(),
-            "--repository",
-            repo.to_str().unwrap(),
-            "--master-key-file",
-            mkey.to_str().unwrap(),
-        ],
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "{r}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(r["erasures_reapplied"], 1, "{r}");
     assert_eq!(r["records_erased"], 2, "{r}");
     // The restored file, opened with the firm key: no record of Ann, no key
@@ -392,14 +413,7 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
         assert!(bob.iter().all(|(_, i)| ids.contains(i.as_str())), "{ids}");
         assert_eq!(v[2], json!([[note, 1]]));
     }
-    let d2 = Daemon::start_in(
-        dir2,
-        Options {
-            dev: false,
-            config: Some(Box::new(|dir| prod_config(dir, ""))),
-            ..Options::default()
-        },
-    );
+    let d2 = Daemon::start_in(dir2, production());
     for r in &ann {
         assert_eq!(get(&d2, &f, r).0, 404, "a restore brought {r:?} back");
     }
@@ -421,6 +435,60 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
     );
     assert_eq!(String::from_utf8_lossy(&vkey2.body).trim(), vkey);
     assert!(note_verifies(&note_file, &vkey));
+
+    // Without the ledger (a restore by hand, say), the old snapshot still
+    // holds Ann's records and her sealed key half, but not her pepper: her
+    // sensitive fields do not open. Bob's do.
+    fs::remove_dir_all(repo.join("erasures")).unwrap();
+    let (dir3, r) = restore(&repo, &old, &d.dir.path().join("master.key"));
+    assert_eq!(r["erasures_reapplied"], 0, "{r}");
+    let d3 = Daemon::start_in(dir3, production());
+    let (s, rec) = get(&d3, &f, &ann[0]);
+    assert_eq!((s, rec["data"]["name"].as_str()), (200, Some(ANN)));
+    assert!(rec["data"].get("ssn").is_none(), "{rec}");
+    let (s, rec) = get(&d3, &f, &ann[1]);
+    assert_eq!(s, 200);
+    assert!(rec["data"].get("client").is_none(), "{rec}");
+    assert_eq!(get(&d3, &f, &bob[0]).1["data"]["ssn"], BOB_SSN);
+}
+
+fn production() -> Options {
+    Options {
+        dev: false,
+        config: Some(Box::new(|dir| prod_config(dir, ""))),
+        ..Options::default()
+    }
+}
+
+/// Restores `snapshot` from `repo` offline into a new temp dir's `state/`
+/// with a copy of the master key file; (the dir, the JSON report).
+fn restore(repo: &Path, snapshot: &str, master_key: &Path) -> (tempfile::TempDir, Value) {
+    let dir = tempfile::Builder::new().prefix("sr-it-").tempdir().unwrap();
+    let mkey = dir.path().join("master.key");
+    fs::copy(master_key, &mkey).unwrap();
+    let to = dir.path().join("state");
+    let out = ctl(
+        Path::new("/nonexistent"),
+        &[
+            "--json",
+            "backup",
+            "restore",
+            snapshot,
+            "--to",
+            to.to_str().unwrap(),
+            "--repository",
+            repo.to_str().unwrap(),
+            "--master-key-file",
+            mkey.to_str().unwrap(),
+        ],
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{r}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, r)
 }
 
 #[test]

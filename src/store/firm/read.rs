@@ -166,20 +166,21 @@ impl ReadTx<'_> {
         for r in &mut rows {
             let Some(ids) = &r.subjects else { continue };
             for id in ids.split(',') {
-                if let Some(w) = self.subject_key(id)? {
-                    r.subject_keys.push((id.to_owned(), w));
+                if let Some((slot, w)) = self.subject_key(id)? {
+                    r.subject_keys.push((id.to_owned(), slot, w));
                 }
             }
         }
         Ok(rows)
     }
 
-    /// A data subject's key, wrapped under the data key.
-    pub fn subject_key(&self, subject: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// A data subject's key: its pepper slot and its half sealed under
+    /// the data key.
+    pub fn subject_key(&self, subject: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT wrapped FROM subject_keys WHERE subject = ?1")?
-            .query_row([subject], |r| r.get(0))
+            .prepare_cached("SELECT slot, wrapped FROM subject_keys WHERE subject = ?1")?
+            .query_row([subject], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
             .optional()?)
     }
 

@@ -67,9 +67,9 @@ pub struct RecordRow {
     /// The data subjects whose keys seal `sealed` (ids, outermost layer
     /// first, comma-separated); None when the firm's data key seals it.
     pub subjects: Option<String>,
-    /// Read with the row, not stored in it: each of `subjects`' wrapped
-    /// keys (id, envelope under the data key).
-    pub subject_keys: Vec<(String, Vec<u8>)>,
+    /// Read with the row, not stored in it: each of `subjects`' keys
+    /// (id, pepper slot, sealed half under the data key).
+    pub subject_keys: Vec<(String, u64, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for RecordRow {

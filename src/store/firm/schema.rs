@@ -141,13 +141,15 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_user ON sessions (user_id)
 "#,
-    // Subject erasure: the keys that seal each data subject's sensitive
-    // fields (wrapped under the data key), which subjects' keys seal a
-    // record (comma-separated ids, outermost first), and the erasures done.
+    // Subject erasure: each data subject's sealed key half and the slot of
+    // its pepper (the other half, outside the database), which subjects'
+    // keys seal a record (comma-separated ids, outermost first), and the
+    // erasures done.
     r#"
 ALTER TABLE records ADD COLUMN subjects TEXT;
 CREATE TABLE subject_keys (
     subject     TEXT PRIMARY KEY,
+    slot        INTEGER NOT NULL,
     wrapped     BLOB NOT NULL,
     created_at  TEXT NOT NULL
 ) WITHOUT ROWID;

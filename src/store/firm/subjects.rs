@@ -1,7 +1,7 @@
-//! The subject-erasure tables: each data subject's key (wrapped under the
-//! data key), and the erasures done, with their deletion certificates.
+//! The subject-erasure tables: each data subject's sealed key half and
+//! pepper slot, and the erasures done, with their deletion certificates.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::super::StoreError;
 use super::WriteTx;
@@ -11,25 +11,43 @@ impl WriteTx<'_> {
     pub fn put_subject_key(
         &self,
         subject: &str,
+        slot: u64,
         wrapped: &[u8],
         now: &str,
     ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO subject_keys (subject, wrapped, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO subject_keys (subject, slot, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![subject, wrapped, now])?;
+            .execute(params![subject, slot as i64, wrapped, now])?;
         Ok(())
     }
 
-    /// Destroys a subject's key: whatever it sealed, in this file's older
-    /// pages or anywhere else, no longer opens. Whether there was one.
-    pub fn destroy_subject_key(&self, subject: &str) -> Result<bool, StoreError> {
-        Ok(self
+    /// The next pepper slot to hand out (and counts it as handed out).
+    pub fn next_subject_slot(&self) -> Result<u64, StoreError> {
+        let next: i64 = self
             .conn
+            .prepare_cached("SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'subject_slot_next'")?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (k, v) VALUES ('subject_slot_next', ?1)
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            )?
+            .execute([(next + 1).to_string()])?;
+        Ok(next as u64)
+    }
+
+    /// Destroys a subject's sealed key half; its pepper slot, which the
+    /// caller zeroes, if there was one.
+    pub fn destroy_subject_key(&self, subject: &str) -> Result<Option<u64>, StoreError> {
+        let slot = self.read().subject_key(subject)?.map(|(slot, _)| slot);
+        self.conn
             .prepare_cached("DELETE FROM subject_keys WHERE subject = ?1")?
-            .execute([subject])?
-            > 0)
+            .execute([subject])?;
+        Ok(slot)
     }
 
     /// Deletes one record with its index rows and idempotency keys
