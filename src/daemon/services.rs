@@ -15,6 +15,7 @@ use crate::people::People;
 use crate::records::Records;
 use crate::records::retention::RetentionClasses;
 use crate::vault::Vault;
+use crate::webhooks::Webhooks;
 
 /// The capability services, wired on the shared firm pool and audit trail.
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ pub(super) struct Services {
     pub(super) audit: Arc<AuditLog>,
     pub(super) backups: Arc<Backups>,
     pub(super) evidence: Arc<Evidence>,
+    pub(super) webhooks: Arc<Webhooks>,
 }
 
 impl Services {
@@ -74,7 +76,17 @@ impl Services {
             },
             tls: crate::tls::policy(),
         };
+        let webhooks = Arc::new(Webhooks::new(
+            pool.clone(),
+            trail.clone(),
+            crate::webhooks::Settings {
+                egress: config.webhooks.egress(),
+                timeout: Duration::from_secs(config.webhooks.timeout_secs),
+            },
+            state_dir,
+        ));
         Self {
+            webhooks,
             evidence: Arc::new(Evidence::new(
                 pool.clone(),
                 trail.clone(),

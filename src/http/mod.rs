@@ -13,6 +13,7 @@ pub mod metrics;
 mod middleware;
 mod numbers;
 mod openapi;
+pub mod outbound;
 pub mod problem;
 mod ratelimit;
 mod records;
@@ -22,6 +23,7 @@ pub mod server;
 mod sessions;
 mod subjects;
 mod users;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -53,6 +55,7 @@ pub struct AppState {
     pub records: Arc<Records>,
     pub evidence: Arc<crate::evidence::Evidence>,
     pub vault: Arc<Vault>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,
     /// Largest request body accepted (`server.max_body_bytes`).
@@ -279,6 +282,66 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             "/api/v1/secrets/{firm_id}/{name}/verify",
             Firm(P::SecretsVerify),
             post(secrets::verify),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}",
+            Firm(P::WebhooksWrite),
+            post(webhooks::create),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/webhooks/{firm_id}",
+            Firm(P::WebhooksRead),
+            get(webhooks::list),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            Firm(P::WebhooksRead),
+            get(webhooks::show),
+        ),
+        r(
+            Method::PATCH,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            Firm(P::WebhooksWrite),
+            patch(webhooks::update),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            Firm(P::WebhooksWrite),
+            delete(webhooks::delete),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/rotate",
+            Firm(P::WebhooksWrite),
+            post(webhooks::rotate),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/attempts",
+            Firm(P::WebhooksRead),
+            get(webhooks::attempts),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/messages/{message_id}/redeliver",
+            Firm(P::WebhooksWrite),
+            post(webhooks::redeliver),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/redeliver",
+            Firm(P::WebhooksWrite),
+            post(webhooks::redeliver_failed),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/test",
+            Firm(P::WebhooksWrite),
+            post(webhooks::test_event),
         ),
         r(
             Method::POST,
