@@ -23,3 +23,4 @@ mod records;
 mod retention;
 mod secrets;
 mod subjects;
+mod webhooks;
