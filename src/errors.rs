@@ -314,6 +314,7 @@ mod tests {
             include_str!("http/api.rs"),
             include_str!("http/authz.rs"),
             include_str!("http/records.rs"),
+            include_str!("http/webhooks.rs"),
             include_str!("http/routes.rs"),
             include_str!("http/numbers.rs"),
             include_str!("admin/server.rs"),

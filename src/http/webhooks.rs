@@ -16,7 +16,9 @@ use super::api::{ApiJson, ApiQuery, Count, blocking};
 use super::authz::Authz;
 use super::problem::Problem;
 use crate::auth::policy::perm;
-use crate::webhooks::{AttemptView, DEFAULT_OVERLAP_SECS, EndpointInput, EndpointView, WithSecret};
+use crate::webhooks::{
+    AttemptView, DEFAULT_OVERLAP_SECS, EndpointInput, EndpointView, MAX_OVERLAP_SECS, WithSecret,
+};
 
 /// Body of `POST /api/v1/webhooks/{firm_id}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -46,9 +48,10 @@ pub struct UpdateEndpointBody {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
-    /// How long the old secret keeps signing too, 0 to 604800 s (default 86400).
-    #[schema(minimum = 0, maximum = 604800)]
-    overlap_secs: Option<u64>,
+    /// How long the old secret keeps signing too, 0 to 604800 s (default
+    /// 86400). A whole number (`3600.0` is one too, as JSON Schema says).
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 604800)]
+    overlap_secs: Option<serde_json::Number>,
 }
 
 /// Body of `POST …/redeliver`.
@@ -191,7 +194,24 @@ pub async fn rotate(
     } else {
         ApiJson::<RotateBody>::parse(&headers, &body)?.0
     };
-    let overlap = Duration::from_secs(b.overlap_secs.unwrap_or(DEFAULT_OVERLAP_SECS));
+    let secs = match b.overlap_secs {
+        None => DEFAULT_OVERLAP_SECS,
+        Some(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=MAX_OVERLAP_SECS as f64).contains(f))
+                    .map(|f| f as u64)
+            })
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    format!("overlap_secs is a whole number of seconds, 0 to {MAX_OVERLAP_SECS}"),
+                )
+            })?,
+    };
+    let overlap = Duration::from_secs(secs);
     let svc = shared.webhooks.clone();
     let made = blocking(move || svc.rotate(&auth, &id, overlap)).await?;
     Ok((StatusCode::CREATED, Json(made.into())))

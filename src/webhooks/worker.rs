@@ -38,6 +38,9 @@ use crate::store::firm::{AttemptRow, EndpointRow, MessageRow};
 pub const SCHEDULE: &[u64] = &[5, 30, 120, 600, 1800, 3600, 7200, 14400];
 /// How often the worker looks for due messages.
 const TICK: Duration = Duration::from_millis(200);
+/// Every this many ticks (30 s), open firms not known to have endpoints
+/// are checked for some (a firm restored without its marker).
+const DISCOVER_EVERY: u32 = 150;
 /// Messages one endpoint's task sends before it yields to the next tick.
 const MAX_PER_RUN: usize = 200;
 
@@ -133,6 +136,7 @@ impl Webhooks {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tasks = tokio::task::JoinSet::new();
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
@@ -140,6 +144,11 @@ impl Webhooks {
                 _ = self.wake.notified() => {}
             }
             while tasks.try_join_next().is_some() {}
+            ticks = ticks.wrapping_add(1);
+            if ticks % DISCOVER_EVERY == 1 {
+                let me = self.clone();
+                let _ = lane(move || me.discover()).await;
+            }
             let me = self.clone();
             let due = match lane(move || me.due_endpoints()).await {
                 Ok(d) => d,
@@ -151,6 +160,25 @@ impl Webhooks {
             }
         }
         tasks.abort_all();
+    }
+
+    /// Marks open firms that have endpoints but no marker.
+    fn discover(&self) {
+        let open: Vec<Arc<FirmHandle>> = lock(&self.pool.open).values().cloned().collect();
+        let unknown: Vec<Arc<FirmHandle>> = {
+            let known = lock(&self.firms);
+            open.into_iter()
+                .filter(|h| !known.contains(&h.id))
+                .collect()
+        };
+        for h in unknown {
+            let has = h.db.read_blocking(|r| r.webhook_endpoints());
+            if has.is_ok_and(|e| !e.is_empty()) {
+                if let Err(e) = self.mark(&h.id) {
+                    tracing::warn!(firm = %h.id, error = %e, "cannot mark a firm with webhooks");
+                }
+            }
+        }
     }
 
     /// Endpoints whose oldest pending message is due, now marked in flight.
