@@ -60,58 +60,11 @@ pub struct Config {
     #[serde(default)]
     pub retention: RetentionSection,
     #[serde(default)]
-    pub webhooks: WebhooksSection,
+    pub webhooks: crate::webhooks::settings::WebhooksSection,
     /// SHA-256 (hex) of the configuration text this was read from (empty:
     /// the built-in defaults), for evidence bundles.
     #[serde(skip)]
     pub source_sha256: String,
-}
-
-/// Outbound webhooks: the only traffic the appliance sends, and only to
-/// the destinations listed here (see README, Webhooks).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhooksSection {
-    /// Origins (`https://siem.corp.example:8443`) and CIDRs (`10.0.0.0/8`)
-    /// deliveries may go to. Empty (the default): no outbound traffic.
-    pub allow: Vec<String>,
-    /// Plain `http://` to any allowed destination (else only to `http://`
-    /// origins listed in `allow`).
-    pub allow_http: bool,
-    /// PEM file of CAs that receivers' certificates are checked against
-    /// (default: the system trust store).
-    pub ca_file: Option<PathBuf>,
-    /// Deadline of one delivery attempt, 1 to 60 seconds.
-    pub timeout_secs: u64,
-}
-
-impl Default for WebhooksSection {
-    fn default() -> Self {
-        Self {
-            allow: Vec::new(),
-            allow_http: false,
-            ca_file: None,
-            timeout_secs: 10,
-        }
-    }
-}
-
-impl WebhooksSection {
-    /// The parsed allow list (validated at load).
-    pub fn egress(&self) -> crate::webhooks::egress::Egress {
-        crate::webhooks::egress::Egress::parse(&self.allow, self.allow_http).unwrap_or_default()
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        crate::webhooks::egress::Egress::parse(&self.allow, self.allow_http)
-            .map_err(|e| ConfigError::Invalid(format!("[webhooks] allow: {e}")))?;
-        if !(1..=60).contains(&self.timeout_secs) {
-            return Err(ConfigError::Invalid(
-                "[webhooks] timeout_secs must be between 1 and 60".into(),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Record retention: the classes a collection's schema may name, and the
@@ -555,7 +508,7 @@ impl Config {
             limits: LimitsSection::default(),
             backup: BackupSection::default(),
             retention: RetentionSection::default(),
-            webhooks: WebhooksSection::default(),
+            webhooks: Default::default(),
             source_sha256: String::new(),
         }
     }

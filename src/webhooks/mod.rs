@@ -13,6 +13,7 @@
 
 pub mod egress;
 pub mod events;
+pub mod settings;
 pub mod worker;
 
 use std::collections::HashSet;
@@ -415,6 +416,8 @@ impl Webhooks {
                         Err(FirmError::WebhookNotFound)
                     }
                 })?;
+                // Re-enabled: its waiting messages are due.
+                self.mark(auth.firm())?;
                 self.wake.notify_one();
                 Ok(EndpointView::from(&row))
             })
