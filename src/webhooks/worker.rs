@@ -41,8 +41,11 @@ const TICK: Duration = Duration::from_millis(200);
 /// Every this many ticks (30 s), open firms not known to have endpoints
 /// are checked for some (a firm restored without its marker).
 const DISCOVER_EVERY: u32 = 150;
-/// Messages one endpoint's task sends before it yields to the next tick.
-const MAX_PER_RUN: usize = 200;
+/// Messages read (and sent in order) per batch: their attempts are
+/// committed together, so a busy endpoint costs one commit a batch.
+const BATCH: u32 = 64;
+/// Batches one endpoint's task sends before it yields to the next tick.
+const MAX_BATCHES: usize = 16;
 
 /// One HTTP request to send, already checked against the allow list.
 #[derive(Debug)]
@@ -80,11 +83,11 @@ pub fn backoff(tries: u32) -> Option<Duration> {
     ))
 }
 
-/// A message ready to send, with what signs it.
-struct Job {
+/// An endpoint's due messages, oldest first, with what signs them.
+struct Batch {
     h: Arc<FirmHandle>,
     endpoint: EndpointRow,
-    message: MessageRow,
+    messages: Vec<MessageRow>,
     secrets: Vec<SigningSecret>,
 }
 
@@ -240,8 +243,9 @@ impl Webhooks {
         due
     }
 
-    /// The endpoint's next due message with its secrets, if any.
-    fn next_job(&self, firm: &FirmId, endpoint: &str) -> Result<Option<Job>, FirmError> {
+    /// The endpoint's due messages (up to [`BATCH`], stopping at the first
+    /// not yet due) with its secrets; None if there is none.
+    fn next_batch(&self, firm: &FirmId, endpoint: &str) -> Result<Option<Batch>, FirmError> {
         let h = self.pool.handle(firm)?;
         let Some(ep) = h.db.read_blocking(|r| r.webhook_endpoint(endpoint))? else {
             return Ok(None);
@@ -249,14 +253,17 @@ impl Webhooks {
         if !ep.enabled {
             return Ok(None);
         }
-        let Some(m) = h.db.read_blocking(|r| r.webhook_pending_head(endpoint))? else {
-            return Ok(None);
-        };
         let now = self.pool.now();
-        if m.next_attempt_at
-            .as_deref()
-            .is_some_and(|t| t > now.as_str())
-        {
+        let messages: Vec<MessageRow> =
+            h.db.read_blocking(|r| r.webhook_pending(endpoint, BATCH))?
+                .into_iter()
+                .take_while(|m| {
+                    m.next_attempt_at
+                        .as_deref()
+                        .is_none_or(|t| t <= now.as_str())
+                })
+                .collect();
+        if messages.is_empty() {
             return Ok(None);
         }
         let mut secrets = Vec::new();
@@ -270,16 +277,16 @@ impl Webhooks {
                 }
             }
         }
-        Ok(Some(Job {
+        Ok(Some(Batch {
             h,
             endpoint: ep,
-            message: m,
+            messages,
             secrets,
         }))
     }
 
     /// One attempt: resolve and check the destination, sign, send.
-    async fn attempt(&self, t: &dyn Transport, job: &Job) -> Tried {
+    async fn attempt(&self, t: &dyn Transport, job: &Batch, message: &MessageRow) -> Tried {
         let fail = |e: String| Tried {
             status_code: None,
             latency_ms: None,
@@ -299,11 +306,11 @@ impl Webhooks {
             return fail("no_secret: the endpoint's signing secret is missing".into());
         }
         let ts = self.pool.clock.now().unix_timestamp();
-        let body = job.message.payload.as_bytes();
+        let body = message.payload.as_bytes();
         let signature = job
             .secrets
             .iter()
-            .map(|s| s.signature(&job.message.id, ts, body))
+            .map(|s| s.signature(&message.id, ts, body))
             .collect::<Vec<_>>()
             .join(" ");
         let request = Outbound {
@@ -318,7 +325,7 @@ impl Webhooks {
                     "user-agent",
                     format!("Strongroom-Webhooks/{}", crate::VERSION),
                 ),
-                ("webhook-id", job.message.id.clone()),
+                ("webhook-id", message.id.clone()),
                 ("webhook-timestamp", ts.to_string()),
                 ("webhook-signature", signature),
             ],
@@ -357,10 +364,16 @@ impl Webhooks {
         }
     }
 
-    /// Records an attempt, the message's next state and its audit entry
-    /// in one transaction. Whether it was delivered.
-    fn record(&self, job: &Job, tried: &Tried) -> Result<(), FirmError> {
-        let tries = job.message.tries + 1;
+    /// Queues the write of an attempt, the message's next state and its
+    /// audit entry (one transaction); the caller awaits it with the rest
+    /// of its batch.
+    fn record(
+        &self,
+        job: &Batch,
+        message: &MessageRow,
+        tried: &Tried,
+    ) -> Result<tokio::task::JoinHandle<Result<(), FirmError>>, FirmError> {
+        let tries = message.tries + 1;
         let now_t = self.pool.clock.now();
         let (status, outcome, next) = if tried.delivered() {
             ("delivered", "delivered", None)
@@ -375,8 +388,8 @@ impl Webhooks {
             _ => ("webhooks.dead_lettered", Outcome::Failure),
         };
         let attempt = AttemptRow {
-            message_id: job.message.id.clone(),
-            n: job.message.attempts + 1,
+            message_id: message.id.clone(),
+            n: message.attempts + 1,
             at: rfc3339(now_t),
             status_code: tried.status_code,
             latency_ms: tried.latency_ms,
@@ -387,7 +400,7 @@ impl Webhooks {
             &job.h,
             "system:webhooks",
             &Origin {
-                request_id: job.message.id.clone(),
+                request_id: message.id.clone(),
                 source_ip: "-".to_owned(),
             },
             "allow",
@@ -396,8 +409,8 @@ impl Webhooks {
             &job.endpoint.id,
             audit_outcome,
             json!({
-                "message_id": job.message.id,
-                "event_type": job.message.event_type,
+                "message_id": message.id,
+                "event_type": message.event_type,
                 "attempt": attempt.n,
                 "status_code": tried.status_code,
                 "latency_ms": tried.latency_ms,
@@ -407,42 +420,64 @@ impl Webhooks {
         )?;
         if let Some(e) = &tried.error {
             tracing::warn!(
-                firm = %job.h.id, endpoint = %job.endpoint.id, message = %job.message.id,
+                firm = %job.h.id, endpoint = %job.endpoint.id, message = %message.id,
                 attempt = attempt.n, error = %e, outcome, "webhook delivery attempt failed"
             );
         }
         crate::telemetry::metrics::webhook_attempt(outcome);
-        job.h.db.write_with(move |tx| {
-            if tx.record_webhook_attempt(&attempt, status, next.as_deref())? {
-                tx.append_audit(entry.clone())?;
-            }
-            Ok::<(), FirmError>(())
-        })
+        let h = job.h.clone();
+        Ok(tokio::spawn(async move {
+            h.db.write(move |tx| {
+                if tx.record_webhook_attempt(&attempt, status, next.as_deref())? {
+                    tx.append_audit(entry.clone())?;
+                }
+                Ok::<(), FirmError>(())
+            })
+            .await
+        }))
     }
 }
 
-/// Sends an endpoint's due messages in order until one fails or none is due.
+/// Sends an endpoint's due messages in order until one fails or none is
+/// due. A batch's attempts are written while the next ones go out, and all
+/// of them are committed before the next batch is read.
 async fn drain(guard: InFlight, transport: Arc<dyn Transport>) {
     let svc = guard.0.clone();
     let (firm, endpoint) = guard.1.clone();
-    for _ in 0..MAX_PER_RUN {
+    for _ in 0..MAX_BATCHES {
         let (s, f, e) = (svc.clone(), firm.clone(), endpoint.clone());
-        let job = match lane(move || s.next_job(&f, &e)).await {
-            Ok(Ok(Some(j))) => Arc::new(j),
+        let batch = match lane(move || s.next_batch(&f, &e)).await {
+            Ok(Ok(Some(b))) => b,
             Ok(Ok(None)) => break,
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!(firm = %firm, endpoint = %endpoint, error = %e, "webhook delivery not started");
                 break;
             }
         };
-        let tried = Arc::new(svc.attempt(transport.as_ref(), &job).await);
-        let delivered = tried.delivered();
-        let (s, j, t) = (svc.clone(), job.clone(), tried.clone());
-        if let Ok(Err(e)) | Err(e) = lane(move || s.record(&j, &t)).await {
-            tracing::error!(firm = %firm, endpoint = %endpoint, error = %e, "could not record a webhook attempt");
-            break;
+        let mut writes = Vec::with_capacity(batch.messages.len());
+        let mut go_on = batch.messages.len() == BATCH as usize;
+        for m in &batch.messages {
+            let tried = svc.attempt(transport.as_ref(), &batch, m).await;
+            match svc.record(&batch, m, &tried) {
+                Ok(w) => writes.push(w),
+                Err(e) => {
+                    tracing::error!(firm = %firm, endpoint = %endpoint, error = %e, "could not record a webhook attempt");
+                    go_on = false;
+                    break;
+                }
+            }
+            if !tried.delivered() {
+                go_on = false;
+                break;
+            }
         }
-        if !delivered {
+        for w in writes {
+            if let Ok(Err(e)) = w.await {
+                tracing::error!(firm = %firm, endpoint = %endpoint, error = %e, "could not record a webhook attempt");
+                go_on = false;
+            }
+        }
+        if !go_on {
             break;
         }
     }

@@ -433,6 +433,28 @@ fn deliveries_verify_with_standardwebhooks_old_ones_do_not_and_the_secret_never_
     assert_eq!(sigs.split(' ').count(), 2, "{sigs}");
     assert_eq!(got[2]["verified"], json!([true, true]), "{}", got[2]);
 
+    // Subscribing to failed authentications too (by PATCH): a wrong secret
+    // for a key of this firm is an `auth.failed` event.
+    let r = call(
+        &d,
+        "PATCH",
+        &format!("{}/{id}", hooks(&f)),
+        &f.token,
+        Some(&json!({ "events": ["record.*", "key.revoked", "auth.failed"] })),
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 3);
+    let mut wrong = f.token.clone();
+    let last = if wrong.ends_with('a') { "b" } else { "a" };
+    wrong.replace_range(wrong.len() - 1.., last);
+    let r = call(&d, "GET", &format!("/api/v1/firms/{}", f.id), &wrong, None);
+    assert_eq!(r.status, 401);
+    let got = rx.wait_for(&d, 4);
+    let body = body_of(&got[3]);
+    assert_eq!(body["type"], "auth.failed", "{body}");
+    assert!(body["data"]["key_id"].as_str().unwrap().starts_with("key_"));
+    assert_eq!(body["data"]["source"], "127.0.0.1");
+
     // Bad input: a clear problem with a stable code, and nothing changes.
     for (body, status, code) in [
         (

@@ -132,28 +132,35 @@ impl ReadTx<'_> {
             .optional()?)
     }
 
-    /// The oldest pending message of each endpoint (deliveries are in
-    /// order per endpoint: only a head is ever sent).
+    /// The oldest pending message of each enabled endpoint (deliveries
+    /// are in order per endpoint: only a head is ever sent; a disabled
+    /// endpoint's messages wait).
     pub fn webhook_pending_heads(&self) -> Result<Vec<MessageRow>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE seq IN
-               (SELECT MIN(seq) FROM webhook_messages WHERE status = 'pending' GROUP BY endpoint_id)
+               (SELECT MIN(seq) FROM webhook_messages WHERE status = 'pending'
+                  AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled = 1)
+                GROUP BY endpoint_id)
              ORDER BY seq"
         ))?;
         let rows = st.query_map([], message_row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
-    /// The oldest pending message of one endpoint.
-    pub fn webhook_pending_head(&self, endpoint: &str) -> Result<Option<MessageRow>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM webhook_messages
-                 WHERE endpoint_id = ?1 AND status = 'pending' ORDER BY seq LIMIT 1"
-            ))?
-            .query_row([endpoint], message_row)
-            .optional()?)
+    /// An endpoint's pending messages, oldest first (at most `limit`).
+    pub fn webhook_pending(
+        &self,
+        endpoint: &str,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM webhook_messages
+             WHERE endpoint_id = ?1 AND status = 'pending' ORDER BY seq LIMIT ?2"
+        ))?;
+        let rows = st
+            .query_map(params![endpoint, limit], message_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     /// An endpoint's attempts, newest first, with their message.
