@@ -13,7 +13,8 @@ FUZZ_SMOKE_SECONDS ?= 20
 # disaster-recovery test: it must read our files given the exported raw key.
 STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
 STOCK_PY   := $(STOCK_VENV)/bin/python
-# Independent implementations the tests check us against: pyotp (RFC 6238).
+# Independent implementations the tests check us against: pyotp (RFC 6238),
+# standardwebhooks (the Standard Webhooks receivers' library).
 TEST_VENV  := $(CURDIR)/target/test-py
 TEST_PY    := $(TEST_VENV)/bin/python
 
@@ -52,13 +53,13 @@ $(STOCK_PY):
 	"$(STOCK_VENV)/bin/pip" install --quiet --disable-pip-version-check "sqlcipher3-binary==0.6.0"
 
 # The stamp names the package set: a changed set installs again.
-TEST_PY_DEPS := $(TEST_VENV)/.deps-pyotp2.9.0-schemathesis4.32.5-cryptography44.0.2
+TEST_PY_DEPS := $(TEST_VENV)/.deps-pyotp2.9.0-schemathesis4.32.5-cryptography44.0.2-standardwebhooks1.1.0
 
 $(TEST_PY):
 	python3 -m venv "$(TEST_VENV)"
 
 $(TEST_PY_DEPS): $(TEST_PY)
-	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0" "schemathesis==4.32.5" "cryptography==44.0.2"
+	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0" "schemathesis==4.32.5" "cryptography==44.0.2" "standardwebhooks==1.1.0"
 	touch "$@"
 
 test: lint deny $(STOCK_PY) $(TEST_PY_DEPS)

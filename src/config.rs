@@ -59,6 +59,8 @@ pub struct Config {
     pub backup: BackupSection,
     #[serde(default)]
     pub retention: RetentionSection,
+    #[serde(default)]
+    pub webhooks: crate::webhooks::settings::WebhooksSection,
     /// SHA-256 (hex) of the configuration text this was read from (empty:
     /// the built-in defaults), for evidence bundles.
     #[serde(skip)]
@@ -506,6 +508,7 @@ impl Config {
             limits: LimitsSection::default(),
             backup: BackupSection::default(),
             retention: RetentionSection::default(),
+            webhooks: Default::default(),
             source_sha256: String::new(),
         }
     }
@@ -535,6 +538,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.webhooks.validate()?;
         for (name, d) in &self.retention.classes {
             let ok_name = !name.is_empty()
                 && name.len() <= 64

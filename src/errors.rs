@@ -80,6 +80,16 @@ pub const CODES: &[Code] = &[
     ),
     c("session_not_found", 404, "no such session of that user"),
     c(
+        "webhook_not_found",
+        404,
+        "no such webhook endpoint in the caller's own firm",
+    ),
+    c(
+        "webhook_message_not_found",
+        404,
+        "no such message of that endpoint, or it is still pending",
+    ),
+    c(
         "collection_not_found",
         404,
         "no collection by that name in the caller's own firm",
@@ -168,6 +178,11 @@ pub const CODES: &[Code] = &[
         "a JSON number that cannot be stored exactly",
     ),
     c("invalid_field", 422, "a field's value is invalid"),
+    c(
+        "destination_not_allowed",
+        422,
+        "a webhook URL that `webhooks.allow` does not admit",
+    ),
     c(
         "invalid_name",
         422,
@@ -304,6 +319,7 @@ mod tests {
             include_str!("http/api.rs"),
             include_str!("http/authz.rs"),
             include_str!("http/records.rs"),
+            include_str!("http/webhooks.rs"),
             include_str!("http/routes.rs"),
             include_str!("http/numbers.rs"),
             include_str!("admin/server.rs"),

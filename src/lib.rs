@@ -34,6 +34,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod vault;
+pub mod webhooks;
 
 /// Package version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

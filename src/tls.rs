@@ -68,6 +68,56 @@ fn is_forward_secret_aead(suite: &SupportedCipherSuite) -> bool {
     }
 }
 
+/// Where the system's trust store usually is (Debian, then RHEL).
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// The client configuration webhook deliveries use: the same FIPS provider
+/// and versions as the server, receivers' certificates checked against
+/// `ca_file` (a PEM bundle) or else the system trust store. No client
+/// certificate. An unreadable or empty `ca_file` is an error (startup
+/// refuses); a missing system store leaves no roots (every HTTPS delivery
+/// then fails and says why).
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let files: Vec<PathBuf> = match ca_file {
+        Some(p) => vec![p.to_owned()],
+        None => SYSTEM_CA_FILES
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .take(1)
+            .collect(),
+    };
+    for path in &files {
+        let pem = fs::read(path).map_err(|e| TlsError::Cert {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .filter_map(Result::ok)
+            .collect();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 && ca_file.is_some() {
+            return Err(TlsError::Cert {
+                path: path.clone(),
+                reason: "no usable CA certificate in the file".into(),
+            });
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !config.fips() {
+        return Err(TlsError::NotFips("webhook client configuration".into()));
+    }
+    Ok(config)
+}
+
 /// Holds the certificate currently served; swapped atomically on reload, so
 /// established connections keep going and the next handshake gets the new one.
 #[derive(Debug)]

@@ -563,6 +563,9 @@ impl AuditTrail {
             | FirmError::SchemaConflict(_)
             | FirmError::Frozen
             | FirmError::InvalidName(_)
+            | FirmError::WebhookNotFound
+            | FirmError::WebhookMessageNotFound
+            | FirmError::DestinationNotAllowed(_)
             | FirmError::Invalid(_) => (Outcome::Failure, auth.decision()),
             _ => return,
         };

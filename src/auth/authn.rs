@@ -147,7 +147,11 @@ impl Keys {
                 "note": "the first failure from this source in this window; later ones are counted in one auth.failures entry",
             }),
         )?;
-        h.db.write_blocking(move |tx| tx.append_audit(e.clone()))?;
+        let data = serde_json::json!({ "key_id": key_id, "source": source, "reason": reason });
+        h.db.write_blocking(move |tx| {
+            crate::webhooks::events::emit(tx, "auth.failed", &e.at, data.clone())?;
+            tx.append_audit(e.clone())
+        })?;
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use crate::firms::pool::Pool;
 use crate::firms::{ApiKeySecretToken, FirmError, validate_name};
 use crate::ids::ApiKeyId;
 use crate::store::firm::ApiKeyRow;
+use crate::webhooks::events::emit;
 
 /// How stale `last_used_at` may get before a request refreshes it.
 const LAST_USED_GRANULARITY_SECS: i64 = 60;
@@ -197,7 +198,9 @@ impl Keys {
                 )?;
                 let view = self.view(&row)?;
                 c.commit(&row.id.clone(), details.clone(), move |tx| {
-                    Ok(tx.insert_api_key(&row)?)
+                    tx.insert_api_key(&row)?;
+                    let data = json!({ "key_id": row.id, "name": row.name, "role": row.role });
+                    Ok(emit(tx, "key.created", &row.created_at, data)?)
                 })?;
                 Ok(Minted { view, token })
             })
@@ -287,7 +290,11 @@ impl Keys {
                     if !tx.revoke_api_key(&old_id, &now, Some(&row.id))? {
                         return Err(FirmError::KeyRevoked);
                     }
-                    Ok(tx.insert_api_key(&row)?)
+                    tx.insert_api_key(&row)?;
+                    let data = json!({ "key_id": old_id, "replaced_by": row.id });
+                    emit(tx, "key.revoked", &now, data)?;
+                    let data = json!({ "key_id": row.id, "name": row.name, "role": row.role });
+                    Ok(emit(tx, "key.created", &now, data)?)
                 });
                 // After the commit: the old key fails on the very next request.
                 c.h.key_cache.invalidate();
@@ -324,7 +331,11 @@ impl Keys {
                     if managing == [id.as_str()] {
                         return Err(FirmError::LastOwnerKey);
                     }
-                    Ok(tx.revoke_api_key(&id, &now, None)?)
+                    let revoked = tx.revoke_api_key(&id, &now, None)?;
+                    if revoked {
+                        emit(tx, "key.revoked", &now, json!({ "key_id": id }))?;
+                    }
+                    Ok(revoked)
                 });
                 // After the commit: the key fails on the very next request.
                 c.h.key_cache.invalidate();

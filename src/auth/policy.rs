@@ -80,6 +80,8 @@ permissions! {
     UsersInvite => UsersInvite, "users:invite", "invite a user (never with more power than one's own)";
     UsersUpdate => UsersUpdate, "users:update", "change a user's role, overrides or state; unlock, reset MFA, revoke sessions";
     UsersDelete => UsersDelete, "users:delete", "delete a user";
+    WebhooksRead => WebhooksRead, "webhooks:read", "list webhook endpoints and their delivery attempts (never a signing secret)";
+    WebhooksWrite => WebhooksWrite, "webhooks:write", "create, change, delete and test webhook endpoints; rotate their secrets; redeliver";
     Account => Account, "account:self", "manage one's own password, second factor and sessions (people only)";
 }
 
@@ -133,6 +135,8 @@ pub fn role_grants(role: Role) -> &'static [Permission] {
             UsersInvite,
             UsersUpdate,
             UsersDelete,
+            WebhooksRead,
+            WebhooksWrite,
             Account,
         ],
         Role::Operator => &[

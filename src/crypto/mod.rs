@@ -13,7 +13,7 @@ pub mod sign;
 pub mod sqlcipher;
 pub mod totp;
 
-use aws_lc_rs::{digest, rand};
+use aws_lc_rs::{digest, hmac, rand};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -56,6 +56,19 @@ pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
+/// HMAC-SHA256 (FIPS 198-1) of `parts`, concatenated, under a raw `key`
+/// (webhook signatures, where the receiver holds the same key bytes).
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&k);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -69,6 +82,18 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_sha256_known_answer() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            hex(&hmac_sha256(
+                b"Jefe",
+                &[b"what do ya want ", b"for nothing?"]
+            )),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
 
     #[test]
     fn sha256_known_answer() {

@@ -167,6 +167,9 @@ struct Prepared {
     module: ModuleInfo,
     certs: Arc<CertStore>,
     server_config: Arc<rustls::ServerConfig>,
+    /// Webhook deliveries' TLS client (checked at startup: a bad CA file
+    /// refuses to start).
+    webhook_tls: rustls::ClientConfig,
     services: Option<Services>,
     key_source: String,
 }
@@ -223,12 +226,14 @@ fn prepare(args: &cli::Args, config: Config) -> Result<Prepared, StartupError> {
         }
     };
     let server_config = Arc::new(tls::server_config(provider, certs.clone())?);
+    let webhook_tls = tls::client_config(config.webhooks.ca_file.as_deref())?;
     let (services, key_source) = open_firms(&config, args.check_config)?;
     Ok(Prepared {
         config,
         module,
         certs,
         server_config,
+        webhook_tls,
         services,
         key_source,
     })
@@ -364,6 +369,7 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         evidence: svc.evidence.clone(),
         erasures: svc.erasures.clone(),
         vault: svc.vault.clone(),
+        webhooks: svc.webhooks.clone(),
         audit: svc.audit.clone(),
         trail: svc.trail.clone(),
         max_body_bytes: config.server.max_body_bytes,
@@ -430,6 +436,15 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
     if let Some(t) = metrics_task {
         tasks.push(t);
     }
+    // Webhook deliveries: the outbox of every firm with endpoints, in
+    // order per endpoint, over the FIPS TLS client.
+    tasks.push(NamedTask {
+        name: "webhook-delivery",
+        handle: tokio::spawn(svc.webhooks.clone().run(
+            Arc::new(crate::http::outbound::WebhookClient::new(p.webhook_tls)),
+            stop_rx.clone(),
+        )),
+    });
     // Idle firm databases close after `firm_idle_secs`.
     tasks.push(periodic(
         "firm-reaper",

@@ -16,6 +16,7 @@ use crate::people::People;
 use crate::records::Records;
 use crate::records::retention::RetentionClasses;
 use crate::vault::Vault;
+use crate::webhooks::Webhooks;
 
 /// The capability services, wired on the shared firm pool and audit trail.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub(super) struct Services {
     pub(super) backups: Arc<Backups>,
     pub(super) evidence: Arc<Evidence>,
     pub(super) erasures: Arc<Erasures>,
+    pub(super) webhooks: Arc<Webhooks>,
 }
 
 impl Services {
@@ -76,6 +78,15 @@ impl Services {
             },
             tls: crate::tls::policy(),
         };
+        let webhooks = Arc::new(Webhooks::new(
+            pool.clone(),
+            trail.clone(),
+            crate::webhooks::Settings {
+                egress: config.webhooks.egress(),
+                timeout: Duration::from_secs(config.webhooks.timeout_secs),
+            },
+            state_dir,
+        ));
         Self {
             erasures: Arc::new(Erasures::new(
                 pool.clone(),
@@ -83,6 +94,7 @@ impl Services {
                 state_dir.clone(),
                 config.backup.repository.clone(),
             )),
+            webhooks,
             evidence: Arc::new(Evidence::new(
                 pool.clone(),
                 trail.clone(),

@@ -23,6 +23,8 @@ const PAGE: u64 = 500;
 pub struct Erased {
     /// Records deleted, by collection.
     pub deleted: BTreeMap<String, u64>,
+    /// Their ids, by collection.
+    pub ids: BTreeMap<String, Vec<String>>,
     pub keys_destroyed: u64,
     /// The pepper slots zeroed (the repository's copy must follow).
     pub slots: Vec<u64>,
@@ -94,6 +96,10 @@ pub fn erase_in_tx(
                     && tx.erase_record(&name, &row.id)?
                 {
                     n += 1;
+                    out.ids
+                        .entry(name.clone())
+                        .or_default()
+                        .push(row.id.clone());
                 }
             }
             match rows.last() {

@@ -335,6 +335,16 @@ impl Erasures {
                 (None, None) => return Err(FirmError::Internal("an erasure without an actor")),
             };
             tx.append_audit(entry)?;
+            // Receivers that hold copies hear which records went (Art. 19).
+            crate::webhooks::events::emit(
+                tx,
+                "subject.erased",
+                &now,
+                json!({
+                    "erasure_id": id, "records": erased.ids,
+                    "records_deleted": erased.records(), "reapplied": reapply.is_some(),
+                }),
+            )?;
             let size = tx.read().audit_size()?;
             let root = tx.read().audit_root(size)?;
             let statement = Statement {

@@ -93,6 +93,12 @@ pub enum FirmError {
     UserState(String),
     #[error("no such session of this user")]
     SessionNotFound,
+    #[error("no such webhook endpoint in this firm")]
+    WebhookNotFound,
+    #[error("no such message of this webhook endpoint, or it is still pending")]
+    WebhookMessageNotFound,
+    #[error("destination not allowed: {0}")]
+    DestinationNotAllowed(String),
     #[error("sealing failed")]
     Seal,
     /// The erasure ledger could not be written where it must be; nothing
@@ -143,6 +149,9 @@ impl FirmError {
             FirmError::InvalidCode => "invalid_code",
             FirmError::UserState(_) => "invalid_user_state",
             FirmError::SessionNotFound => "session_not_found",
+            FirmError::WebhookNotFound => "webhook_not_found",
+            FirmError::WebhookMessageNotFound => "webhook_message_not_found",
+            FirmError::DestinationNotAllowed(_) => "destination_not_allowed",
             FirmError::Seal => "crypto_error",
             FirmError::LedgerUnavailable(_) => "erasure_ledger_unavailable",
             FirmError::Internal(_) => "internal",

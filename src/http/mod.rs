@@ -14,6 +14,7 @@ pub mod metrics;
 mod middleware;
 mod numbers;
 mod openapi;
+pub mod outbound;
 pub mod problem;
 mod ratelimit;
 mod records;
@@ -23,6 +24,7 @@ pub mod server;
 mod sessions;
 mod subjects;
 mod users;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -55,6 +57,7 @@ pub struct AppState {
     pub evidence: Arc<crate::evidence::Evidence>,
     pub erasures: Arc<crate::erasure::Erasures>,
     pub vault: Arc<Vault>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub audit: Arc<AuditLog>,
     pub trail: Arc<AuditTrail>,
     /// Largest request body accepted (`server.max_body_bytes`).
@@ -287,6 +290,66 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             "/api/v1/secrets/{firm_id}/{name}/verify",
             Firm(P::SecretsVerify),
             post(secrets::verify),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}",
+            Firm(P::WebhooksWrite),
+            post(webhooks::create),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/webhooks/{firm_id}",
+            Firm(P::WebhooksRead),
+            get(webhooks::list),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            Firm(P::WebhooksRead),
+            get(webhooks::show),
+        ),
+        r(
+            Method::PATCH,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            Firm(P::WebhooksWrite),
+            patch(webhooks::update),
+        ),
+        r(
+            Method::DELETE,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            Firm(P::WebhooksWrite),
+            delete(webhooks::delete),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/rotate",
+            Firm(P::WebhooksWrite),
+            post(webhooks::rotate),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/attempts",
+            Firm(P::WebhooksRead),
+            get(webhooks::attempts),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/messages/{message_id}/redeliver",
+            Firm(P::WebhooksWrite),
+            post(webhooks::redeliver),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/redeliver",
+            Firm(P::WebhooksWrite),
+            post(webhooks::redeliver_failed),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/test",
+            Firm(P::WebhooksWrite),
+            post(webhooks::test_event),
         ),
         r(
             Method::POST,

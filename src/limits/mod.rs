@@ -67,9 +67,9 @@ impl Class {
         match p {
             Account => Class::Auth,
             FirmUpdate | KeysCreate | KeysRotate | KeysRevoke | UsersInvite | UsersUpdate
-            | UsersDelete | CollectionsWrite | SubjectsErase => Class::Admin,
+            | UsersDelete | CollectionsWrite | SubjectsErase | WebhooksWrite => Class::Admin,
             FirmRead | KeysRead | AuditRead | SecretsRead | RecordsRead | UsersRead
-            | RecordsReadSensitive => Class::Read,
+            | RecordsReadSensitive | WebhooksRead => Class::Read,
             SecretsWrite | SecretsDelete | SecretsVerify | RecordsWrite | RecordsDelete => {
                 Class::Write
             }

@@ -169,6 +169,8 @@ impl CreateCmd {
         }
         let row = self.p.sealed_row(&self.h, tx)?;
         tx.write_record(&row, None, &self.p.index)?;
+        let data = json!({ "collection": self.collection, "record_id": row.id, "version": 1 });
+        crate::webhooks::events::emit(tx, "record.created", &row.created_at, data)?;
         tx.append_audit(self.entry.clone())?;
         Ok((row, false))
     }
@@ -551,6 +553,8 @@ impl Records {
                     Err(StoreError::Stale) => return Err(FirmError::StaleVersion),
                     other => other?,
                 }
+                let data = json!({ "collection": row.collection, "record_id": row.id, "version": row.version });
+                crate::webhooks::events::emit(tx, "record.updated", &row.updated_at, data)?;
                 Ok(row)
             })?;
             Ok(Written {
@@ -573,10 +577,15 @@ impl Records {
         self.trail
             .change(auth, "records.delete", &resource, json!({}), |c| {
                 self.schema_of(&c.h, collection)?;
-                let (coll, i) = (collection.to_owned(), id.to_owned());
+                let (coll, i, now) = (collection.to_owned(), id.to_owned(), self.pool.now());
                 c.commit(&resource, json!({}), move |tx| {
                     match tx.delete_record(&coll, &i, if_match) {
-                        Ok(Some(_)) => Ok(()),
+                        Ok(Some(_)) => Ok(crate::webhooks::events::emit(
+                            tx,
+                            "record.deleted",
+                            &now,
+                            json!({ "collection": coll, "record_id": i }),
+                        )?),
                         Ok(None) => Err(FirmError::RecordNotFound),
                         Err(StoreError::Stale) => Err(FirmError::StaleVersion),
                         Err(e) => Err(e.into()),

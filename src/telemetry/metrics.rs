@@ -40,6 +40,11 @@ pub struct ClassLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -69,6 +74,7 @@ pub struct Metrics {
     pub signin_failures: Counter,
     pub lockouts: Counter,
     pub reencrypted: Counter,
+    pub webhook_attempts: Family<OutcomeLabel, Counter>,
     pub reencryption_jobs: Gauge,
     pub fips: Gauge,
     pub build: Family<BuildLabels, Gauge>,
@@ -80,6 +86,19 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
     }
+}
+
+/// Counts one webhook delivery attempt (`delivered`, `retry`, `failed`).
+pub fn webhook_attempt(outcome: &str) {
+    let outcome = match outcome {
+        "delivered" => "delivered",
+        "retry" => "retry",
+        _ => "failed",
+    };
+    metrics()
+        .webhook_attempts
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
 }
 
 /// The process's metrics (made at first use).
@@ -173,6 +192,12 @@ impl Metrics {
             "accounts locked after failed sign-ins",
             lockouts.clone(),
         );
+        let webhook_attempts = Family::<OutcomeLabel, Counter>::default();
+        r.register(
+            "webhook_attempts",
+            "webhook delivery attempts by outcome (delivered, retry, failed)",
+            webhook_attempts.clone(),
+        );
         let reencrypted = Counter::default();
         r.register(
             "datakey_reencrypted_items",
@@ -224,6 +249,7 @@ impl Metrics {
             signin_failures,
             lockouts,
             reencrypted,
+            webhook_attempts,
             reencryption_jobs,
             fips,
             build,

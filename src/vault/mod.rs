@@ -172,6 +172,10 @@ impl Vault {
         auth: &Authorized<perm::SecretsRead>,
         name: &str,
     ) -> Result<SecretView, FirmError> {
+        // Names starting with `.` are reserved (webhook signing secrets).
+        if name.starts_with('.') {
+            return Err(FirmError::SecretNotFound);
+        }
         let h = self.pool.handle(auth.firm())?;
         let row =
             h.db.read_blocking(|r| r.secret(name))?
@@ -190,7 +194,12 @@ impl Vault {
         let rows = h.db.read_blocking(|r| r.secrets())?;
         self.trail
             .audit_read(&h, auth.principal(), auth.decision(), "secrets.list", "*")?;
-        Ok(rows.iter().map(SecretView::from).collect())
+        // Reserved names (webhook signing secrets) are not the vault API's.
+        Ok(rows
+            .iter()
+            .filter(|r| !r.name.starts_with('.'))
+            .map(SecretView::from)
+            .collect())
     }
 
     /// Destroys a secret; its entry is written in the same transaction.
@@ -201,6 +210,9 @@ impl Vault {
     ) -> Result<(), FirmError> {
         self.trail
             .change(auth, "secrets.delete", name, json!({}), |c| {
+                if name.starts_with('.') {
+                    return Err(FirmError::SecretNotFound);
+                }
                 let name = name.to_owned();
                 c.commit(&name.clone(), json!({}), move |tx| {
                     // Nothing destroyed: roll back (no entry for a non-event).
@@ -220,6 +232,9 @@ impl Vault {
         name: &str,
         presented: SecretValue,
     ) -> Result<bool, FirmError> {
+        if name.starts_with('.') {
+            return Err(FirmError::SecretNotFound);
+        }
         let h = self.pool.handle(auth.firm())?;
         let actor = auth.principal().actor.label();
         if let Err(wait) = self.take_attempt(&h, &actor, name) {

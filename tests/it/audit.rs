@@ -95,6 +95,17 @@ fn action_of(method: &str, path: &str) -> &'static str {
         ("POST", "/api/v1/me/{firm_id}/totp") => "account.totp_begin",
         ("POST", "/api/v1/me/{firm_id}/totp/confirm") => "account.totp_enrol",
         ("POST", "/api/v1/me/{firm_id}/recovery-codes") => "account.recovery_codes",
+        ("POST", "/api/v1/webhooks/{firm_id}") => "webhooks.create",
+        ("PATCH", "/api/v1/webhooks/{firm_id}/{endpoint_id}") => "webhooks.update",
+        ("DELETE", "/api/v1/webhooks/{firm_id}/{endpoint_id}") => "webhooks.delete",
+        ("POST", "/api/v1/webhooks/{firm_id}/{endpoint_id}/rotate") => "webhooks.rotate",
+        ("POST", "/api/v1/webhooks/{firm_id}/{endpoint_id}/messages/{message_id}/redeliver") => {
+            "webhooks.redeliver"
+        }
+        ("POST", "/api/v1/webhooks/{firm_id}/{endpoint_id}/redeliver") => {
+            "webhooks.redeliver_failed"
+        }
+        ("POST", "/api/v1/webhooks/{firm_id}/{endpoint_id}/test") => "webhooks.test",
         // Sign-in and enrolment: their entries are checked in `people`.
         ("POST", "/api/v1/sessions/{firm_id}") => "sessions.create",
         ("POST", "/api/v1/enrolment/{firm_id}") => "users.enrol_start",
@@ -107,8 +118,57 @@ fn action_of(method: &str, path: &str) -> &'static str {
 #[test]
 fn every_mutation_route_leaves_exactly_one_entry() {
     use crate::people::{PASSWORD, person, pyotp_code, session, set_mfa_policy, sign_in};
-    let d = crate::people::unthrottled("");
+    // Webhooks may go to one loopback port nobody listens on.
+    let d = crate::people::unthrottled("[webhooks]\nallow = [\"https://127.0.0.1:9\"]\n");
     let f = create_firm(&d, "Audit Trail LLP");
+    let hooks = format!("/api/v1/webhooks/{}", f.id);
+    let endpoint = |enabled: bool, events: &str| -> String {
+        let body =
+            json!({"url": "https://127.0.0.1:9/hook", "events": [events], "enabled": enabled});
+        let r = call(&d, "POST", &hooks, &f.token, Some(&body));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+    // A message that failed for good (its nine attempts all refused), on an
+    // endpoint then disabled: the worker adds no entries during the walk.
+    let dead_endpoint = endpoint(true, "webhook.test");
+    let r = call(
+        &d,
+        "POST",
+        &format!("{hooks}/{dead_endpoint}/test"),
+        &f.token,
+        None,
+    );
+    let dead_message = r.json()["message_id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = call(
+            &d,
+            "GET",
+            &format!("{hooks}/{dead_endpoint}/attempts"),
+            &f.token,
+            None,
+        );
+        if r.json()["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["outcome"] == "failed")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", d.logs());
+        d.advance_clock(5 * 3600);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let r = call(
+        &d,
+        "PATCH",
+        &format!("{hooks}/{dead_endpoint}"),
+        &f.token,
+        Some(&json!({"enabled": false})),
+    );
+    assert_eq!(r.status, 200);
     set_mfa_policy(&d, &f, "optional");
     // A person for the routes that are a person's own.
     let mut me = person(&d, &f, "owner", "owner@audit.test", false);
@@ -201,9 +261,18 @@ fn every_mutation_route_leaves_exactly_one_entry() {
         } else {
             String::new()
         };
+        let (webhook, message) = if route.path.contains("{message_id}") {
+            (dead_endpoint.clone(), dead_message.clone())
+        } else if route.path.contains("{endpoint_id}") {
+            (endpoint(false, "*"), String::new())
+        } else {
+            (String::new(), String::new())
+        };
         let before = entries(&d, &f).len();
         let path = route
             .path
+            .replace("{endpoint_id}", &webhook)
+            .replace("{message_id}", &message)
             .replace("{firm_id}", &f.id)
             .replace("{key_id}", &target)
             .replace("{name}", &target)
@@ -227,6 +296,11 @@ fn every_mutation_route_leaves_exactly_one_entry() {
             "account.totp_enrol" => Some(json!({"code": code})),
             "account.recovery_codes" => Some(json!({"current_password": PASSWORD})),
             "subjects.erase" => Some(json!({"values": ["Nobody Held"]})),
+            "webhooks.create" => {
+                Some(json!({"url": "https://127.0.0.1:9/hook", "events": ["*"], "enabled": false}))
+            }
+            "webhooks.update" => Some(json!({"description": "Renamed"})),
+            "webhooks.redeliver_failed" => Some(json!({"since": "2000-01-01T00:00:00Z"})),
             _ => None,
         };
         let credential = if personal {
@@ -236,7 +310,7 @@ fn every_mutation_route_leaves_exactly_one_entry() {
         };
         let r = call(&d, &method, &path, &credential, body.as_ref());
         assert!(
-            [200, 201, 204].contains(&r.status),
+            [200, 201, 202, 204].contains(&r.status),
             "{method} {path}: {}",
             r.status
         );

@@ -73,6 +73,12 @@ fn without_request_id(r: &Response) -> Value {
     v
 }
 
+/// A disabled endpoint at an allowed loopback port nobody listens on:
+/// nothing is ever sent to it.
+static WEBHOOK: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || json!({"url": "https://127.0.0.1:9/hook", "events": ["*"], "enabled": false}),
+);
+
 /// The API routes, as the README documents them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
@@ -127,9 +133,19 @@ enum Route {
     TotpBegin,
     TotpConfirm,
     RecoveryCodes,
+    CreateWebhook,
+    ListWebhooks,
+    ShowWebhook,
+    UpdateWebhook,
+    DeleteWebhook,
+    RotateWebhook,
+    WebhookAttempts,
+    RedeliverWebhookMessage,
+    RedeliverFailedWebhooks,
+    TestWebhook,
 }
 
-const ROUTES: [Route; 51] = [
+const ROUTES: [Route; 61] = [
     Route::GetFirm,
     Route::PatchFirm,
     Route::MintKey,
@@ -181,6 +197,16 @@ const ROUTES: [Route; 51] = [
     Route::TotpBegin,
     Route::TotpConfirm,
     Route::RecoveryCodes,
+    Route::CreateWebhook,
+    Route::ListWebhooks,
+    Route::ShowWebhook,
+    Route::UpdateWebhook,
+    Route::DeleteWebhook,
+    Route::RotateWebhook,
+    Route::WebhookAttempts,
+    Route::RedeliverWebhookMessage,
+    Route::RedeliverFailedWebhooks,
+    Route::TestWebhook,
 ];
 
 impl Route {
@@ -207,8 +233,13 @@ impl Route {
             | Route::ShowUser
             | Route::UserSessions
             | Route::MySessions
+            | Route::ListWebhooks
+            | Route::ShowWebhook
+            | Route::WebhookAttempts
             | Route::Me => "GET",
-            Route::PatchFirm | Route::PatchRecord | Route::UpdateUser => "PATCH",
+            Route::PatchFirm | Route::PatchRecord | Route::UpdateUser | Route::UpdateWebhook => {
+                "PATCH"
+            }
             Route::MintKey
             | Route::RotateKey
             | Route::VerifySecret
@@ -224,8 +255,14 @@ impl Route {
             | Route::ChangePassword
             | Route::TotpBegin
             | Route::TotpConfirm
-            | Route::RecoveryCodes => "POST",
+            | Route::RecoveryCodes
+            | Route::CreateWebhook
+            | Route::RotateWebhook
+            | Route::RedeliverWebhookMessage
+            | Route::RedeliverFailedWebhooks
+            | Route::TestWebhook => "POST",
             Route::RevokeKey
+            | Route::DeleteWebhook
             | Route::DeleteSecret
             | Route::DeleteRecord
             | Route::DeleteUser
@@ -286,6 +323,18 @@ impl Route {
             Route::TotpBegin => format!("/api/v1/me/{firm}/totp"),
             Route::TotpConfirm => format!("/api/v1/me/{firm}/totp/confirm"),
             Route::RecoveryCodes => format!("/api/v1/me/{firm}/recovery-codes"),
+            // The target is a fresh (disabled) endpoint.
+            Route::CreateWebhook | Route::ListWebhooks => format!("/api/v1/webhooks/{firm}"),
+            Route::ShowWebhook | Route::UpdateWebhook | Route::DeleteWebhook => {
+                format!("/api/v1/webhooks/{firm}/{key}")
+            }
+            Route::RotateWebhook => format!("/api/v1/webhooks/{firm}/{key}/rotate"),
+            Route::WebhookAttempts => format!("/api/v1/webhooks/{firm}/{key}/attempts"),
+            Route::RedeliverWebhookMessage => format!(
+                "/api/v1/webhooks/{firm}/{key}/messages/msg_000000000000000000000000/redeliver"
+            ),
+            Route::RedeliverFailedWebhooks => format!("/api/v1/webhooks/{firm}/{key}/redeliver"),
+            Route::TestWebhook => format!("/api/v1/webhooks/{firm}/{key}/test"),
         }
     }
 
@@ -330,6 +379,21 @@ impl Route {
         )
     }
 
+    /// Routes that act on an existing webhook endpoint.
+    fn needs_webhook(self) -> bool {
+        matches!(
+            self,
+            Route::ShowWebhook
+                | Route::UpdateWebhook
+                | Route::DeleteWebhook
+                | Route::RotateWebhook
+                | Route::WebhookAttempts
+                | Route::RedeliverWebhookMessage
+                | Route::RedeliverFailedWebhooks
+                | Route::TestWebhook
+        )
+    }
+
     /// Routes that act on an existing secret named after the target key.
     fn needs_secret(self) -> bool {
         matches!(
@@ -355,6 +419,9 @@ impl Route {
             Route::TotpConfirm => Some(json!({"code": "000000"})),
             Route::Erase => Some(json!({"values": ["Nobody Held"]})),
             Route::RecoveryCodes => Some(json!({"current_password": crate::people::PASSWORD})),
+            Route::CreateWebhook => Some(WEBHOOK.clone()),
+            Route::UpdateWebhook => Some(json!({"description": "Matrix"})),
+            Route::RedeliverFailedWebhooks => Some(json!({"since": "2000-01-01T00:00:00Z"})),
             _ => None,
         }
     }
@@ -369,8 +436,14 @@ impl Route {
             | Route::CreateRecord
             | Route::InviteUser
             | Route::Reinvite
+            | Route::CreateWebhook
+            | Route::RotateWebhook
             | Route::Refresh => 201,
+            Route::TestWebhook => 202,
+            // Allowed, then refused: no such message of the endpoint.
+            Route::RedeliverWebhookMessage => 404,
             Route::DeleteSecret
+            | Route::DeleteWebhook
             | Route::DeleteRecord
             | Route::DeleteUser
             | Route::SignOut
@@ -406,7 +479,7 @@ impl Route {
 #[test]
 fn route_by_credential_matrix_gives_the_documented_answers() {
     use crate::people::{PASSWORD, person, session, set_mfa_policy, sign_in};
-    let d = crate::people::unthrottled("");
+    let d = crate::people::unthrottled("[webhooks]\nallow = [\"https://127.0.0.1:9\"]\n");
     let a = create_firm(&d, "Matrix Firm A");
     let b = create_firm(&d, "Matrix Firm B");
     // People sign in with a password only here (the TOTP flows have their own tests).
@@ -527,6 +600,17 @@ fn route_by_credential_matrix_gives_the_documented_answers() {
                 assert_eq!(call(&d, "POST", &path, Some(&a.token), None).status, 200);
             }
             return id;
+        }
+        if route.needs_webhook() {
+            let r = call(
+                &d,
+                "POST",
+                &format!("/api/v1/webhooks/{}", a.id),
+                Some(&a.token),
+                Some(&WEBHOOK),
+            );
+            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+            return r.json()["id"].as_str().unwrap().to_owned();
         }
         let key = mint_role(&d, &a, "viewer").id;
         if !route.needs_record() {

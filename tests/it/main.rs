@@ -24,3 +24,4 @@ mod records;
 mod retention;
 mod secrets;
 mod subjects;
+mod webhooks;

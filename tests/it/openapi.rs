@@ -22,6 +22,8 @@ fn sample(param: &str, firm: &str) -> String {
         "record_id" => "rec_000000000000000000000000".into(),
         "collection" => "nothing_here".into(),
         "name" => "nothing-here".into(),
+        "endpoint_id" => "whk_0000000000000000".into(),
+        "message_id" => "msg_000000000000000000000000".into(),
         other => panic!("no sample for path parameter {other}"),
     }
 }

@@ -28,6 +28,7 @@ mod backup;
 mod overhead;
 mod people;
 mod servers;
+mod webhooks;
 
 use servers::{BenchFirm, Daemon, Nginx};
 
@@ -62,7 +63,8 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Only these workloads (comma-separated: nginx, create1, createN, get,
-    /// get-session, signin, overhead; and `backup`, which runs only when named).
+    /// get-session, signin, overhead; and `backup` and `webhooks`, which run
+    /// only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The backup workload's data size, in MB (spread over --firms firms).
@@ -229,6 +231,10 @@ fn run() -> Result<(), BoxError> {
 
     if args.only.iter().any(|o| o == "backup") {
         backup::run(&args, &rt, &dir, &mut results)?;
+    }
+
+    if args.only.iter().any(|o| o == "webhooks") {
+        webhooks::run(&args, &rt, &dir, &mut results)?;
     }
 
     if want("overhead") && !args.only.iter().any(|o| o == "backup") {

@@ -93,6 +93,8 @@ fn path_param(name: &str) -> Value {
         "user_id" => ("^usr_[0-9a-f]{16}$", "a person of the firm"),
         "session_id" => ("^ses_[0-9a-f]{16}$", "a session of the signed-in person"),
         "record_id" => ("^rec_[0-9a-f]{24}$", "a record of the collection"),
+        "endpoint_id" => ("^whk_[0-9a-f]{16}$", "a webhook endpoint of the firm"),
+        "message_id" => ("^msg_[0-9a-f]{24}$", "a webhook message of the endpoint"),
         "collection" => (
             "^[a-z][a-z0-9_]{0,63}$",
             "a collection: 1 to 64 of a-z 0-9 _, starting with a letter",
@@ -294,6 +296,21 @@ fn constraints() -> Vec<(&'static str, &'static str, Value)> {
         ),
         ("ProfilePatch", "display_name", profile.clone()),
         ("ProfilePatch", "contact_email", profile),
+        (
+            "CreateBody",
+            "url",
+            json!({ "maxLength": crate::webhooks::egress::MAX_URL_LEN, "pattern": "^https?://" }),
+        ),
+        (
+            "CreateBody",
+            "events",
+            json!({ "minItems": 1, "maxItems": crate::webhooks::events::MAX_PATTERNS }),
+        ),
+        (
+            "CreateBody",
+            "description",
+            json!({ "maxLength": crate::webhooks::MAX_DESCRIPTION_CHARS }),
+        ),
         (
             "ValueBody",
             "value",

@@ -4,7 +4,7 @@ use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::{Components, HeaderParam, OpDoc, Payload, schema_of};
-use crate::http::{audit, evidence, keys, routes, secrets, sessions, subjects, users};
+use crate::http::{audit, evidence, keys, routes, secrets, sessions, subjects, users, webhooks};
 
 fn op(id: &'static str, summary: &'static str) -> OpDoc {
     OpDoc {
@@ -355,6 +355,79 @@ pub(crate) fn all() -> Vec<(&'static str, &'static str, OpDoc)> {
             op("verifySecret", "Does this value match the secret?")
                 .takes(s::<secrets::ValueBody>)
                 .gives(&[200], s::<secrets::VerifyAnswer>),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks/{firm_id}",
+            op(
+                "createWebhook",
+                "Register a webhook endpoint (its secret shown once)",
+            )
+            .takes(s::<webhooks::CreateBody>)
+            .gives(&[201], s::<webhooks::EndpointWithSecret>),
+        ),
+        (
+            "GET",
+            "/api/v1/webhooks/{firm_id}",
+            op("listWebhooks", "The firm's webhook endpoints")
+                .gives(&[200], s::<webhooks::EndpointList>),
+        ),
+        (
+            "GET",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            op("getWebhook", "One webhook endpoint")
+                .gives(&[200], s::<crate::webhooks::EndpointView>),
+        ),
+        (
+            "PATCH",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            op("updateWebhook", "Change a webhook endpoint")
+                .takes(s::<webhooks::UpdateEndpointBody>)
+                .gives(&[200], s::<crate::webhooks::EndpointView>),
+        ),
+        (
+            "DELETE",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}",
+            op("deleteWebhook", "Delete a webhook endpoint and its outbox").empty(&[204]),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/rotate",
+            op(
+                "rotateWebhookSecret",
+                "A new signing secret, the old one overlapping",
+            )
+            .takes(s::<webhooks::RotateBody>)
+            .optional()
+            .gives(&[201], s::<webhooks::EndpointWithSecret>),
+        ),
+        (
+            "GET",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/attempts",
+            op("webhookAttempts", "Delivery attempts, newest first")
+                .query(params::<webhooks::AttemptsQuery>)
+                .gives(&[200], s::<webhooks::AttemptList>),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/messages/{message_id}/redeliver",
+            op("redeliverWebhookMessage", "Send one message again")
+                .gives(&[202], s::<webhooks::Queued>),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/redeliver",
+            op(
+                "redeliverFailedWebhooks",
+                "Send every failed message since a time again",
+            )
+            .takes(s::<webhooks::RedeliverBody>)
+            .gives(&[200], s::<webhooks::Requeued>),
+        ),
+        (
+            "POST",
+            "/api/v1/webhooks/{firm_id}/{endpoint_id}/test",
+            op("testWebhook", "Queue a webhook.test event").gives(&[202], s::<webhooks::Queued>),
         ),
         (
             "POST",

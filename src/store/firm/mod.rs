@@ -13,6 +13,7 @@ mod rows;
 mod schema;
 mod snapshot;
 mod subjects;
+mod webhooks;
 mod write;
 
 pub use dirty::{abort as abort_snapshot, commit as commit_snapshot};
@@ -21,6 +22,7 @@ pub use people::{SessionAuth, SessionRow, UserRow};
 pub use read::ReadTx;
 pub use rows::{ApiKeyRow, RecordRow, SealedRecord, SecretRow};
 pub use snapshot::{FirmSnapshot, committed_prefix};
+pub use webhooks::{AttemptRow, EndpointRow, MessageRow, NewMessage};
 pub use write::WriteTx;
 
 use schema::MIGRATIONS;

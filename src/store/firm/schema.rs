@@ -162,4 +162,46 @@ CREATE TABLE erasures (
     reapplied_at  TEXT
 )
 "#,
+    // Webhooks: endpoints (signing secrets live in the vault's `secrets`
+    // table under reserved names), the outbox (one row per endpoint and
+    // event, written in the transaction of the change), and every attempt.
+    r#"
+CREATE TABLE webhook_endpoints (
+    id           TEXT PRIMARY KEY,
+    url          TEXT NOT NULL,
+    events       TEXT NOT NULL,
+    enabled      INTEGER NOT NULL,
+    description  TEXT NOT NULL DEFAULT '',
+    secret_gen   INTEGER NOT NULL,
+    prev_gen     INTEGER,
+    prev_until   TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+CREATE TABLE webhook_messages (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    endpoint_id      TEXT NOT NULL,
+    event_type       TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    tries            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  TEXT,
+    last_attempt_at  TEXT,
+    delivered_at     TEXT
+);
+CREATE INDEX webhook_messages_by_endpoint ON webhook_messages (endpoint_id, status, seq);
+CREATE TABLE webhook_attempts (
+    message_id   TEXT NOT NULL,
+    n            INTEGER NOT NULL,
+    at           TEXT NOT NULL,
+    status_code  INTEGER,
+    latency_ms   INTEGER,
+    error        TEXT,
+    outcome      TEXT NOT NULL,
+    PRIMARY KEY (message_id, n)
+) WITHOUT ROWID
+"#,
 ];
