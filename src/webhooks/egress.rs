@@ -176,6 +176,12 @@ impl Entry {
 
 fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     let ip = canonical(ip);
+    // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 network
+    // of its last 32 bits.
+    let prefix = match (net, canonical(net)) {
+        (IpAddr::V6(_), IpAddr::V4(_)) => prefix.saturating_sub(96),
+        _ => prefix,
+    };
     match (ip, canonical(net)) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let mask = if prefix == 0 {
@@ -197,10 +203,29 @@ fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+/// An IPv4-mapped, IPv4-compatible or NAT64 (`64:ff9b::/96`) IPv6
+/// address as the IPv4 address it reaches.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = a.segments();
+            let tail = std::net::Ipv4Addr::new(
+                (s[6] >> 8) as u8,
+                s[6] as u8,
+                (s[7] >> 8) as u8,
+                s[7] as u8,
+            );
+            let compatible = s[..6] == [0; 6] && u32::from(tail) > 1;
+            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            if compatible || nat64 {
+                IpAddr::V4(tail)
+            } else {
+                ip
+            }
+        }
         v4 => v4,
     }
 }
@@ -210,7 +235,8 @@ pub fn special(ip: IpAddr) -> Option<&'static str> {
     match canonical(ip) {
         IpAddr::V4(a) if a.is_loopback() => Some("loopback"),
         IpAddr::V4(a) if a.is_link_local() => Some("link-local (cloud metadata)"),
-        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        // 0.0.0.0/8: "this network"; Linux connects it to the host itself.
+        IpAddr::V4(a) if a.octets()[0] == 0 => Some("unspecified"),
         IpAddr::V4(a) if a.is_multicast() || a.is_broadcast() => Some("multicast or broadcast"),
         IpAddr::V6(a) if a.is_loopback() => Some("loopback"),
         IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
@@ -395,6 +421,19 @@ mod tests {
         assert!(e.address_ok(&siem, ip("169.254.169.254")).is_err());
         assert!(e.address_ok(&siem, ip("::ffff:127.0.0.1")).is_err());
         assert!(e.address_ok(&siem, ip("fe80::1")).is_err());
+        // The same hosts written as IPv6: compatible, NAT64; and 0.0.0.0/8.
+        for s in [
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "0.1.2.3",
+        ] {
+            assert!(e.address_ok(&siem, ip(s)).is_err(), "{s}");
+        }
+        // A mapped CIDR is the IPv4 network of its last 32 bits.
+        let mapped = eg(&["::ffff:10.0.0.0/104"]);
+        assert!(mapped.admits(&d("https://10.200.0.1/")).is_ok());
+        assert!(mapped.admits(&d("https://11.0.0.1/")).is_err());
         // A loopback address only when named literally or by CIDR.
         let lo = eg(&["https://127.0.0.1:9443"]);
         assert!(lo.admits(&d("https://127.0.0.1:9443/h")).is_ok());
