@@ -17,6 +17,7 @@ mod enrol;
 mod limiter;
 pub mod password;
 mod sessions;
+pub mod settings;
 mod signin;
 pub mod users;
 
