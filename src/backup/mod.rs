@@ -513,7 +513,11 @@ fn copy_peppers(state_dir: &Path, repo: &Path, m: &manifest::Manifest) -> Result
             source,
         })?;
     }
-    Ok(())
+    // Erasures zero this copy too from now on.
+    crate::erasure::ledger::note_repository(state_dir, repo).map_err(|source| BackupError::Io {
+        path: state_dir.join("erasures").display().to_string(),
+        source,
+    })
 }
 
 fn inside(path: &Path, dir: &Path) -> bool {

@@ -366,8 +366,24 @@ fn reapply_erasures(
             .join("peppers")
             .join(format!("{}.peppers", firm.id));
         let to = work.join("firms").join(format!("{}.peppers", firm.id));
+        let Some(id) = FirmId::parse(&firm.id) else {
+            continue;
+        };
+        let Ok(h) = pool.handle(&id) else {
+            continue;
+        };
         if from.exists() {
             crate::store::peppers::copy_durably(&from, &to).map_err(io(&to))?;
+            // Slots the repository's copy holds may have been handed out
+            // after this snapshot: never hand them out again.
+            let slots = fs::metadata(&to).map_err(io(&to))?.len() / crate::store::peppers::SLOT;
+            h.db.write_blocking(move |tx| tx.raise_subject_slot(slots))
+                .map_err(FirmError::from)?;
+        } else if h.db.read_blocking(|r| r.subject_key_count())? > 0 {
+            return Err(BackupError::Damaged(format!(
+                "firm {id} seals data under subject keys but the repository holds no peppers for it ({})",
+                from.display()
+            )));
         }
     }
     let erasures =

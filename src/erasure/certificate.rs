@@ -84,6 +84,11 @@ pub struct Statement {
     pub records_deleted: u64,
     pub subject_keys_destroyed: u64,
     pub audit: TreeHead,
+    /// Carried out again from the ledger (a restore of an older snapshot,
+    /// or a start after a crash): `subjects` is then empty, since the
+    /// ledger never holds an identifier or its hash.
+    #[serde(default)]
+    pub reapplied: bool,
 }
 
 impl Statement {
@@ -139,6 +144,7 @@ mod tests {
             deleted: BTreeMap::from([("clients".to_owned(), 2)]),
             records_deleted: 2,
             subject_keys_destroyed: 1,
+            reapplied: false,
             audit: TreeHead {
                 origin: "strongroom/app/frm".to_owned(),
                 size: 9,

@@ -4,11 +4,14 @@
 //!
 //! ```text
 //! <dir>/erasures/<firm>/<erasure id>.json   the intent, written and synced before the erasure commits
-//! <dir>/erasures/<firm>/<erasure id>.note   its deletion certificate, once committed
+//! <dir>/erasures/<firm>/<erasure id>.done   once committed, and the peppers zeroed everywhere
+//! <state>/erasures/repositories             every repository given a copy of the peppers
 //! ```
 //!
-//! An intent names the subjects only by their keyed ids and salted
-//! hashes, never by an identifier.
+//! An intent names the subjects only by their keyed ids (HMAC under the
+//! firm's auth key, which only the master key opens): nothing in the
+//! ledger lets anyone test a guess at an identifier. Certificates, which
+//! carry salted hashes, stay in the firm database.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -16,8 +19,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-use super::certificate::SaltedHash;
 
 pub const FORMAT: &str = "strongroom-erasure-ledger/1";
 
@@ -29,19 +30,16 @@ pub struct Intent {
     pub firm_id: String,
     /// Keyed subject ids (HMAC under the firm's auth key, 16 bytes hex).
     pub subjects: Vec<String>,
-    /// The salted hashes the certificate will carry, one per identifier.
-    pub identifiers: Vec<SaltedHash>,
     pub requested_at: String,
     /// Who asked (an actor label, never a subject).
     pub by: String,
 }
 
-/// A ledger entry found on disk: its intent, and its certificate if one
-/// was written.
+/// A ledger entry found on disk: its intent, and whether it is done.
 #[derive(Debug, Clone)]
 pub struct Found {
     pub intent: Intent,
-    pub certificate: Option<String>,
+    pub done: bool,
 }
 
 fn firm_dir(root: &Path, firm: &str) -> PathBuf {
@@ -78,22 +76,44 @@ pub fn write_intent(root: &Path, intent: &Intent) -> std::io::Result<()> {
     )
 }
 
-/// Records an erasure's certificate next to its intent.
-pub fn write_certificate(root: &Path, firm: &str, id: &str, note: &str) -> std::io::Result<()> {
-    write_durably(
-        &firm_dir(root, firm).join(format!("{id}.note")),
-        note.as_bytes(),
-    )
+/// Marks an erasure done next to its intent.
+pub fn mark_done(root: &Path, firm: &str, id: &str) -> std::io::Result<()> {
+    write_durably(&firm_dir(root, firm).join(format!("{id}.done")), b"")
 }
 
-/// Withdraws an intent whose erasure did not commit.
+/// Withdraws an intent nothing was done for (a later write of it failed).
 pub fn withdraw(root: &Path, firm: &str, id: &str) {
     let path = firm_dir(root, firm).join(format!("{id}.json"));
     if let Err(e) = fs::remove_file(&path)
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        tracing::warn!(path = %path.display(), error = %e, "could not withdraw an erasure intent; it is re-applied at the next start");
+        tracing::warn!(path = %path.display(), error = %e, "could not withdraw an erasure intent; it is carried out at the next start");
     }
+}
+
+/// The repositories given a copy of the peppers (`state`'s list).
+pub fn repositories(state: &Path) -> Vec<PathBuf> {
+    fs::read_to_string(state.join("erasures").join("repositories"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Adds `repo` to `state`'s list of repositories holding peppers.
+pub fn note_repository(state: &Path, repo: &Path) -> std::io::Result<()> {
+    let mut all = repositories(state);
+    let repo = repo.canonicalize().unwrap_or_else(|_| repo.to_path_buf());
+    if all.contains(&repo) {
+        return Ok(());
+    }
+    all.push(repo);
+    let text: String = all.iter().map(|p| format!("{}\n", p.display())).collect();
+    write_durably(
+        &state.join("erasures").join("repositories"),
+        text.as_bytes(),
+    )
 }
 
 /// Every ledger entry of `firm` under `root`, in id order (ids are
@@ -128,11 +148,8 @@ pub fn entries(root: &Path, firm: &str) -> std::io::Result<Vec<Found>> {
                 ),
             ));
         }
-        let certificate = fs::read_to_string(dir.join(format!("{}.note", intent.id))).ok();
-        out.push(Found {
-            intent,
-            certificate,
-        });
+        let done = dir.join(format!("{}.done", intent.id)).exists();
+        out.push(Found { intent, done });
     }
     Ok(out)
 }
@@ -165,10 +182,10 @@ pub fn copy_missing(from: &Path, to: &Path) -> std::io::Result<usize> {
         let mut names: Vec<String> = fs::read_dir(&src)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".json") || n.ends_with(".note"))
+            .filter(|n| n.ends_with(".json") || n.ends_with(".done"))
             .collect();
-        // Intents first: a certificate never stands without its intent.
-        names.sort_by_key(|n| (n.ends_with(".note"), n.clone()));
+        // Intents first: a done marker never stands without its intent.
+        names.sort_by_key(|n| (n.ends_with(".done"), n.clone()));
         for n in names {
             if dst.join(&n).exists() {
                 continue;
@@ -190,19 +207,18 @@ mod tests {
             id: id.to_owned(),
             firm_id: "frm_a".to_owned(),
             subjects: vec!["00ff".to_owned()],
-            identifiers: vec![],
             requested_at: "2026-01-01T00:00:00Z".to_owned(),
             by: "key:k".to_owned(),
         }
     }
 
     #[test]
-    fn intents_certificates_and_copies() {
+    fn intents_done_markers_copies_and_repositories() {
         let t = tempfile::tempdir().unwrap();
         let (a, b) = (t.path().join("a"), t.path().join("b"));
         write_intent(&a, &intent("era_2")).unwrap();
         write_intent(&a, &intent("era_1")).unwrap();
-        write_certificate(&a, "frm_a", "era_1", "note\n").unwrap();
+        mark_done(&a, "frm_a", "era_1").unwrap();
         let found = entries(&a, "frm_a").unwrap();
         assert_eq!(
             found
@@ -211,8 +227,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["era_1", "era_2"]
         );
-        assert_eq!(found[0].certificate.as_deref(), Some("note\n"));
-        assert!(found[1].certificate.is_none());
+        assert!(found[0].done && !found[1].done);
+        note_repository(&a, &b).unwrap();
+        note_repository(&a, &b).unwrap();
+        assert_eq!(repositories(&a).len(), 1);
         assert_eq!(copy_missing(&a, &b).unwrap(), 3);
         assert_eq!(copy_missing(&a, &b).unwrap(), 0);
         assert_eq!(entries(&b, "frm_a").unwrap().len(), 2);

@@ -111,10 +111,20 @@ impl std::fmt::Debug for Erasures {
 struct Run<'a> {
     id: &'a str,
     subjects: &'a [String],
+    /// The salted hashes of the identifiers (empty when re-applied).
     identifiers: &'a [SaltedHash],
     by: &'a str,
-    /// Set when re-applying: (the actor, the certificate already issued).
-    reapply: Option<(&'a str, Option<&'a str>)>,
+    /// The actor re-applying it from the ledger, if it is.
+    reapply: Option<&'a str>,
+}
+
+/// A repository the ledger and the pepper zeroing must reach.
+struct Target {
+    path: PathBuf,
+    /// The configured repository, once it holds snapshots: an erasure is
+    /// refused if it cannot be written. Others (`backup create --to`) are
+    /// reached when they can be, and catch up at their next snapshot.
+    strict: bool,
 }
 
 impl Erasures {
@@ -132,12 +142,34 @@ impl Erasures {
         }
     }
 
-    /// The repository the ledger must reach: the configured one, once a
-    /// snapshot went into it (before that, no snapshot can bring anyone back).
-    fn repository(&self) -> Option<&Path> {
-        self.repository
-            .as_deref()
-            .filter(|r| r.join("strongroom-backup.json").exists())
+    /// Every repository that holds snapshots of this appliance: the
+    /// configured one (strict once it was initialised, or once it was given
+    /// peppers, so an unmounted backup disk refuses erasures rather than
+    /// missing them), and every other one a snapshot went into.
+    fn targets(&self) -> Vec<Target> {
+        let listed = ledger::repositories(&self.state_dir);
+        let configured = self.repository.as_ref().map(|r| {
+            let canon = r.canonicalize().unwrap_or_else(|_| r.clone());
+            (r.clone(), canon)
+        });
+        let mut out = Vec::new();
+        if let Some((r, canon)) = &configured
+            && (r.join("strongroom-backup.json").exists() || listed.contains(canon))
+        {
+            out.push(Target {
+                path: r.clone(),
+                strict: true,
+            });
+        }
+        for l in listed {
+            if configured.as_ref().is_none_or(|(_, canon)| *canon != l) {
+                out.push(Target {
+                    path: l,
+                    strict: false,
+                });
+            }
+        }
+        out
     }
 
     fn verifier_key(&self) -> String {
@@ -190,7 +222,6 @@ impl Erasures {
                 id: id.clone(),
                 firm_id: firm.to_string(),
                 subjects: subjects.clone(),
-                identifiers: identifiers.clone(),
                 requested_at: self.pool.now(),
                 by: by.clone(),
             };
@@ -202,17 +233,12 @@ impl Erasures {
                 by: &by,
                 reapply: None,
             };
-            let done = self.run(&h, &run, Some(auth));
-            match &done {
-                Ok((_, note)) => self.record_certificate(&firm, &id, note),
-                Err(_) => {
-                    ledger::withdraw(&self.state_dir, firm.as_str(), &id);
-                    if let Some(r) = self.repository() {
-                        ledger::withdraw(r, firm.as_str(), &id);
-                    }
-                }
-            }
-            done
+            // From here the intent stays, whatever happens: an erasure
+            // that fails now (its pepper may be zeroed already) is carried
+            // out at the next start.
+            let (statement, note, slots) = self.run_tx(&h, &run, Some(auth))?;
+            self.finish(&firm, &id, &slots);
+            Ok((statement, note))
         })();
         match result {
             Ok((statement, certificate)) => Ok(ErasureCertificate {
@@ -228,58 +254,53 @@ impl Erasures {
         }
     }
 
-    /// Writes the intent to the local ledger and the repository's; either
-    /// failing refuses the erasure.
+    /// Writes the intent to the local ledger and every repository's; the
+    /// state directory or a strict repository failing refuses the erasure.
     fn record_intent(&self, intent: &Intent) -> Result<(), FirmError> {
         ledger::write_intent(&self.state_dir, intent)
             .map_err(|e| FirmError::LedgerUnavailable(format!("state directory: {e}")))?;
-        if let Some(r) = self.repository()
-            && let Err(e) = ledger::write_intent(r, intent)
-        {
-            ledger::withdraw(&self.state_dir, &intent.firm_id, &intent.id);
-            return Err(FirmError::LedgerUnavailable(format!(
-                "backup repository {}: {e}",
-                r.display()
-            )));
+        for t in self.targets() {
+            if let Err(e) = ledger::write_intent(&t.path, intent) {
+                if t.strict {
+                    ledger::withdraw(&self.state_dir, &intent.firm_id, &intent.id);
+                    return Err(FirmError::LedgerUnavailable(format!(
+                        "backup repository {}: {e}",
+                        t.path.display()
+                    )));
+                }
+                tracing::error!(repository = %t.path.display(), error = %e, "an erasure intent could not reach a backup repository; it gets it at its next snapshot");
+            }
         }
         Ok(())
     }
 
-    /// Files a certificate next to its intent (the database holds it too,
-    /// so a failure here is logged, not fatal).
-    fn record_certificate(&self, firm: &FirmId, id: &str, note: &str) {
-        let roots = std::iter::once(self.state_dir.as_path()).chain(self.repository());
-        for root in roots {
-            if let Err(e) = ledger::write_certificate(root, firm.as_str(), id, note) {
-                tracing::error!(firm = %firm, erasure = id, root = %root.display(), error = %e, "could not file a deletion certificate in the erasure ledger");
-            }
-        }
-    }
-
-    /// The erasure's transaction: delete, destroy, audit, certify.
-    fn run(
-        &self,
-        h: &Arc<FirmHandle>,
-        run: &Run<'_>,
-        auth: Option<&Authorized<perm::SubjectsErase>>,
-    ) -> Result<(Statement, String), FirmError> {
-        let done = self.run_tx(h, run, auth)?;
-        let (statement, note, slots) = done;
-        // The repository's copy of the peppers follows the live file.
-        if let Some(repo) = self.repository() {
+    /// After the commit: zeroes the erased peppers in every repository's
+    /// copy, then marks the erasure done everywhere. What fails here is
+    /// redone at the next start (the intent is not marked done locally).
+    fn finish(&self, firm: &FirmId, id: &str, slots: &[u64]) {
+        let mut complete = true;
+        {
             let _g = crate::store::peppers::REPOSITORY_COPY
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let copy = repo.join("peppers").join(format!("{}.peppers", h.id));
-            for slot in slots {
-                if let Err(e) = crate::store::peppers::zero_in(&copy, slot) {
-                    tracing::error!(firm = %h.id, error = %e, path = %copy.display(), "could not zero an erased subject's pepper in the backup repository");
+            for t in self.targets() {
+                let copy = t.path.join("peppers").join(format!("{firm}.peppers"));
+                for slot in slots {
+                    if let Err(e) = crate::store::peppers::zero_in(&copy, *slot) {
+                        complete = false;
+                        tracing::error!(firm = %firm, error = %e, path = %copy.display(), "could not zero an erased subject's pepper in a backup repository");
+                    }
                 }
+                let _ = ledger::mark_done(&t.path, firm.as_str(), id);
             }
         }
-        Ok((statement, note))
+        if complete && let Err(e) = ledger::mark_done(&self.state_dir, firm.as_str(), id) {
+            tracing::error!(firm = %firm, erasure = id, error = %e, "could not mark an erasure done; it is checked again at the next start");
+        }
     }
 
+    /// The erasure's transaction: delete, destroy (zeroing the live
+    /// peppers), audit, certify. The pepper slots zeroed.
     fn run_tx(
         &self,
         h: &Arc<FirmHandle>,
@@ -296,9 +317,7 @@ impl Erasures {
             run.identifiers.to_vec(),
             run.by.to_owned(),
         );
-        let reapply = run
-            .reapply
-            .map(|(actor, note)| (actor.to_owned(), note.map(str::to_owned)));
+        let reapply = run.reapply.map(str::to_owned);
         let now = self.pool.now();
         h.db.write_with(move |tx| {
             let erased = apply::erase_in_tx(&hh, tx, &subjects)?;
@@ -318,7 +337,7 @@ impl Erasures {
                     Outcome::Success,
                     details,
                 )?,
-                (_, Some((actor, _))) => trail.sealed_entry(
+                (_, Some(actor)) => trail.sealed_entry(
                     &hh,
                     actor,
                     &Origin {
@@ -363,22 +382,28 @@ impl Erasures {
                     size,
                     root: hex(&root),
                 },
+                reapplied: reapply.is_some(),
             };
-            // A re-applied erasure keeps the certificate issued for it.
-            let note = match reapply.as_ref().and_then(|(_, n)| n.clone()) {
-                Some(n) => n,
-                None => trail.sign_note(&statement.text()),
-            };
+            let note = trail.sign_note(&statement.text());
             let reapplied_at = reapply.as_ref().map(|_| now.as_str());
-            tx.insert_erasure(&id, &subjects.join(","), &now, size, &note, reapplied_at)?;
-            Ok::<_, FirmError>((statement, note, erased.slots))
+            tx.insert_erasure(
+                &id,
+                &subjects.join(","),
+                &now,
+                size,
+                &note,
+                reapplied_at,
+                &erased.slots,
+            )?;
+            Ok::<_, FirmError>((statement, note, erased.slots.clone()))
         })
     }
 
     /// Re-applies the ledger under `root` to every firm it names that
     /// still exists here: each erasure the firm does not hold is carried
-    /// out again (actor `actor`). With `pending_only`, only intents left
-    /// without a certificate (a crash mid-erasure).
+    /// out again (actor `actor`), with a new certificate for this log.
+    /// With `pending_only` (a start), only entries not marked done: those
+    /// the firm holds get their repository peppers zeroed again.
     pub fn reapply(
         &self,
         root: &Path,
@@ -391,11 +416,12 @@ impl Erasures {
             let Some(id) = FirmId::parse(&firm) else {
                 continue;
             };
-            let found = ledger::entries(root, &firm).map_err(io)?;
-            if found
-                .iter()
-                .all(|f| pending_only && f.certificate.is_some())
-            {
+            let found: Vec<_> = ledger::entries(root, &firm)
+                .map_err(io)?
+                .into_iter()
+                .filter(|f| !(pending_only && f.done))
+                .collect();
+            if found.is_empty() {
                 continue;
             }
             let h = match self.pool.handle(&id) {
@@ -406,30 +432,35 @@ impl Erasures {
             };
             let held = h.db.read_blocking(|r| r.erasure_ids())?;
             for f in found {
-                if held.contains(&f.intent.id) || (pending_only && f.certificate.is_some()) {
-                    continue;
-                }
-                let run = Run {
-                    id: &f.intent.id,
-                    subjects: &f.intent.subjects,
-                    identifiers: &f.intent.identifiers,
-                    by: &f.intent.by,
-                    reapply: Some((actor, f.certificate.as_deref())),
+                let eid = f.intent.id.clone();
+                let slots = if held.contains(&eid) {
+                    h.db.read_blocking(|r| r.erasure_slots(&eid))?
+                } else {
+                    let run = Run {
+                        id: &eid,
+                        subjects: &f.intent.subjects,
+                        identifiers: &[],
+                        by: &f.intent.by,
+                        reapply: Some(actor),
+                    };
+                    let (statement, _, slots) = self.run_tx(&h, &run, None)?;
+                    tracing::warn!(firm = %id, erasure = %eid, records = statement.records_deleted, "erasure re-applied from the ledger");
+                    out.erasures += 1;
+                    out.records_deleted += statement.records_deleted;
+                    slots
                 };
-                let (statement, note) = self.run(&h, &run, None)?;
-                if f.certificate.is_none() {
-                    self.record_certificate(&id, &f.intent.id, &note);
+                if root == self.state_dir {
+                    self.finish(&id, &eid, &slots);
+                } else if let Err(e) = ledger::mark_done(root, &firm, &eid) {
+                    tracing::error!(erasure = %eid, error = %e, "could not mark a re-applied erasure done");
                 }
-                tracing::warn!(firm = %id, erasure = %f.intent.id, records = statement.records_deleted, "erasure re-applied from the ledger");
-                out.erasures += 1;
-                out.records_deleted += statement.records_deleted;
             }
         }
         Ok(out)
     }
 
     /// At start: finish erasures a crash interrupted, then copy the local
-    /// ledger into the repository (entries written while it was missing).
+    /// ledger into the repositories (entries written while one was missing).
     pub fn resume(&self) {
         match self.reapply(&self.state_dir, "system:erasure", true) {
             Ok(r) if r.erasures > 0 => {
@@ -438,10 +469,10 @@ impl Erasures {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "could not complete interrupted erasures"),
         }
-        if let Some(r) = self.repository()
-            && let Err(e) = ledger::copy_missing(&self.state_dir, r)
-        {
-            tracing::error!(error = %e, "could not copy the erasure ledger into the backup repository");
+        for t in self.targets() {
+            if let Err(e) = ledger::copy_missing(&self.state_dir, &t.path) {
+                tracing::error!(repository = %t.path.display(), error = %e, "could not copy the erasure ledger into a backup repository");
+            }
         }
     }
 

@@ -278,9 +278,15 @@ impl Records {
                     .collect();
                 for (f, was) in &old.fields {
                     match schema.fields.get(f) {
-                        Some(now) if now.kind != was.kind || now.sensitive != was.sensitive => {
+                        // Security invariant: the subject flag is fixed too, so
+                        // no schema change hides records from an erasure.
+                        Some(now)
+                            if now.kind != was.kind
+                                || now.sensitive != was.sensitive
+                                || now.subject != was.subject =>
+                        {
                             return Err(FirmError::SchemaConflict(format!(
-                                "field {f:?} cannot change its type or sensitivity"
+                                "field {f:?} cannot change its type, sensitivity or subject flag"
                             )));
                         }
                         None => {
@@ -528,6 +534,13 @@ impl Records {
                 return Err(FirmError::StaleVersion);
             }
             let body = if patch {
+                // Security invariant: a patch never rewrites a record whose
+                // sealed fields it could not open (it would drop them).
+                if let Some(sealed) = &current.sealed {
+                    let aad = record_aad(h.id.as_str(), collection, id, current.version);
+                    subject_keys::open_sealed(&h, &keys, &current, &aad, sealed)
+                        .map_err(|_| FirmError::Seal)?;
+                }
                 let mut whole =
                     Value::Object(self.record_view(&h, &schema, &current, Some(&keys)).data);
                 merge_patch(&mut whole, &body);

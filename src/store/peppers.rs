@@ -86,7 +86,9 @@ impl Peppers {
     /// Makes sure slot `index` exists and is durable, adding a batch of
     /// fresh random slots (synced, with the directory) if it does not.
     pub fn ensure(&self, index: u64) -> std::io::Result<()> {
-        self.with_file(true, |file| {
+        // Only the firm's first subject makes the file: a file missing
+        // later is lost, and making a fresh one would shadow every key.
+        let made = self.with_file(index == 0, |file| {
             let len = file.metadata()?.len();
             if (index + 1) * SLOT <= len {
                 return Ok(());
@@ -100,8 +102,16 @@ impl Peppers {
                 File::open(dir)?.sync_all()?;
             }
             Ok(())
+        })?;
+        made.ok_or_else(|| {
+            std::io::Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "{} is missing: restore it from the backup repository's peppers/",
+                    self.path.display()
+                ),
+            )
         })
-        .map(|_| ())
     }
 
     /// Slot `index`, or None if it is missing or erased.
@@ -178,6 +188,7 @@ mod tests {
         let p = Peppers::beside(&t.path().join("frm_a.db"));
         assert!(p.read(0).unwrap().is_none(), "no file yet");
         assert!(!p.path().exists());
+        assert!(p.ensure(3).is_err(), "a later slot never makes the file");
         p.ensure(0).unwrap();
         assert_eq!(std::fs::metadata(p.path()).unwrap().len(), BATCH * SLOT);
         let a = p.read(0).unwrap().unwrap();

@@ -80,6 +80,23 @@ fn seed(d: &Daemon, f: &Firm) -> (Vec<RecordRef>, Vec<RecordRef>) {
     (ann, bob)
 }
 
+/// Creates a client record for `name` (with an SSN); its reference.
+fn post_client(d: &Daemon, f: &Firm, name: &str) -> RecordRef {
+    let r = req(
+        d,
+        "POST",
+        &format!("/api/v1/records/{}/clients", f.id),
+        &f.token,
+        Some(&json!({"name": name, "ssn": ANN_SSN})),
+        &[],
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    (
+        "clients".to_owned(),
+        r.json()["id"].as_str().unwrap().to_owned(),
+    )
+}
+
 fn get(d: &Daemon, f: &Firm, (coll, id): &RecordRef) -> (u16, Value) {
     let r = req(
         d,
@@ -346,17 +363,21 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
         }
     }
 
-    // The ledger holds the intent and the certificate, in the state
-    // directory and beside the snapshots; no identifier in clear anywhere.
+    // The ledger holds the intent, marked done, in the state directory and
+    // beside the snapshots: keyed subject ids only, no identifier and no
+    // salted hash of one (nothing to test guesses against).
     let id = st["id"].as_str().unwrap();
+    let sha = st["subjects"][0]["sha256"].as_str().unwrap();
     for root in [d.state_dir.clone(), repo.clone()] {
         let dir = root.join("erasures").join(&f.id);
-        assert!(dir.join(format!("{id}.json")).exists(), "{}", dir.display());
-        assert_eq!(
-            fs::read_to_string(dir.join(format!("{id}.note"))).unwrap(),
-            note
-        );
-        assert!(!tree_contains(&root.join("erasures"), ANN.as_bytes()));
+        let intent = fs::read_to_string(dir.join(format!("{id}.json"))).unwrap();
+        if let Some(s) = &ann_subject {
+            assert!(intent.contains(s.as_str()), "{intent}");
+        }
+        assert!(dir.join(format!("{id}.done")).exists(), "{}", dir.display());
+        for needle in [ANN, sha, salt] {
+            assert!(!tree_contains(&root.join("erasures"), needle.as_bytes()));
+        }
     }
     // The evidence bundle carries the certificate.
     let bundle = req(
@@ -384,12 +405,22 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
     );
     assert!(!d.logs().contains(ANN), "the identifier reached a log line");
 
+    // A subject made after the snapshot and erased: their pepper slot is
+    // zeroed in the repository's copy, which a restore of the older
+    // snapshot takes; that timeline must never hand the slot out again.
+    let dan = post_client(&d, &f, "Dan Drew");
+    assert_eq!(
+        erase(&d, &f, &f.token, &json!({"values": ["Dan Drew"]})).1["statement"]["records_deleted"],
+        1
+    );
+    assert_eq!(get(&d, &f, &dan).0, 404);
+
     // Restore the snapshot taken before the erasure: the ledger is
     // re-applied, Ann stays erased.
     assert_eq!(d.stop().code(), Some(0));
     let (dir2, r) = restore(&repo, &old, &d.dir.path().join("master.key"));
     let to = dir2.path().join("state");
-    assert_eq!(r["erasures_reapplied"], 1, "{r}");
+    assert_eq!(r["erasures_reapplied"], 2, "{r}");
     assert_eq!(r["records_erased"], 2, "{r}");
     // The restored file, opened with the firm key: no record of Ann, no key
     // of hers, and the erasure with its original certificate.
@@ -402,7 +433,7 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
             &[
                 "SELECT subject FROM subject_keys",
                 "SELECT id FROM records",
-                "SELECT certificate, reapplied_at IS NOT NULL FROM erasures",
+                "SELECT certificate, reapplied_at IS NOT NULL, audit_size FROM erasures",
             ],
         ),
     ) {
@@ -411,15 +442,29 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
         let ids = v[1].to_string();
         assert!(ann.iter().all(|(_, i)| !ids.contains(i.as_str())), "{ids}");
         assert!(bob.iter().all(|(_, i)| ids.contains(i.as_str())), "{ids}");
-        assert_eq!(v[2], json!([[note, 1]]));
+        // A new certificate for this log's tree, naming the same erasure.
+        let row = &v[2][0];
+        assert_eq!(row[1], 1);
+        let text = row[0].as_str().unwrap();
+        let body: Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(body["id"], st["id"]);
+        assert_eq!(body["reapplied"], true);
+        assert_eq!(body["subjects"], json!([]));
+        assert_eq!(body["audit"]["size"], row[2]);
+        assert_ne!(text, note);
+        fs::write(&note_file, text).unwrap();
+        assert!(note_verifies(&note_file, &vkey));
     }
     let d2 = Daemon::start_in(dir2, production());
     for r in &ann {
         assert_eq!(get(&d2, &f, r).0, 404, "a restore brought {r:?} back");
     }
     assert_eq!(get(&d2, &f, &bob[1]).1["data"]["client"], "Bob Baker");
+    // A new subject in the restored timeline gets a fresh pepper.
+    let cat = post_client(&d2, &f, "Cat Cole");
+    assert_eq!(get(&d2, &f, &cat).1["data"]["ssn"], ANN_SSN);
     let again = entries_of(&d2, &f, "subjects.erasure_reapplied");
-    assert_eq!(again.len(), 1);
+    assert_eq!(again.len(), 2);
     assert_eq!(again[0]["actor"], "system:restore");
     let v = ctl_json(&d2.admin_socket, &["audit", "verify", "--firm", &f.id]);
     assert_eq!(v["ok"], true, "{v}");
@@ -585,7 +630,7 @@ fn an_erasure_interrupted_before_its_commit_is_finished_at_the_next_start() {
     fs::create_dir_all(&ledger).unwrap();
     let intent = json!({
         "format": "strongroom-erasure-ledger/1", "id": "era_00000000000100000000000a",
-        "firm_id": f.id, "subjects": [subject], "identifiers": [],
+        "firm_id": f.id, "subjects": [subject],
         "requested_at": "2026-01-01T00:00:00Z", "by": "key:test",
     });
     fs::write(
@@ -604,9 +649,8 @@ fn an_erasure_interrupted_before_its_commit_is_finished_at_the_next_start() {
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["actor"], "system:erasure");
     assert_eq!(done[0]["details"]["records_deleted"], 2);
-    // Its certificate is filed now; the next start does nothing more.
-    let note = fs::read_to_string(ledger.join("era_00000000000100000000000a.note")).unwrap();
-    assert!(note.starts_with("strongroom/erasure/v1\n"));
+    // It is marked done now; the next start does nothing more.
+    assert!(ledger.join("era_00000000000100000000000a.done").exists());
     let d = d.restart(Options::default());
     assert_eq!(entries_of(&d, &f, "subjects.erasure_reapplied").len(), 1);
 }

@@ -184,6 +184,28 @@ impl ReadTx<'_> {
             .optional()?)
     }
 
+    /// The pepper slots an erasure zeroed.
+    pub fn erasure_slots(&self, id: &str) -> Result<Vec<u64>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .prepare_cached("SELECT slots FROM erasures WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        Ok(text
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|s| s.parse().ok())
+            .collect())
+    }
+
+    /// How many subject keys this firm holds.
+    pub fn subject_key_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT count(*) FROM subject_keys")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     /// The ids of the erasures this firm holds (done here, or re-applied).
     pub fn erasure_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(self

@@ -159,7 +159,8 @@ CREATE TABLE erasures (
     erased_at     TEXT NOT NULL,
     audit_size    INTEGER NOT NULL,
     certificate   TEXT NOT NULL,
-    reapplied_at  TEXT
+    reapplied_at  TEXT,
+    slots         TEXT NOT NULL DEFAULT ''
 )
 "#,
     // Webhooks: endpoints (signing secrets live in the vault's `secrets`

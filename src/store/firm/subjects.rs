@@ -70,6 +70,7 @@ impl WriteTx<'_> {
 
     /// Records an erasure and its certificate. `reapplied_at` is set when a
     /// restore or a restart re-applied it from the ledger.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert_erasure(
         &self,
         id: &str,
@@ -78,11 +79,13 @@ impl WriteTx<'_> {
         audit_size: u64,
         certificate: &str,
         reapplied_at: Option<&str>,
+        slots: &[u64],
     ) -> Result<(), StoreError> {
+        let slots: Vec<String> = slots.iter().map(u64::to_string).collect();
         self.conn
             .prepare_cached(
-                "INSERT INTO erasures (id, subject, erased_at, audit_size, certificate, reapplied_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO erasures (id, subject, erased_at, audit_size, certificate, reapplied_at, slots)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 id,
@@ -90,8 +93,21 @@ impl WriteTx<'_> {
                 erased_at,
                 audit_size as i64,
                 certificate,
-                reapplied_at
+                reapplied_at,
+                slots.join(",")
             ])?;
+        Ok(())
+    }
+
+    /// Never hands out a slot below `n` (a restore: the repository's
+    /// peppers may hold slots a later timeline handed out).
+    pub fn raise_subject_slot(&self, n: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (k, v) VALUES ('subject_slot_next', ?1)
+                 ON CONFLICT (k) DO UPDATE SET v = max(CAST(v AS INTEGER), CAST(excluded.v AS INTEGER))",
+            )?
+            .execute([n.to_string()])?;
         Ok(())
     }
 
