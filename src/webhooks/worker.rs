@@ -41,6 +41,11 @@ const TICK: Duration = Duration::from_millis(200);
 /// Every this many ticks (30 s), open firms not known to have endpoints
 /// are checked for some (a firm restored without its marker).
 const DISCOVER_EVERY: u32 = 150;
+/// How long a delivered message stays in the outbox (for redelivery and
+/// the attempts API).
+pub const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 86_400);
+/// How long a dead letter stays (for `redeliver since`).
+pub const KEEP_FAILED: Duration = Duration::from_secs(30 * 86_400);
 /// Messages read (and sent in order) per batch: their attempts are
 /// committed together, so a busy endpoint costs one commit a batch.
 const BATCH: u32 = 64;
@@ -150,7 +155,11 @@ impl Webhooks {
             ticks = ticks.wrapping_add(1);
             if ticks % DISCOVER_EVERY == 1 {
                 let me = self.clone();
-                let _ = lane(move || me.discover()).await;
+                let _ = lane(move || {
+                    me.discover();
+                    me.prune();
+                })
+                .await;
             }
             let me = self.clone();
             let due = match lane(move || me.due_endpoints()).await {
@@ -180,6 +189,37 @@ impl Webhooks {
                 if let Err(e) = self.mark(&h.id) {
                     tracing::warn!(firm = %h.id, error = %e, "cannot mark a firm with webhooks");
                 }
+            }
+        }
+    }
+
+    /// Drops old delivered messages and dead letters from the open firms'
+    /// outboxes (a batch per firm each round), so an outbox holds what is
+    /// pending plus [`KEEP_DELIVERED`] and [`KEEP_FAILED`] of history.
+    fn prune(&self) {
+        let now = self.pool.clock.now();
+        let cut =
+            |d: Duration| crate::clock::rfc3339(now - time::Duration::seconds(d.as_secs() as i64));
+        let (delivered, failed) = (cut(KEEP_DELIVERED), cut(KEEP_FAILED));
+        let known: Vec<FirmId> = lock(&self.firms).iter().cloned().collect();
+        for firm in known {
+            // A frozen firm changes nothing, housekeeping included.
+            if self.pool.state(&firm) != Some(FirmState::Active) {
+                continue;
+            }
+            let Some(h) = self.pool.cached_handle(&firm) else {
+                continue;
+            };
+            let (d, f) = (delivered.clone(), failed.clone());
+            match h
+                .db
+                .write_blocking(move |tx| tx.prune_webhook_messages(&d, &f, 1000))
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(firm = %firm, messages = n, "webhook outbox: old messages pruned")
+                }
+                Err(e) => tracing::warn!(firm = %firm, error = %e, "webhook outbox prune failed"),
             }
         }
     }

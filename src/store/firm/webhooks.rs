@@ -365,4 +365,101 @@ impl WriteTx<'_> {
             .execute(params![endpoint, since, now])?;
         Ok(n as u64)
     }
+
+    /// Deletes up to `limit` messages (with their attempts) delivered
+    /// before `delivered_before` or dead-lettered before `failed_before`
+    /// (RFC 3339); how many. The outbox keeps what is pending, always.
+    pub fn prune_webhook_messages(
+        &self,
+        delivered_before: &str,
+        failed_before: &str,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let ids: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM webhook_messages
+                 WHERE (status = 'delivered' AND delivered_at < ?1)
+                    OR (status = 'failed' AND last_attempt_at < ?2)
+                 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![delivered_before, failed_before, limit], |r| {
+                r.get(0)
+            })?
+            .collect::<Result<_, _>>()?;
+        for id in &ids {
+            for sql in [
+                "DELETE FROM webhook_attempts WHERE message_id = ?1",
+                "DELETE FROM webhook_messages WHERE id = ?1",
+            ] {
+                self.conn.prepare_cached(sql)?.execute([id])?;
+            }
+        }
+        Ok(ids.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keyring::SqlcipherKey;
+    use crate::crypto::secret::SecretKey;
+    use crate::store::firm::FirmDb;
+
+    #[test]
+    fn pruning_keeps_pending_and_recent_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SqlcipherKey::from_secret(&SecretKey::from_bytes([3; 32]));
+        let db = FirmDb::open("frm_x", &dir.path().join("f.db"), key, true).unwrap();
+        // (id, created, outcome of one attempt at the same time, if any)
+        let rows = [
+            ("m_old_ok", "2026-01-01T00:00:00Z", Some("delivered")),
+            ("m_new_ok", "2026-03-01T00:00:00Z", Some("delivered")),
+            ("m_old_dead", "2026-01-01T00:00:00Z", Some("failed")),
+            ("m_pending", "2025-01-01T00:00:00Z", None),
+        ];
+        db.write_blocking(move |tx| {
+            for (id, at, outcome) in rows {
+                tx.insert_webhook_message(&NewMessage {
+                    id,
+                    endpoint_id: "whe_1",
+                    event_type: "record.created",
+                    payload: "{}",
+                    now: at,
+                })?;
+                if let Some(o) = outcome {
+                    let a = AttemptRow {
+                        message_id: id.to_owned(),
+                        n: 1,
+                        at: at.to_owned(),
+                        status_code: Some(200),
+                        latency_ms: Some(1),
+                        error: None,
+                        outcome: o.to_owned(),
+                    };
+                    tx.record_webhook_attempt(&a, o, None)?;
+                }
+            }
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        let cut = "2026-02-01T00:00:00Z";
+        let n = db
+            .write_blocking(move |tx| tx.prune_webhook_messages(cut, cut, 10))
+            .unwrap();
+        assert_eq!(n, 2);
+        let left: Vec<bool> = db
+            .read_blocking(|r| {
+                ["m_old_ok", "m_new_ok", "m_old_dead", "m_pending"]
+                    .iter()
+                    .map(|id| r.webhook_message(id).map(|m| m.is_some()))
+                    .collect::<Result<_, _>>()
+            })
+            .unwrap();
+        assert_eq!(left, [false, true, false, true]);
+        let attempts = db
+            .read_blocking(|r| r.webhook_attempts("whe_1", 10))
+            .unwrap();
+        assert_eq!(attempts.len(), 1, "the pruned messages' attempts went too");
+    }
 }
