@@ -392,26 +392,39 @@ impl Webhooks {
         });
         self.trail
             .change(auth, "webhooks.update", id, details.clone(), |c| {
-                let mut row = self.row(&c.h, id)?;
+                self.row(&c.h, id)?;
                 if let Some(url) = &input.url {
                     self.destination(url)?;
-                    row.url = url.clone();
                 }
-                if let Some(ev) = &input.events {
-                    row.events = check_events(ev)?;
-                }
+                let events = input.events.as_deref().map(check_events).transpose()?;
                 if let Some(d) = &input.description {
                     check_description(d)?;
-                    row.description = d.clone();
                 }
-                if let Some(e) = input.enabled {
-                    row.enabled = e;
-                }
-                row.updated_at = self.pool.now();
-                let r = row.clone();
-                c.commit(id, details.clone(), move |tx| {
-                    if tx.update_webhook_endpoint(&r)? {
-                        Ok(())
+                let (url, description, enabled) =
+                    (input.url.clone(), input.description.clone(), input.enabled);
+                let (eid, now) = (id.to_owned(), self.pool.now());
+                // Read, changed and written in one transaction: a rotation
+                // committed meanwhile is never overwritten.
+                let row = c.commit(id, details.clone(), move |tx| {
+                    let mut row = tx
+                        .read()
+                        .webhook_endpoint(&eid)?
+                        .ok_or(FirmError::WebhookNotFound)?;
+                    if let Some(u) = &url {
+                        row.url = u.clone();
+                    }
+                    if let Some(e) = &events {
+                        row.events = e.clone();
+                    }
+                    if let Some(d) = &description {
+                        row.description = d.clone();
+                    }
+                    if let Some(e) = enabled {
+                        row.enabled = e;
+                    }
+                    row.updated_at = now.clone();
+                    if tx.update_webhook_endpoint(&row)? {
+                        Ok(row)
                     } else {
                         Err(FirmError::WebhookNotFound)
                     }
@@ -460,20 +473,28 @@ impl Webhooks {
                 if overlap.as_secs() > MAX_OVERLAP_SECS {
                     return Err(invalid(format!("overlap_secs is 0 to {MAX_OVERLAP_SECS}")));
                 }
-                let mut row = self.row(&c.h, id)?;
-                let old = row.clone();
+                self.row(&c.h, id)?;
                 let now_t = self.pool.clock.now();
                 let now = rfc3339(now_t);
-                row.secret_gen = old.secret_gen + 1;
-                (row.prev_gen, row.prev_until) = if overlap.is_zero() {
-                    (None, None)
-                } else {
-                    (Some(old.secret_gen), Some(rfc3339(now_t + overlap)))
-                };
-                row.updated_at = now.clone();
+                let until = rfc3339(now_t + overlap);
                 let secret = Arc::new(SigningSecret::generate()?);
-                let (h, r, s) = (c.h.clone(), row.clone(), secret.clone());
-                c.commit(id, details.clone(), move |tx| {
+                let (h, s, eid) = (c.h.clone(), secret.clone(), id.to_owned());
+                // The generations are read and advanced in the transaction:
+                // two rotations, or a rotation and an update, never leave
+                // the endpoint naming a deleted secret.
+                let row = c.commit(id, details.clone(), move |tx| {
+                    let old = tx
+                        .read()
+                        .webhook_endpoint(&eid)?
+                        .ok_or(FirmError::WebhookNotFound)?;
+                    let mut r = old.clone();
+                    r.secret_gen = old.secret_gen + 1;
+                    (r.prev_gen, r.prev_until) = if overlap.is_zero() {
+                        (None, None)
+                    } else {
+                        (Some(old.secret_gen), Some(until.clone()))
+                    };
+                    r.updated_at = now.clone();
                     if !tx.update_webhook_endpoint(&r)? {
                         return Err(FirmError::WebhookNotFound);
                     }
@@ -485,7 +506,7 @@ impl Webhooks {
                             tx.delete_secret(&secret_name(&r.id, g))?;
                         }
                     }
-                    Ok(())
+                    Ok(r)
                 })?;
                 Ok(WithSecret {
                     endpoint: EndpointView::from(&row),
