@@ -6,6 +6,11 @@
 //! [`Authz<P>`], which yields the policy's `Authorized<P>` proof that the
 //! services require, and refuses to run if the table gave the route a
 //! different permission than the handler's type names.
+//!
+//! A request may instead carry a person's session in the console's
+//! `__Host-` cookie; then every method but GET and HEAD must also carry
+//! the session's CSRF token (`X-CSRF-Token`), else 403 `csrf_failed`. The
+//! policy is the same either way: the console has no power of its own.
 
 use std::sync::Arc;
 
@@ -68,18 +73,77 @@ fn denied(decision: Decision) -> Problem {
     Problem::new(StatusCode::FORBIDDEN, decision.rule.denial_code(), detail)
 }
 
-async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal, Problem> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        return Err(unauthenticated(
+/// How a request presented its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// `Authorization: Bearer`: a browser never adds it by itself.
+    Bearer,
+    /// The console's session cookie: a browser attaches it by itself, so a
+    /// state-changing request must also carry the session's CSRF token.
+    Cookie,
+}
+
+/// The request's credential: the `Authorization` header, else the
+/// console's session cookie (a session token only, never an API key).
+fn credential(parts: &Parts) -> Result<(String, Carrier), Problem> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(auth::bearer)
+            .ok_or_else(|| unauthenticated("malformed Authorization header"))?;
+        return Ok((token.to_owned(), Carrier::Bearer));
+    }
+    match super::console::session_cookie(&parts.headers) {
+        Some(token) if token.starts_with(crate::people::SESSION_PREFIX) => {
+            Ok((token.to_owned(), Carrier::Cookie))
+        }
+        Some(_) => Err(unauthenticated("malformed session cookie")),
+        None => Err(unauthenticated(
             "a credential is required (Authorization: Bearer sr_... for an API key, srs_... for a session)",
-        ));
+        )),
+    }
+}
+
+/// Checks the CSRF token of a state-changing request that came with the
+/// console's cookie (a safe method changes nothing, so needs none).
+async fn check_csrf(
+    shared: &Arc<AppState>,
+    parts: &Parts,
+    principal: &Principal,
+) -> Result<(), Problem> {
+    if matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return Ok(());
+    }
+    let refused = || {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "a state-changing request with the console's session cookie needs the session's X-CSRF-Token header",
+        )
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(auth::bearer)
-        .ok_or_else(|| unauthenticated("malformed Authorization header"))?
+    let Some(session) = principal.actor.session().cloned() else {
+        return Err(refused());
+    };
+    let presented = parts
+        .headers
+        .get(&super::console::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(refused)?
         .to_owned();
+    let (people, firm) = (shared.people.clone(), principal.firm.clone());
+    let ok = super::api::blocking(move || people.csrf_matches(&firm, &session, &presented)).await?;
+    if ok { Ok(()) } else { Err(refused()) }
+}
+
+async fn authenticate(
+    shared: &Arc<AppState>,
+    parts: &Parts,
+) -> Result<(Principal, Carrier), Problem> {
+    let (token, carrier) = credential(parts)?;
     // A firm that is open and a key or session seen before: no database
     // read, so no trip to a blocking thread.
     let result = if token.starts_with(crate::people::SESSION_PREFIX) {
@@ -96,7 +160,7 @@ async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal
         }
     };
     match result {
-        Ok(p) => Ok(p),
+        Ok(p) => Ok((p, carrier)),
         Err(AuthError::Firm(
             e @ (FirmError::Store(_)
             | FirmError::Key(_)
@@ -138,8 +202,8 @@ async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal
 /// The firm and key (or session) ids named by the request's token (never
 /// its secret).
 fn token_ids(parts: &Parts) -> Option<(FirmId, String)> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = auth::bearer(value)?;
+    let (token, _) = credential(parts).ok()?;
+    let token = token.as_str();
     if let Some((firm, session)) = crate::people::session_token_ids(token) {
         return Some((firm, session));
     }
@@ -173,7 +237,20 @@ pub async fn enforce(
     }
     let (mut parts, body) = req.into_parts();
     let mut principal = match authenticate(&shared, &parts).await {
-        Ok(p) => p,
+        Ok((p, carrier)) => {
+            // Security invariant: a cookie-borne session changes nothing
+            // without its CSRF token.
+            if carrier == Carrier::Cookie {
+                if let Err(problem) = check_csrf(&shared, &parts, &p).await {
+                    tracing::info!(
+                        code = "csrf_failed",
+                        "console request refused: CSRF token missing or wrong"
+                    );
+                    return problem.into_response();
+                }
+            }
+            p
+        }
         Err(problem) => {
             if problem.status == StatusCode::UNAUTHORIZED {
                 shared.limits.note_auth_failure(ip);

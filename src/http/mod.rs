@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod body;
 pub mod conn;
+mod console;
 mod erasure;
 mod evidence;
 mod keys;
@@ -470,6 +471,7 @@ pub fn router(shared: Arc<AppState>) -> Router {
         };
         router = router.route(spec.path, handler);
     }
+    router = router.merge(console::routes(&shared));
     router
         // Must come after every route: it installs the 405 handler on each.
         .method_not_allowed_fallback(routes::method_not_allowed)
