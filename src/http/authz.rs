@@ -65,6 +65,9 @@ fn denied(decision: Decision) -> Problem {
         "forbidden_credential" => {
             "this route is a person's own: sign in (an API key has no account)"
         }
+        "csrf_failed" => {
+            "a state-changing request with the console's session cookie needs the session's X-CSRF-Token header"
+        }
         "mfa_enrolment_required" => {
             "this session must enrol a second factor first (POST /api/v1/me/{firm_id}/totp)"
         }
@@ -105,38 +108,33 @@ fn credential(parts: &Parts) -> Result<(String, Carrier), Problem> {
     }
 }
 
-/// Checks the CSRF token of a state-changing request that came with the
-/// console's cookie (a safe method changes nothing, so needs none).
-async fn check_csrf(
+/// Whether a state-changing request that came with the console's cookie
+/// carries its session's CSRF token (a safe method changes nothing, so
+/// needs none).
+async fn csrf_holds(
     shared: &Arc<AppState>,
     parts: &Parts,
     principal: &Principal,
-) -> Result<(), Problem> {
+) -> Result<bool, Problem> {
     if matches!(
         parts.method,
         axum::http::Method::GET | axum::http::Method::HEAD
     ) {
-        return Ok(());
+        return Ok(true);
     }
-    let refused = || {
-        Problem::new(
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-            "a state-changing request with the console's session cookie needs the session's X-CSRF-Token header",
-        )
-    };
-    let Some(session) = principal.actor.session().cloned() else {
-        return Err(refused());
-    };
     let presented = parts
         .headers
         .get(&super::console::CSRF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(refused)?
-        .to_owned();
-    let (people, firm) = (shared.people.clone(), principal.firm.clone());
-    let ok = super::api::blocking(move || people.csrf_matches(&firm, &session, &presented)).await?;
-    if ok { Ok(()) } else { Err(refused()) }
+        .and_then(|v| v.to_str().ok());
+    let (Some(session), Some(presented)) = (principal.actor.session().cloned(), presented) else {
+        return Ok(false);
+    };
+    let (people, firm, presented) = (
+        shared.people.clone(),
+        principal.firm.clone(),
+        presented.to_owned(),
+    );
+    super::api::blocking(move || people.csrf_matches(&firm, &session, &presented)).await
 }
 
 async fn authenticate(
@@ -236,21 +234,14 @@ pub async fn enforce(
         return super::ratelimit::refused(r);
     }
     let (mut parts, body) = req.into_parts();
-    let mut principal = match authenticate(&shared, &parts).await {
-        Ok((p, carrier)) => {
-            // Security invariant: a cookie-borne session changes nothing
-            // without its CSRF token.
-            if carrier == Carrier::Cookie {
-                if let Err(problem) = check_csrf(&shared, &parts, &p).await {
-                    tracing::info!(
-                        code = "csrf_failed",
-                        "console request refused: CSRF token missing or wrong"
-                    );
-                    return problem.into_response();
-                }
-            }
-            p
-        }
+    let (mut principal, csrf_ok) = match authenticate(&shared, &parts).await {
+        // Security invariant: a cookie-borne session changes nothing
+        // without its CSRF token.
+        Ok((p, Carrier::Cookie)) => match csrf_holds(&shared, &parts, &p).await {
+            Ok(ok) => (p, ok),
+            Err(problem) => return problem.into_response(),
+        },
+        Ok((p, Carrier::Bearer)) => (p, true),
         Err(problem) => {
             if problem.status == StatusCode::UNAUTHORIZED {
                 shared.limits.note_auth_failure(ip);
@@ -266,6 +257,10 @@ pub async fn enforce(
         .find(|(k, _)| *k == "firm_id")
         .and_then(|(_, v)| FirmId::parse(v));
     let decision = match &url_firm {
+        _ if !csrf_ok => Decision {
+            allowed: false,
+            rule: policy::Rule::Csrf,
+        },
         Some(f) => policy::decide(&principal, permission, f),
         None => Decision {
             allowed: false,

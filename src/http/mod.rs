@@ -445,6 +445,7 @@ pub(crate) fn route_label(route: &str) -> &'static str {
         .get_or_init(|| route_table().into_iter().map(|r| r.path).collect())
         .get(route)
         .copied()
+        .or_else(|| console::ROUTES.iter().find(|r| **r == route).copied())
         .unwrap_or("<unmatched>")
 }
 

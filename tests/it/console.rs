@@ -153,6 +153,22 @@ fn a_cookie_session_changes_nothing_without_its_csrf_token_and_sign_out_revokes_
     assert_ne!(other_csrf, csrf);
     let r = with_cookie(&d, "POST", &keys, &cookie, Some(&other_csrf), Some(&mint));
     assert_eq!(r.json()["code"], "csrf_failed");
+    // Each refusal is in the firm's audit log, as a denial by the CSRF rule.
+    let log = api(
+        &d,
+        "GET",
+        &format!("/api/v1/audit/{}?action=keys:create", f.id),
+        Some(&f.token),
+        None,
+    )
+    .json();
+    let denials = log["entries"].as_array().unwrap();
+    assert_eq!(denials.len(), 4, "{log}");
+    for e in denials {
+        assert_eq!(e["outcome"], "denied");
+        assert_eq!(e["rule"], "csrf");
+        assert_eq!(e["actor"], format!("user:{}", p.id));
+    }
     // Nothing was minted by the refused requests.
     let listed = with_cookie(&d, "GET", &keys, &cookie, None, None).json();
     assert_eq!(listed["keys"].as_array().unwrap().len(), 1, "{listed}");

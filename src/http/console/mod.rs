@@ -54,6 +54,14 @@ pub const CONSOLE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 
 img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
 form-action 'self'; object-src 'none'";
 
+/// The console's route templates (for the request metrics' route label).
+pub(super) const ROUTES: [&str; 4] = [
+    "/console",
+    "/console/",
+    "/console/{*path}",
+    "/console/session/{firm_id}",
+];
+
 /// Whether a request path is the console's (its responses get [`CONSOLE_CSP`]).
 pub fn is_console_path(path: &str) -> bool {
     path == "/console" || path.starts_with("/console/")
@@ -211,11 +219,11 @@ pub(super) fn routes(shared: &Arc<AppState>) -> Router<Arc<AppState>> {
         )
     };
     Router::new()
-        .route("/console", get(to_index).route_layer(per_source()))
-        .route("/console/", get(index).route_layer(per_source()))
-        .route("/console/{*path}", get(asset).route_layer(per_source()))
+        .route(ROUTES[0], get(to_index).route_layer(per_source()))
+        .route(ROUTES[1], get(index).route_layer(per_source()))
+        .route(ROUTES[2], get(asset).route_layer(per_source()))
         .route(
-            "/console/session/{firm_id}",
+            ROUTES[3],
             axum::routing::post(sign_in)
                 .route_layer(per_source())
                 .merge(get(current).delete(sign_out).route_layer(account())),
