@@ -173,15 +173,62 @@ try {
   check(refused[0] === 403 && refused[1] === 'csrf_failed', `without CSRF: ${refused}`);
   log('a request without the CSRF token is refused');
 
-  for (const [link, title, name] of [['Users', 'Users', 'users'], ['Secrets', 'Secrets', 'secrets'],
-    ['Records', 'Records', 'records'], ['My account', 'My account', 'account']]) {
-    await page.getByRole('link', { name: link, exact: true }).click();
-    await heading(title);
-    await page.waitForLoadState('networkidle');
-    await axe(name);
-    await shot(name);
-  }
-  check(await page.getByRole('table', { name: 'My sessions' }).isVisible(), 'no sessions table');
+  // Rotate one key (a new secret, shown once) and revoke another.
+  await page.getByRole('button', { name: 'Rotate key ledger sync' }).click();
+  await page.getByText('New secret of').waitFor();
+  const rotated = (await page.locator('#key-result output').textContent()).trim();
+  check(rotated.startsWith('sr_') && rotated !== minted, `rotated ${rotated}`);
+  await page.getByRole('button', { name: 'Revoke key console-minted' }).click();
+  await page.getByText('Key console-minted revoked.').waitFor();
+  const revokedRow = await page.getByRole('row', { name: /console-minted/ }).textContent();
+  check(revokedRow.includes('revoked'), `after revoking: ${revokedRow}`);
+  log('keys rotated and revoked');
+
+  // Users: invite (the enrolment token shown once), then disable.
+  await page.getByRole('link', { name: 'Users', exact: true }).click();
+  await heading('Users');
+  await page.getByLabel('Login').fill('vera@example.test');
+  await page.getByLabel('Display name').fill('Vera Viewer');
+  await page.getByRole('button', { name: 'Invite' }).click();
+  await page.locator('#user-result output').waitFor();
+  check((await page.locator('#user-result output').textContent()).startsWith('sre_'), 'no enrolment token');
+  await axe('users');
+  await shot('users');
+  await page.getByRole('button', { name: 'Disable vera@example.test' }).click();
+  await page.getByText('vera@example.test: disable done.').waitFor();
+  check((await page.getByRole('row', { name: /vera@example.test/ }).textContent()).includes('disabled'), 'not disabled');
+  log('user invited and disabled');
+
+  // Secrets: store one; its value is never shown.
+  await page.getByRole('link', { name: 'Secrets', exact: true }).click();
+  await heading('Secrets');
+  await page.getByLabel('Name').fill('webhook-signing');
+  await page.getByLabel('Value').fill('never-shown-value-81');
+  await page.getByRole('button', { name: 'Store' }).click();
+  await page.getByText('Secret webhook-signing stored (version 1).').waitFor();
+  check(!(await page.content()).includes('never-shown-value-81'), 'a secret value is on the page');
+  check(!(await page.content()).includes('s3cret-smtp'), 'a secret value is on the page');
+  await axe('secrets');
+  await shot('secrets');
+
+  // Records: sensitive fields masked for a user without records:read_sensitive.
+  await page.getByRole('link', { name: 'Records', exact: true }).click();
+  await heading('Records');
+  await page.getByLabel('Collection', { exact: true }).fill('clients');
+  await page.getByRole('button', { name: 'Open' }).click();
+  await page.getByRole('table', { name: 'Records of clients' }).waitFor();
+  const cells = await page.locator('table tbody td').allTextContents();
+  check(cells.includes('Ada Lovelace') && cells.includes('[MASKED]') && !cells.includes('078-05-1120'), `record cells: ${cells}`);
+  await page.getByText('Sensitive fields are masked').waitFor();
+  await axe('records');
+  await shot('records');
+  log('records: sensitive fields masked');
+
+  await page.getByRole('link', { name: 'My account', exact: true }).click();
+  await heading('My account');
+  await page.getByRole('table', { name: 'My sessions' }).waitFor();
+  await axe('account');
+  await shot('account');
 
   // Tamper with an entry in the firm's database: the browser names it.
   const seq = await ask('tamper');

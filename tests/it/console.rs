@@ -281,10 +281,26 @@ fn the_console_end_to_end_in_chromium() {
         &format!("/api/v1/secrets/{}/smtp-password", f.id),
         json!({"value": "s3cret-smtp"}),
     );
+    owner(
+        "PUT",
+        &format!("/api/v1/collections/{}/clients", f.id),
+        json!({"fields": {
+            "name": {"type": "string", "required": true},
+            "ssn": {"type": "string", "sensitive": true},
+        }}),
+    );
+    owner(
+        "POST",
+        &format!("/api/v1/records/{}/clients", f.id),
+        json!({"name": "Ada Lovelace", "ssn": "078-05-1120"}),
+    );
+    // An owner who may not read sensitive fields in clear: the console masks
+    // them as the API does.
     let invited = owner(
         "POST",
         &format!("/api/v1/users/{}", f.id),
-        json!({"login": "olivia@example.test", "display_name": "Olivia Owen", "role": "owner"}),
+        json!({"login": "olivia@example.test", "display_name": "Olivia Owen", "role": "owner",
+               "deny": ["records:read_sensitive"]}),
     );
     let token = invited["enrolment_token"].as_str().unwrap().to_owned();
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
