@@ -251,6 +251,24 @@ try {
   check(after === 401, `after sign-out: ${after}`);
   check(!(await context.cookies()).some((k) => k.name === '__Host-strongroom-session'), 'cookie kept');
 
+  // A user whose firm requires TOTP and who has none: the session may
+  // only enrol it, then may do what the role allows.
+  await page.getByLabel('Login').fill(env.CONSOLE_MFA_LOGIN);
+  await page.getByLabel('Password').fill(env.CONSOLE_MFA_PASSWORD);
+  await page.getByLabel('Authentication code').fill('');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await heading('My account');
+  check(!(await page.getByRole('link', { name: 'Audit log' }).isVisible()), 'an enrolment-only session sees the audit log');
+  await page.getByRole('button', { name: 'Start' }).click();
+  const mfaSecret = (await page.locator('#totp-secret').textContent()).trim();
+  await page.getByLabel('Code from the app').fill(await ask(`totp ${mfaSecret}`));
+  await page.getByRole('button', { name: 'Confirm' }).click();
+  await page.getByRole('heading', { name: 'Two-factor authentication is on' }).waitFor();
+  await page.getByRole('link', { name: 'Continue to the console' }).click();
+  await heading('Overview');
+  check(await page.getByRole('link', { name: 'Audit log' }).isVisible(), 'no audit log after enrolling TOTP');
+  log('an enrolment-only session enrols TOTP, then may act');
+
   const violations = await page.evaluate(() => window.cspViolations);
   check(violations.length === 0, `CSP violations: ${violations}`);
   check(csp.size === 1, `console CSPs: ${[...csp]}`);

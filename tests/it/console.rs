@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::client::Response;
 use crate::firms::{Firm, create_firm, firm_db, stock_sqlcipher_python};
 use crate::harness::{Daemon, ctl_json};
-use crate::people::{PASSWORD, api, person, pyotp_code, unthrottled};
+use crate::people::{PASSWORD, api, person, pyotp_code, set_mfa_policy, unthrottled};
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
@@ -231,6 +231,28 @@ fn browser_tools() -> Option<(String, PathBuf, String)> {
     None
 }
 
+/// The browser's verifier, under Node.js's WebCrypto, against the Merkle
+/// and signed-note vectors the Rust side is tested with.
+#[test]
+fn the_browser_verifier_passes_the_merkle_and_signed_note_vectors() {
+    let node = std::env::var("STRONGROOM_TEST_NODE").unwrap_or_else(|_| "node".to_owned());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/console/verify.test.mjs");
+    let Ok(out) = Command::new(&node).arg(&script).output() else {
+        assert!(
+            std::env::var_os("STRONGROOM_REQUIRE_CONSOLE").is_none(),
+            "no {node}"
+        );
+        eprintln!("skipped the browser verifier's vectors: no Node.js");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("OK "),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Rewrites one field of one audit entry in the firm's database, as an
 /// intruder with the database key could (stock SQLCipher and the
 /// break-glass key).
@@ -303,6 +325,11 @@ fn the_console_end_to_end_in_chromium() {
                "deny": ["records:read_sensitive"]}),
     );
     let token = invited["enrolment_token"].as_str().unwrap().to_owned();
+    // An admin who enrolled without TOTP while the firm allowed it; the
+    // default policy requires it of admins again.
+    set_mfa_policy(&d, &f, "optional");
+    let mo = person(&d, &f, "admin", "mo@example.test", false);
+    set_mfa_policy(&d, &f, "required_for_admins");
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -314,6 +341,8 @@ fn the_console_end_to_end_in_chromium() {
         .env("CONSOLE_TOKEN", &token)
         .env("CONSOLE_LOGIN", "olivia@example.test")
         .env("CONSOLE_PASSWORD", "Quartz lantern orbit 91")
+        .env("CONSOLE_MFA_LOGIN", &mo.login)
+        .env("CONSOLE_MFA_PASSWORD", PASSWORD)
         .env("CONSOLE_CHROMIUM", &chromium)
         .env("CONSOLE_SHOTS", &shots)
         .stdin(Stdio::piped())

@@ -38,7 +38,6 @@ async function signOut() {
   }
   setSession(null);
   location.hash = '#/signin';
-  route();
 }
 
 function drawNav(active) {

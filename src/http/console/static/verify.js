@@ -138,6 +138,13 @@ async function push(stack, hash) {
   stack.push(item);
 }
 
+/// The RFC 9162 root of a tree with these leaf hashes.
+export async function merkleRoot(leafHashes) {
+  const stack = [];
+  for (const l of leafHashes) await push(stack, l);
+  return fold(stack);
+}
+
 /// RFC 9162 §2.1.3.2: does `proof` take `leaf` at `index` to `root`?
 export async function verifyInclusion(index, size, leaf, proof, root) {
   if (index >= size) return false;

@@ -3,6 +3,7 @@
 
 import { call, firmPath, session } from '../api.js';
 import { h, field, page, button, table, notice, problemText, secretBox } from '../ui.js';
+import { restore } from '../app.js';
 
 export async function render(main) {
   const out = h('div', { 'aria-live': 'polite' });
@@ -42,20 +43,25 @@ export async function render(main) {
   if (session().mfa_enrolment_required) {
     totp = h('section', { class: 'card narrow' }, h('h2', {}, 'Set up two-factor authentication'),
       h('p', {}, 'Your firm requires an authenticator app before you can use the console.'),
-      button('Start', async () => {
+      button('Start', async (ev) => {
         try {
           const t = await call('POST', firmPath('me', '/totp'));
+          ev.target.disabled = true;
           const code = field('Code from the app', { inputmode: 'numeric', autocomplete: 'one-time-code' });
           const f = h('form', { 'aria-label': 'Confirm the authenticator' },
             h('img', { src: `data:image/svg+xml;base64,${btoa(t.qr_svg)}`, alt: 'QR code of the authenticator set-up link', class: 'qr', width: 200, height: 200 }),
-            h('p', {}, 'Key: ', h('code', { class: 'secret' }, t.secret)), code.wrap,
+            h('p', {}, 'Key: ', h('code', { class: 'secret', id: 'totp-secret' }, t.secret)), code.wrap,
             h('button', { type: 'submit', class: 'primary' }, 'Confirm'));
           f.addEventListener('submit', async (ev) => {
             ev.preventDefault();
             try {
               const r = await call('POST', firmPath('me', '/totp/confirm'), { code: code.input.value.trim() });
-              session().mfa_enrolment_required = false;
-              totp.replaceChildren(secretBox('Recovery codes', r.recovery_codes.join('\n')));
+              // The session may now do what the user's role allows.
+              await restore(session().firm);
+              totp.replaceChildren(h('h2', { tabindex: '-1' }, 'Two-factor authentication is on'),
+                secretBox('Recovery codes', r.recovery_codes.join('\n')),
+                h('p', {}, h('a', { href: '#/overview' }, 'Continue to the console')));
+              totp.querySelector('h2').focus();
             } catch (e) {
               notice(out, problemText(e), 'error');
             }
