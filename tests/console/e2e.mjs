@@ -269,6 +269,15 @@ try {
   check(await page.getByRole('link', { name: 'Audit log' }).isVisible(), 'no audit log after enrolling TOTP');
   log('an enrolment-only session enrols TOTP, then may act');
 
+  // One's own password.
+  await page.getByRole('link', { name: 'My account', exact: true }).click();
+  await heading('My account');
+  await page.getByLabel('Current password').fill(env.CONSOLE_MFA_PASSWORD);
+  await page.getByLabel('New password').fill('Marble harbour violet 27');
+  await page.getByRole('button', { name: 'Change password' }).click();
+  await page.getByText('Password changed; your other sessions have ended.').waitFor();
+  log('password changed');
+
   const violations = await page.evaluate(() => window.cspViolations);
   check(violations.length === 0, `CSP violations: ${violations}`);
   check(csp.size === 1, `console CSPs: ${[...csp]}`);

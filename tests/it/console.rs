@@ -202,6 +202,13 @@ fn a_cookie_session_changes_nothing_without_its_csrf_token_and_sign_out_revokes_
         with_cookie(&d, "GET", &session, &cookie, None, None).status,
         401
     );
+    // Neither the session token nor the CSRF token is ever logged.
+    let (_, token) = cookie.split_once('=').unwrap();
+    let logs = d.logs();
+    assert!(
+        !logs.contains(token) && !logs.contains(&csrf),
+        "a token in the logs"
+    );
 }
 
 /// Node.js, the test's npm packages and Debian's chromium: `make test`

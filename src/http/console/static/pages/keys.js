@@ -23,9 +23,9 @@ export async function render(main) {
         out.replaceChildren(secretBox(`New secret of ${r.name || k.name}`, r.secret));
       } else {
         await call('DELETE', firmPath('keys', `/${k.id}`));
-        notice(out, `Key ${k.name} revoked.`, 'ok');
       }
       await refresh();
+      if (what !== 'rotate') notice(out, `Key ${k.name} revoked.`, 'ok');
     } catch (e) {
       notice(out, problemText(e), 'error');
     }

@@ -33,8 +33,8 @@ export async function render(main) {
       try {
         const r = await call('PUT', firmPath('secrets', `/${encodeURIComponent(name.input.value.trim())}`), { value: value.input.value });
         value.input.value = '';
-        notice(out, `Secret ${r.name} stored (version ${r.version}).`, 'ok');
         await refresh();
+        notice(out, `Secret ${r.name} stored (version ${r.version}).`, 'ok');
       } catch (e) {
         notice(out, problemText(e), 'error');
       }

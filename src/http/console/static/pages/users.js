@@ -23,8 +23,8 @@ export async function render(main) {
     if (!window.confirm(`${what} ${u.login}?`)) return;
     try {
       await call('POST', firmPath('users', `/${u.id}/${what}`));
-      notice(out, `${u.login}: ${what} done.`, 'ok');
       await refresh();
+      notice(out, `${u.login}: ${what} done.`, 'ok');
     } catch (e) {
       notice(out, problemText(e), 'error');
     }
