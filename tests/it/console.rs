@@ -292,6 +292,10 @@ fn the_console_end_to_end_in_chromium() {
     let Some((node, dir, chromium)) = browser_tools() else {
         return;
     };
+    // The tampering step edits the firm's database with stock SQLCipher.
+    if stock_sqlcipher_python().is_none() {
+        return;
+    }
     let d = unthrottled("");
     let f = create_firm(&d, "Console & Partners LLP");
     // Some history for the explorer: a key, a secret, a collection.
