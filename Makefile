@@ -62,9 +62,19 @@ $(TEST_PY_DEPS): $(TEST_PY)
 	"$(TEST_VENV)/bin/pip" install --quiet --disable-pip-version-check "pyotp==2.9.0" "schemathesis==4.32.5" "cryptography==44.0.2" "standardwebhooks==1.1.0"
 	touch "$@"
 
-test: lint deny $(STOCK_PY) $(TEST_PY_DEPS)
+# The console's browser test: playwright-core and axe-core at the versions
+# tests/console/package-lock.json pins, driving Debian's chromium (build-deps).
+CONSOLE_DEPS := tests/console/node_modules/.package-lock.json
+
+$(CONSOLE_DEPS): tests/console/package.json tests/console/package-lock.json
+	cd tests/console && npm ci --no-audit --no-fund
+	touch "$@"
+
+test: lint deny $(STOCK_PY) $(TEST_PY_DEPS) $(CONSOLE_DEPS)
 	STRONGROOM_STOCK_SQLCIPHER_PY="$(STOCK_PY)" STRONGROOM_REQUIRE_STOCK_SQLCIPHER=1 \
 		STRONGROOM_TEST_PY="$(TEST_PY)" STRONGROOM_REQUIRE_PROMTOOL=1 \
+		STRONGROOM_TEST_NODE="$$(command -v node)" STRONGROOM_TEST_CHROMIUM=/usr/bin/chromium \
+		STRONGROOM_REQUIRE_CONSOLE=1 \
 		$(CARGO) test --locked --features test-clock
 
 package: build

@@ -17,6 +17,10 @@ have perl       || need_apt+=(perl)
 [ -f /usr/include/linux/limits.h ] || need_apt+=(linux-libc-dev)
 # promtool checks the metrics exposition and the shipped alert rules in the tests.
 have promtool   || need_apt+=(prometheus)
+# The console's end-to-end test drives Debian's chromium from Node.js.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+have node       || need_apt+=(nodejs)
+have npm        || need_apt+=(npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

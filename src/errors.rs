@@ -51,6 +51,11 @@ pub const CODES: &[Code] = &[
         "the session must enrol a second factor first",
     ),
     c(
+        "csrf_failed",
+        403,
+        "a state-changing request with the console's session cookie lacks its session's CSRF token",
+    ),
+    c(
         "forbidden_firm",
         403,
         "the credential belongs to another firm (or the firm does not exist)",

@@ -227,6 +227,10 @@ pub enum Rule {
     CredentialKind,
     /// The session must enrol a second factor before anything else.
     MfaEnrolment,
+    /// A state-changing request with the console's session cookie lacked
+    /// its session's CSRF token (decided before the policy, by the HTTP
+    /// layer).
+    Csrf,
 }
 
 impl Rule {
@@ -241,6 +245,7 @@ impl Rule {
             Rule::Escalation => "escalation".to_owned(),
             Rule::CredentialKind => "credential_kind".to_owned(),
             Rule::MfaEnrolment => "mfa_enrolment".to_owned(),
+            Rule::Csrf => "csrf".to_owned(),
         }
     }
 
@@ -253,6 +258,7 @@ impl Rule {
             Rule::Escalation => "forbidden_escalation",
             Rule::CredentialKind => "forbidden_credential",
             Rule::MfaEnrolment => "mfa_enrolment_required",
+            Rule::Csrf => "csrf_failed",
             Rule::AllowOverride | Rule::RoleGrant(_) | Rule::NoGrant(_) => "forbidden_role",
         }
     }

@@ -6,6 +6,11 @@
 //! [`Authz<P>`], which yields the policy's `Authorized<P>` proof that the
 //! services require, and refuses to run if the table gave the route a
 //! different permission than the handler's type names.
+//!
+//! A request may instead carry a person's session in the console's
+//! `__Host-` cookie; then every method but GET and HEAD must also carry
+//! the session's CSRF token (`X-CSRF-Token`), else 403 `csrf_failed`. The
+//! policy is the same either way: the console has no power of its own.
 
 use std::sync::Arc;
 
@@ -60,6 +65,9 @@ fn denied(decision: Decision) -> Problem {
         "forbidden_credential" => {
             "this route is a person's own: sign in (an API key has no account)"
         }
+        "csrf_failed" => {
+            "a state-changing request with the console's session cookie needs the session's X-CSRF-Token header"
+        }
         "mfa_enrolment_required" => {
             "this session must enrol a second factor first (POST /api/v1/me/{firm_id}/totp)"
         }
@@ -68,18 +76,72 @@ fn denied(decision: Decision) -> Problem {
     Problem::new(StatusCode::FORBIDDEN, decision.rule.denial_code(), detail)
 }
 
-async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal, Problem> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        return Err(unauthenticated(
+/// How a request presented its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// `Authorization: Bearer`: a browser never adds it by itself.
+    Bearer,
+    /// The console's session cookie: a browser attaches it by itself, so a
+    /// state-changing request must also carry the session's CSRF token.
+    Cookie,
+}
+
+/// The request's credential: the `Authorization` header, else the
+/// console's session cookie (a session token only, never an API key).
+fn credential(parts: &Parts) -> Result<(String, Carrier), Problem> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(auth::bearer)
+            .ok_or_else(|| unauthenticated("malformed Authorization header"))?;
+        return Ok((token.to_owned(), Carrier::Bearer));
+    }
+    match super::console::session_cookie(&parts.headers) {
+        Some(token) if token.starts_with(crate::people::SESSION_PREFIX) => {
+            Ok((token.to_owned(), Carrier::Cookie))
+        }
+        Some(_) => Err(unauthenticated("malformed session cookie")),
+        None => Err(unauthenticated(
             "a credential is required (Authorization: Bearer sr_... for an API key, srs_... for a session)",
-        ));
+        )),
+    }
+}
+
+/// Whether a state-changing request that came with the console's cookie
+/// carries its session's CSRF token (a safe method changes nothing, so
+/// needs none).
+async fn csrf_holds(
+    shared: &Arc<AppState>,
+    parts: &Parts,
+    principal: &Principal,
+) -> Result<bool, Problem> {
+    if matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return Ok(true);
+    }
+    let presented = parts
+        .headers
+        .get(&super::console::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let (Some(session), Some(presented)) = (principal.actor.session().cloned(), presented) else {
+        return Ok(false);
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(auth::bearer)
-        .ok_or_else(|| unauthenticated("malformed Authorization header"))?
-        .to_owned();
+    let (people, firm, presented) = (
+        shared.people.clone(),
+        principal.firm.clone(),
+        presented.to_owned(),
+    );
+    super::api::blocking(move || people.csrf_matches(&firm, &session, &presented)).await
+}
+
+async fn authenticate(
+    shared: &Arc<AppState>,
+    parts: &Parts,
+) -> Result<(Principal, Carrier), Problem> {
+    let (token, carrier) = credential(parts)?;
     // A firm that is open and a key or session seen before: no database
     // read, so no trip to a blocking thread.
     let result = if token.starts_with(crate::people::SESSION_PREFIX) {
@@ -96,7 +158,7 @@ async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal
         }
     };
     match result {
-        Ok(p) => Ok(p),
+        Ok(p) => Ok((p, carrier)),
         Err(AuthError::Firm(
             e @ (FirmError::Store(_)
             | FirmError::Key(_)
@@ -138,8 +200,8 @@ async fn authenticate(shared: &Arc<AppState>, parts: &Parts) -> Result<Principal
 /// The firm and key (or session) ids named by the request's token (never
 /// its secret).
 fn token_ids(parts: &Parts) -> Option<(FirmId, String)> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = auth::bearer(value)?;
+    let (token, _) = credential(parts).ok()?;
+    let token = token.as_str();
     if let Some((firm, session)) = crate::people::session_token_ids(token) {
         return Some((firm, session));
     }
@@ -172,8 +234,14 @@ pub async fn enforce(
         return super::ratelimit::refused(r);
     }
     let (mut parts, body) = req.into_parts();
-    let mut principal = match authenticate(&shared, &parts).await {
-        Ok(p) => p,
+    let (mut principal, csrf_ok) = match authenticate(&shared, &parts).await {
+        // Security invariant: a cookie-borne session changes nothing
+        // without its CSRF token.
+        Ok((p, Carrier::Cookie)) => match csrf_holds(&shared, &parts, &p).await {
+            Ok(ok) => (p, ok),
+            Err(problem) => return problem.into_response(),
+        },
+        Ok((p, Carrier::Bearer)) => (p, true),
         Err(problem) => {
             if problem.status == StatusCode::UNAUTHORIZED {
                 shared.limits.note_auth_failure(ip);
@@ -189,6 +257,10 @@ pub async fn enforce(
         .find(|(k, _)| *k == "firm_id")
         .and_then(|(_, v)| FirmId::parse(v));
     let decision = match &url_firm {
+        _ if !csrf_ok => Decision {
+            allowed: false,
+            rule: policy::Rule::Csrf,
+        },
         Some(f) => policy::decide(&principal, permission, f),
         None => Decision {
             allowed: false,

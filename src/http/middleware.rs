@@ -145,6 +145,7 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
         .map(|p| p.0.to_string())
         .unwrap_or_default();
 
+    let console = super::console::is_console_path(req.uri().path());
     let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
     let m = crate::telemetry::metrics::metrics();
     m.in_flight.inc();
@@ -191,6 +192,13 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
     let headers = resp.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name.clone(), HeaderValue::from_static(value));
+    }
+    if console {
+        // The console's pages load their own scripts and styles.
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(super::console::CONSOLE_CSP),
+        );
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(X_REQUEST_ID.clone(), v);

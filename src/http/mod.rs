@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod body;
 pub mod conn;
+mod console;
 mod erasure;
 mod evidence;
 mod keys;
@@ -507,6 +508,7 @@ pub(crate) fn route_label(route: &str) -> &'static str {
         .get_or_init(|| route_table().into_iter().map(|r| r.path).collect())
         .get(route)
         .copied()
+        .or_else(|| console::ROUTES.iter().find(|r| **r == route).copied())
         .unwrap_or("<unmatched>")
 }
 
@@ -533,6 +535,7 @@ pub fn router(shared: Arc<AppState>) -> Router {
         };
         router = router.route(spec.path, handler);
     }
+    router = router.merge(console::routes(&shared));
     router
         // Must come after every route: it installs the 405 handler on each.
         .method_not_allowed_fallback(routes::method_not_allowed)

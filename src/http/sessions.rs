@@ -81,6 +81,16 @@ pub struct SignInBody {
     code: Option<Zeroizing<String>>,
 }
 
+impl SignInBody {
+    pub(super) fn into_sign_in(self) -> SignIn {
+        SignIn {
+            login: self.login,
+            password: self.password,
+            code: self.code,
+        }
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolStartBody {
@@ -219,12 +229,11 @@ pub async fn sign_in(
 ) -> Result<(StatusCode, Json<SessionIssued>), Problem> {
     let ApiJson(b) = ApiJson::<SignInBody>::parse(&headers, &body)?;
     let firm = firm_of(&firm, FirmError::InvalidCredentials)?;
-    let req = SignIn {
-        login: b.login,
-        password: b.password,
-        code: b.code,
-    };
-    let signed = shared.people.clone().sign_in(firm, req, origin).await?;
+    let signed = shared
+        .people
+        .clone()
+        .sign_in(firm, b.into_sign_in(), origin)
+        .await?;
     Ok((StatusCode::CREATED, Json(signed.into())))
 }
 

@@ -13,6 +13,7 @@
 //! - session: `srs_<firm hex>_<session hex>_<secret>`
 //! - enrolment: `sre_<firm hex>_<user hex>_<secret>`
 
+mod csrf;
 mod enrol;
 mod limiter;
 pub mod password;

@@ -7,6 +7,7 @@
 mod audit;
 mod backup;
 mod client;
+mod console;
 mod datakeys;
 mod erasure;
 mod evidence;
