@@ -57,7 +57,8 @@ pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// HMAC-SHA256 (FIPS 198-1) of `parts`, concatenated, under a raw `key`
-/// (webhook signatures, where the receiver holds the same key bytes).
+/// (webhook signatures, where the receiver holds the same key bytes; a
+/// data subject's key from its pepper and its sealed half).
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
     let mut ctx = hmac::Context::with_key(&k);

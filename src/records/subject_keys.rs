@@ -95,12 +95,10 @@ fn subject_key(
     let firm = h.id.as_str();
     let half = Zeroizing::new(keys.open(&subject_key_aad(firm, subject), wrapped).ok()?);
     let pepper = h.peppers.read(slot).ok()??;
-    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &pepper[..]);
-    let mut ctx = aws_lc_rs::hmac::Context::with_key(&k);
-    ctx.update(&subject_key_aad(firm, subject));
-    ctx.update(&half);
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    bytes.copy_from_slice(ctx.sign().as_ref());
+    let bytes = Zeroizing::new(crate::crypto::hmac_sha256(
+        &pepper[..],
+        &[&subject_key_aad(firm, subject), &half],
+    ));
     Some(SecretKey::from_bytes(*bytes))
 }
 
