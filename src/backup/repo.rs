@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -135,27 +135,7 @@ fn lock(path: &Path, exclusive: bool) -> Result<nix::fcntl::Flock<File>, BackupE
 /// Writes `bytes` to `path` durably: a temporary file, fsync, rename, and
 /// an fsync of the directory.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    mkdir(dir)?;
-    let tmp = dir.join(format!(
-        ".tmp-{}",
-        hex(&crate::crypto::random_array::<8>().unwrap_or_default())
-    ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    let res = f
-        .write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(io(path)(e));
-    }
-    fsync_dir(dir)
+    crate::store::files::write_durably(path, bytes).map_err(io(path))
 }
 
 impl Repo {

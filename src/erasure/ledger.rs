@@ -13,12 +13,12 @@
 //! ledger lets anyone test a guess at an identifier. Certificates, which
 //! carry salted hashes, stay in the firm database.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::files::write_durably;
 
 pub const FORMAT: &str = "strongroom-erasure-ledger/1";
 
@@ -44,27 +44,6 @@ pub struct Found {
 
 fn firm_dir(root: &Path, firm: &str) -> PathBuf {
     root.join("erasures").join(firm)
-}
-
-/// Writes `bytes` to `path` durably: a temporary name, fsync, rename, and
-/// an fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
 }
 
 /// Records an intent under `root` (a state directory or a repository).

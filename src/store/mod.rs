@@ -6,6 +6,7 @@
 
 pub mod audit_log;
 pub mod bench;
+pub mod files;
 pub mod firm;
 pub mod peppers;
 pub mod registry;

@@ -14,7 +14,7 @@
 //! zeroing hold a lock.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -156,26 +156,10 @@ pub fn zero_in(path: &Path, index: u64) -> std::io::Result<()> {
     }
 }
 
-/// Copies a pepper file to `to` durably (temporary name, sync, rename).
+/// Copies a pepper file to `to` durably (see `store::files`).
 pub fn copy_durably(from: &Path, to: &Path) -> std::io::Result<()> {
     let bytes = zeroize::Zeroizing::new(std::fs::read(from)?);
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = to.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, to)?;
-    if let Some(dir) = to.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    super::files::write_durably(to, &bytes)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ fn backup(d: &Daemon, args: &[&str]) -> Value {
 
 /// Restores `snapshot` from `repo` into `<dir>/state` (offline, no daemon),
 /// with the master key file `key`; the command's output.
-fn restore(repo: &Path, snapshot: &str, to: &Path, key: &Path) -> std::process::Output {
+pub fn restore(repo: &Path, snapshot: &str, to: &Path, key: &Path) -> std::process::Output {
     ctl(
         Path::new("/nonexistent"),
         &[

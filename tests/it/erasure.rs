@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::audit::{entries, entries_of};
 use crate::evidence::note_verifies;
 use crate::firms::{Firm, create_firm, firm_db, stock_sqlcipher_python};
-use crate::harness::{Daemon, Options, ctl, ctl_json, prod_config};
+use crate::harness::{Daemon, Options, ctl_json, prod_config};
 use crate::records::{collection, req};
 
 const ANN: &str = "Ann Archer";
@@ -511,22 +511,7 @@ fn restore(repo: &Path, snapshot: &str, master_key: &Path) -> (tempfile::TempDir
     let dir = tempfile::Builder::new().prefix("sr-it-").tempdir().unwrap();
     let mkey = dir.path().join("master.key");
     fs::copy(master_key, &mkey).unwrap();
-    let to = dir.path().join("state");
-    let out = ctl(
-        Path::new("/nonexistent"),
-        &[
-            "--json",
-            "backup",
-            "restore",
-            snapshot,
-            "--to",
-            to.to_str().unwrap(),
-            "--repository",
-            repo.to_str().unwrap(),
-            "--master-key-file",
-            mkey.to_str().unwrap(),
-        ],
-    );
+    let out = crate::backup::restore(repo, snapshot, &dir.path().join("state"), &mkey);
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         out.status.success(),
