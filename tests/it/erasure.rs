@@ -17,6 +17,7 @@ use crate::evidence::note_verifies;
 use crate::firms::{Firm, create_firm, firm_db, stock_sqlcipher_python};
 use crate::harness::{Daemon, Options, ctl_json, prod_config};
 use crate::records::{collection, req};
+use crate::subjects::{cases_collection, post_record};
 
 const ANN: &str = "Ann Archer";
 const ANN_SSN: &str = "219-09-9999";
@@ -46,29 +47,8 @@ type RecordRef = (String, String);
 
 fn seed(d: &Daemon, f: &Firm) -> (Vec<RecordRef>, Vec<RecordRef>) {
     collection(d, f, "clients", "flag");
-    let r = req(
-        d,
-        "PUT",
-        &format!("/api/v1/collections/{}/cases", f.id),
-        &f.token,
-        Some(&json!({"fields": {
-            "client": {"type": "string", "subject": true, "sensitive": true},
-            "matter": {"type": "string"}}})),
-        &[],
-    );
-    assert_eq!(r.status, 201);
-    let post = |coll: &str, body: Value| {
-        let r = req(
-            d,
-            "POST",
-            &format!("/api/v1/records/{}/{coll}", f.id),
-            &f.token,
-            Some(&body),
-            &[],
-        );
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        (coll.to_owned(), r.json()["id"].as_str().unwrap().to_owned())
-    };
+    cases_collection(d, f);
+    let post = |coll: &str, body: Value| (coll.to_owned(), post_record(d, f, coll, &body));
     let ann = vec![
         post("clients", json!({"name": ANN, "ssn": ANN_SSN})),
         post("cases", json!({"client": ANN, "matter": "Last will"})),
@@ -82,19 +62,8 @@ fn seed(d: &Daemon, f: &Firm) -> (Vec<RecordRef>, Vec<RecordRef>) {
 
 /// Creates a client record for `name` (with an SSN); its reference.
 fn post_client(d: &Daemon, f: &Firm, name: &str) -> RecordRef {
-    let r = req(
-        d,
-        "POST",
-        &format!("/api/v1/records/{}/clients", f.id),
-        &f.token,
-        Some(&json!({"name": name, "ssn": ANN_SSN})),
-        &[],
-    );
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    (
-        "clients".to_owned(),
-        r.json()["id"].as_str().unwrap().to_owned(),
-    )
+    let body = json!({"name": name, "ssn": ANN_SSN});
+    ("clients".to_owned(), post_record(d, f, "clients", &body))
 }
 
 fn get(d: &Daemon, f: &Firm, (coll, id): &RecordRef) -> (u16, Value) {

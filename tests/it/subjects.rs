@@ -5,19 +5,16 @@
 use serde_json::json;
 
 use crate::audit::{entries, entries_of};
-use crate::firms::create_firm;
+use crate::firms::{Firm, create_firm};
 use crate::harness::Daemon;
 use crate::records::{collection, req};
 
 const SSN: &str = "219-09-9999";
 
-#[test]
-fn a_subject_access_returns_every_record_naming_them_and_logs_only_a_keyed_hash() {
-    let d = Daemon::start();
-    let f = create_firm(&d, "Subjects LLP");
-    collection(&d, &f, "clients", "flag");
+/// A `cases` collection naming its subject in a sensitive `client` field.
+pub fn cases_collection(d: &Daemon, f: &Firm) {
     let r = req(
-        &d,
+        d,
         "PUT",
         &format!("/api/v1/collections/{}/cases", f.id),
         &f.token,
@@ -26,17 +23,31 @@ fn a_subject_access_returns_every_record_naming_them_and_logs_only_a_keyed_hash(
             "matter": {"type": "string"}}})),
         &[],
     );
-    assert_eq!(r.status, 201);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Creates a record in `coll` (asserting 201); its id.
+pub fn post_record(d: &Daemon, f: &Firm, coll: &str, body: &serde_json::Value) -> String {
+    let r = req(
+        d,
+        "POST",
+        &format!("/api/v1/records/{}/{coll}", f.id),
+        &f.token,
+        Some(body),
+        &[],
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_subject_access_returns_every_record_naming_them_and_logs_only_a_keyed_hash() {
+    let d = Daemon::start();
+    let f = create_firm(&d, "Subjects LLP");
+    collection(&d, &f, "clients", "flag");
+    cases_collection(&d, &f);
     let post = |coll: &str, body: serde_json::Value| {
-        let r = req(
-            &d,
-            "POST",
-            &format!("/api/v1/records/{}/{coll}", f.id),
-            &f.token,
-            Some(&body),
-            &[],
-        );
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        post_record(&d, &f, coll, &body);
     };
     post("clients", json!({"name": "Ann Archer", "ssn": SSN}));
     post(
