@@ -192,6 +192,10 @@ pub struct StorageSection {
     pub state_dir: PathBuf,
     /// Seconds an unused firm database stays open.
     pub firm_idle_secs: u64,
+    /// The SQLCipher page format of new firm databases (and of a rekeyed
+    /// one): `hmac-sha256` (the default) or `hmac-sha512` (SQLCipher 4's
+    /// defaults). Existing files keep theirs until a rekey.
+    pub page_format: String,
 }
 
 impl Default for StorageSection {
@@ -199,7 +203,16 @@ impl Default for StorageSection {
         Self {
             state_dir: PathBuf::from("/var/lib/strongroom"),
             firm_idle_secs: 300,
+            page_format: crate::store::PageFormat::CURRENT.name().to_owned(),
         }
+    }
+}
+
+impl StorageSection {
+    /// The parsed `page_format` (checked by `Config::validate`).
+    pub fn page_format(&self) -> crate::store::PageFormat {
+        crate::store::PageFormat::parse(&self.page_format)
+            .unwrap_or(crate::store::PageFormat::CURRENT)
     }
 }
 
@@ -438,6 +451,12 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.webhooks.validate()?;
+        if crate::store::PageFormat::parse(&self.storage.page_format).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "[storage] page_format = {:?}: hmac-sha256 or hmac-sha512",
+                self.storage.page_format
+            )));
+        }
         for (name, d) in &self.retention.classes {
             let ok_name = !name.is_empty()
                 && name.len() <= 64

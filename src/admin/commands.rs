@@ -415,7 +415,7 @@ fn run_as(
                 });
             }
             let id = firm_id(&a.id)?;
-            let key = life.export_key(&id)?;
+            let (key, format) = life.export_key(&id)?;
             // Security invariant: the break-glass key leaves only once its export is in the system log.
             trail.system_audit(
                 by,
@@ -429,7 +429,8 @@ fn run_as(
             Ok(json!({
                 "firm_id": id,
                 "sqlcipher_key": key.as_pragma_value(),
-                "open_with": "PRAGMA key = \"<sqlcipher_key>\"; PRAGMA fast_kdf_iter = 1000;",
+                "page_format": format.name(),
+                "open_with": format!("PRAGMA key = \"<sqlcipher_key>\"; {}", format.recovery_pragmas()),
             }))
         }
         "firm.rekey" => {

@@ -277,12 +277,13 @@ fn wrap_aad(firm: &str, purpose: Purpose, version: u32) -> Vec<u8> {
     aad
 }
 
-/// A raw SQLCipher key as the text `x'<64 hex>'`, zeroized on drop.
-pub struct SqlcipherKey(String);
+/// A raw SQLCipher key as the text `x'<64 hex>'` (and its bytes), zeroized
+/// on drop.
+pub struct SqlcipherKey(String, [u8; 32]);
 
 impl SqlcipherKey {
     pub fn from_secret(k: &SecretKey) -> Self {
-        SqlcipherKey(format!("x'{}'", super::hex(k.expose())))
+        SqlcipherKey(format!("x'{}'", super::hex(k.expose())), *k.expose())
     }
 
     /// The pragma value; for `store/` to hand to SQLCipher and for the
@@ -290,11 +291,21 @@ impl SqlcipherKey {
     pub fn as_pragma_value(&self) -> &str {
         &self.0
     }
+
+    /// The page MAC of the SQLCipher file whose first page is `page` (4096
+    /// bytes), if this key made it; None if it made neither kind.
+    pub fn page_mac_of(&self, page: &[u8]) -> Option<super::sqlcipher::PageMac> {
+        use super::sqlcipher::{PageMac, page_one_mac_matches};
+        [PageMac::Sha256, PageMac::Sha512]
+            .into_iter()
+            .find(|m| page_one_mac_matches(page, &self.1, *m))
+    }
 }
 
 impl Drop for SqlcipherKey {
     fn drop(&mut self) {
         self.0.zeroize();
+        self.1.zeroize();
     }
 }
 

@@ -320,6 +320,53 @@ pub unsafe extern "C" fn sqlcipher_awslc_setup(p: *mut SqlcipherProvider) -> c_i
 /// Keeps the setup symbol in every binary that links the store (a library
 /// symbol that nothing in Rust references could be dropped by the linker,
 /// and SQLCipher would then fail to link or fall back).
+/// The page MACs SQLCipher files of ours carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageMac {
+    Sha256,
+    Sha512,
+}
+
+/// PBKDF2 iterations deriving the page-MAC key (`FAST_PBKDF2_ITER` in
+/// `.cargo/config.toml`).
+const MAC_KDF_ITERATIONS: u32 = 1000;
+/// SQLCipher's page size and the salt at the start of page 1.
+const PAGE: usize = 4096;
+const SALT: usize = 16;
+const IV: usize = 16;
+
+/// Whether page 1 of a SQLCipher 4 file, `page`, carries a valid MAC of kind
+/// `mac` under the raw key: SQLCipher's own check, made here so that finding
+/// a file's format needs no failed open (which SQLCipher logs as an error).
+/// Page 1 is the salt, then the ciphertext and its IV, then the MAC over
+/// both and the page number (4 bytes little-endian), then padding to a
+/// multiple of 16. The MAC key is PBKDF2 with the same hash, 1000
+/// iterations, of the raw key with the salt XORed with 0x3a.
+pub fn page_one_mac_matches(page: &[u8], raw_key: &[u8; 32], mac: PageMac) -> bool {
+    if page.len() < PAGE {
+        return false;
+    }
+    let (kdf, alg, len) = match mac {
+        PageMac::Sha256 => (pbkdf2::PBKDF2_HMAC_SHA256, hmac::HMAC_SHA256, 32),
+        PageMac::Sha512 => (pbkdf2::PBKDF2_HMAC_SHA512, hmac::HMAC_SHA512, 64),
+    };
+    let reserve = (IV + len).div_ceil(16) * 16;
+    let salt: Vec<u8> = page[..SALT].iter().map(|b| b ^ 0x3a).collect();
+    let mut mac_key = [0u8; 32];
+    let Some(iterations) = NonZeroU32::new(MAC_KDF_ITERATIONS) else {
+        return false;
+    };
+    pbkdf2::derive(kdf, iterations, &salt, raw_key, &mut mac_key);
+    let body = &page[SALT..PAGE - reserve + IV];
+    let stored = &page[PAGE - reserve + IV..PAGE - reserve + IV + len];
+    let mut ctx = hmac::Context::with_key(&hmac::Key::new(alg, &mac_key));
+    ctx.update(body);
+    ctx.update(&1u32.to_le_bytes());
+    let ok = aws_lc_rs::constant_time::verify_slices_are_equal(ctx.sign().as_ref(), stored).is_ok();
+    zeroize::Zeroize::zeroize(&mut mac_key);
+    ok
+}
+
 pub fn ensure_linked() {
     std::hint::black_box(sqlcipher_awslc_setup as *const ());
 }

@@ -52,7 +52,11 @@ impl Services {
         });
         let audit = Arc::new(AuditLog::new(pool.clone(), trail.clone()));
         audit.set_default_retention(config.audit.retention());
-        let lifecycle = Arc::new(Lifecycle::new(pool.clone(), trail.clone()));
+        let lifecycle = Arc::new(Lifecycle::new(
+            pool.clone(),
+            trail.clone(),
+            config.storage.page_format(),
+        ));
         lifecycle.set_reencrypt_pacing(
             config.keys.reencrypt_batch,
             Duration::from_millis(config.keys.reencrypt_pause_ms),

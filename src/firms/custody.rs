@@ -11,9 +11,9 @@ use crate::audit::trail::{AdminActor, Outcome};
 use crate::crypto::keyring::{MasterKey, Purpose, SqlcipherKey};
 use crate::crypto::secret::SecretKey;
 use crate::ids::FirmId;
-use crate::store::StoreError;
 use crate::store::firm::FirmDb;
 use crate::store::registry::WrappedKey;
+use crate::store::{PageFormat, StoreError};
 
 impl Lifecycle {
     /// Crypto-shreds the firm's audit payloads: a new audit key version
@@ -74,13 +74,15 @@ impl Lifecycle {
     }
 
     /// Break-glass: the firm's raw SQLCipher key for disaster recovery.
-    pub fn export_key(&self, id: &FirmId) -> Result<SqlcipherKey, FirmError> {
+    pub fn export_key(&self, id: &FirmId) -> Result<(SqlcipherKey, PageFormat), FirmError> {
         match self.pool.state(id) {
             None | Some(FirmState::Deleted) => return Err(FirmError::NotFound),
             _ => {}
         }
         let keys = self.pool.registry.keys(id.as_str())?;
-        self.pool.resolve_db_key(id, &keys)
+        let key = self.pool.resolve_db_key(id, &keys)?;
+        let format = FirmDb::format_of(&self.pool.path(id), &key)?;
+        Ok((key, format))
     }
 
     /// New SQLCipher key for a firm's database (`PRAGMA rekey`). Crash-safe:
@@ -124,6 +126,7 @@ impl Lifecycle {
                 &self.pool.path(id),
                 &old,
                 &SqlcipherKey::from_secret(&new_secret),
+                self.page_format,
             )?;
             let e = self.trail.system_entry(
                 by,

@@ -19,9 +19,9 @@ use crate::auth::policy::{Authorized, perm};
 use crate::crypto::keyring::{Purpose, SqlcipherKey};
 use crate::crypto::secret::SecretKey;
 use crate::ids::{ApiKeyId, FirmId};
-use crate::store::StoreError;
 use crate::store::firm::FirmDb;
 use crate::store::registry::{FirmRow, WrappedKey};
+use crate::store::{PageFormat, StoreError};
 
 /// The public view of a firm (`GET /api/v1/firms/{firm_id}`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -40,14 +40,17 @@ pub struct Lifecycle {
     pub(crate) trail: Arc<AuditTrail>,
     /// Data-key re-encryption jobs.
     pub(crate) data_jobs: Jobs,
+    /// The page format new firm databases get, and a rekey migrates to.
+    pub(crate) page_format: PageFormat,
 }
 
 impl Lifecycle {
-    pub fn new(pool: Arc<Pool>, trail: Arc<AuditTrail>) -> Self {
+    pub fn new(pool: Arc<Pool>, trail: Arc<AuditTrail>, page_format: PageFormat) -> Self {
         Self {
             pool,
             trail,
             data_jobs: Jobs::default(),
+            page_format,
         }
     }
 
@@ -121,7 +124,12 @@ impl Lifecycle {
             .remove(&Purpose::Data)
             .ok_or_else(|| StoreError::Corrupt("no data key".into()))?;
         let path = self.pool.path(&id);
-        let db = FirmDb::open(id.as_str(), &path, SqlcipherKey::from_secret(&db_key), true)?;
+        let db = FirmDb::open_with(
+            id.as_str(),
+            &path,
+            SqlcipherKey::from_secret(&db_key),
+            Some(self.page_format),
+        )?;
         let handle = FirmHandle {
             id: id.clone(),
             db,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{OpenFlags, params};
 
-use super::{StoreError, open_encrypted};
+use super::{StoreError, open_firm};
 use crate::crypto::keyring::SqlcipherKey;
 
 /// Inserts one api_keys-shaped row per transaction for `run_for`; returns
@@ -17,7 +17,7 @@ pub fn baseline_one_row_per_commit(
     key: &SqlcipherKey,
     run_for: Duration,
 ) -> Result<(u64, Duration), StoreError> {
-    let conn = open_encrypted(path, key, OpenFlags::default())?;
+    let conn = open_firm(path, key, OpenFlags::default())?;
     let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")?;
     // clock: a benchmark measures real elapsed time.

@@ -139,17 +139,196 @@ pub mod space {
     }
 }
 
-/// Opens a SQLCipher database with a raw key and proves, before any other use,
-/// that it decrypts and runs on our FIPS provider.
+/// The page format of a SQLCipher file: the page MAC and the KDF that derives
+/// its key from the raw key. Both use 4096-byte pages, AES-256-CBC and 1000
+/// PBKDF2 iterations for the MAC key; a file does not say which it is, so an
+/// open tries [`PageFormat::CURRENT`] first and then the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFormat {
+    /// SQLCipher 4's defaults: HMAC-SHA512 page MAC, PBKDF2-HMAC-SHA512.
+    /// The registry, and firm databases created before `hmac-sha256`.
+    HmacSha512,
+    /// HMAC-SHA256 page MAC and PBKDF2-HMAC-SHA256 (both FIPS-approved, and on
+    /// the CPU's SHA extensions where SHA-512 has none): new firm databases.
+    HmacSha256,
+}
+
+impl PageFormat {
+    /// What a new firm database gets unless `[storage] page_format` says otherwise.
+    pub const CURRENT: PageFormat = PageFormat::HmacSha256;
+
+    /// The name in configuration, `strongroomctl` output and the README.
+    pub fn name(self) -> &'static str {
+        match self {
+            PageFormat::HmacSha512 => "hmac-sha512",
+            PageFormat::HmacSha256 => "hmac-sha256",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [PageFormat::HmacSha512, PageFormat::HmacSha256]
+            .into_iter()
+            .find(|f| f.name() == s)
+    }
+
+    /// The PRAGMAs a stock SQLCipher 4 client needs after `PRAGMA key`
+    /// (`fast_kdf_iter`: our build's MAC-key derivation, see the README).
+    pub fn recovery_pragmas(self) -> &'static str {
+        match self {
+            PageFormat::HmacSha512 => "PRAGMA fast_kdf_iter = 1000;",
+            PageFormat::HmacSha256 => {
+                "PRAGMA fast_kdf_iter = 1000; PRAGMA cipher_hmac_algorithm = HMAC_SHA256; PRAGMA cipher_kdf_algorithm = PBKDF2_HMAC_SHA256;"
+            }
+        }
+    }
+
+    /// Sets this format on `schema` of `conn` (after its key, before its first read).
+    fn apply(self, conn: &Connection, schema: &str) -> Result<(), StoreError> {
+        if self == PageFormat::HmacSha256 {
+            conn.execute_batch(&format!(
+                "PRAGMA {schema}.cipher_hmac_algorithm = HMAC_SHA256;
+                 PRAGMA {schema}.cipher_kdf_algorithm = PBKDF2_HMAC_SHA256;"
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn other(self) -> Self {
+        match self {
+            PageFormat::HmacSha512 => PageFormat::HmacSha256,
+            PageFormat::HmacSha256 => PageFormat::HmacSha512,
+        }
+    }
+}
+
+/// Page 1 of `conn`'s main file as stored (ciphertext), read through
+/// SQLite's own file handle. Opening the file a second time in this process
+/// and closing it would release every POSIX lock SQLite holds on it, and
+/// another process could then checkpoint and delete the WAL under us.
+/// None if the file holds no full page 1 yet (it is still only in the WAL).
+#[allow(unsafe_code)]
+fn raw_page_one(conn: &Connection) -> Option<Vec<u8>> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: the handle lives as long as `conn`; FILE_POINTER writes one pointer.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return None;
+    }
+    // SAFETY: an open sqlite3_file's methods stay set while its connection is open.
+    let read = unsafe { (*file).pMethods.as_ref()?.xRead? };
+    let mut page = vec![0u8; 4096];
+    // SAFETY: `page` has room for the 4096 bytes asked for.
+    let rc = unsafe { read(file, page.as_mut_ptr().cast(), 4096, 0) };
+    (rc == ffi::SQLITE_OK).then_some(page)
+}
+
+/// The page format `key` made `conn`'s file in, from its page 1's MAC (None:
+/// page 1 is not in the main file yet, or `key` made it in neither format).
+fn format_of_page_one(conn: &Connection, key: &SqlcipherKey) -> Option<PageFormat> {
+    key.page_mac_of(&raw_page_one(conn)?).map(|m| match m {
+        sqlcipher::PageMac::Sha256 => PageFormat::HmacSha256,
+        sqlcipher::PageMac::Sha512 => PageFormat::HmacSha512,
+    })
+}
+
+/// Opens a firm database, finding its page format: `known`, else from page
+/// 1's MAC (no failed open, which SQLCipher would log as an error), else by
+/// trying [`PageFormat::CURRENT`] and then the other (page 1 still only in
+/// the WAL). A file that does not exist yet is created in `create_as`'s format.
+pub(crate) fn open_firm_file(
+    path: &Path,
+    key: &SqlcipherKey,
+    flags: OpenFlags,
+    known: Option<PageFormat>,
+    create_as: PageFormat,
+) -> Result<(Connection, PageFormat), StoreError> {
+    let exists = std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+        || std::fs::metadata(wal_path(path)).is_ok_and(|m| m.len() > 0);
+    let conn = connect(path, key, flags)?;
+    let found = match known {
+        Some(f) => Some(f),
+        None if !exists => Some(create_as),
+        None => format_of_page_one(&conn, key),
+    };
+    if let Some(f) = found {
+        return Ok((prove(conn, path, f)?, f));
+    }
+    match prove(conn, path, PageFormat::CURRENT) {
+        Err(StoreError::WrongKey { .. }) => {
+            let other = PageFormat::CURRENT.other();
+            Ok((prove(connect(path, key, flags)?, path, other)?, other))
+        }
+        other => other.map(|c| (c, PageFormat::CURRENT)),
+    }
+}
+
+/// [`format_of_page_one`] for the file at `path` (tests).
+#[cfg(test)]
+pub(crate) fn format_from_page_one(path: &Path, key: &SqlcipherKey) -> Option<PageFormat> {
+    format_of_page_one(
+        &connect(path, key, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?,
+        key,
+    )
+}
+
+fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    std::path::PathBuf::from(p)
+}
+
+/// [`open_firm_file`] for a file that exists or is new in the current format.
+pub(crate) fn open_firm(
+    path: &Path,
+    key: &SqlcipherKey,
+    flags: OpenFlags,
+) -> Result<Connection, StoreError> {
+    open_firm_file(path, key, flags, None, PageFormat::CURRENT).map(|(c, _)| c)
+}
+
+/// Opens a SQLCipher database in SQLCipher 4's default page format (the
+/// registry) and proves, before any other use, that it decrypts and runs on
+/// our FIPS provider.
 pub(crate) fn open_encrypted(
     path: &Path,
     key: &SqlcipherKey,
     flags: OpenFlags,
 ) -> Result<Connection, StoreError> {
+    open_with_format(path, key, flags, PageFormat::HmacSha512)
+}
+
+pub(crate) fn open_with_format(
+    path: &Path,
+    key: &SqlcipherKey,
+    flags: OpenFlags,
+    format: PageFormat,
+) -> Result<Connection, StoreError> {
+    prove(connect(path, key, flags)?, path, format)
+}
+
+/// A connection to `path` with `key` set, before any read.
+fn connect(path: &Path, key: &SqlcipherKey, flags: OpenFlags) -> Result<Connection, StoreError> {
     sqlcipher::ensure_linked();
-    let display = path.display().to_string();
     let conn = Connection::open_with_flags(path, flags)?;
+    // The first read may meet a writer's checkpoint: wait, not fail.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "key", key.as_pragma_value())?;
+    Ok(conn)
+}
+
+/// Sets `format` on a fresh [`connect`]ion and proves it decrypts, on our
+/// FIPS provider.
+fn prove(conn: Connection, path: &Path, format: PageFormat) -> Result<Connection, StoreError> {
+    let display = path.display().to_string();
+    format.apply(&conn, "main")?;
     // Security invariant: a database is used only through our FIPS provider, in FIPS mode.
     let provider: String = conn.query_row("PRAGMA cipher_provider", [], |r| r.get(0))?;
     if provider != PROVIDER_NAME {

@@ -265,19 +265,14 @@ fn the_browser_verifier_passes_the_merkle_and_signed_note_vectors() {
 /// break-glass key).
 fn tamper(d: &Daemon, f: &Firm, seq: u64) {
     let py = stock_sqlcipher_python().expect("tampering needs the stock SQLCipher client");
-    let key = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id])["sqlcipher_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let export = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
+    let connect = crate::firms::stock_connect(&firm_db(d, &f.id), &export);
     let script = format!(
         "import sqlcipher3\n\
-         c = sqlcipher3.connect({db:?})\n\
-         c.execute('PRAGMA key = \"' + {key:?} + '\"')\n\
-         c.execute('PRAGMA fast_kdf_iter = 1000')\n\
+         {connect}\
          n = c.execute(\"UPDATE audit_entries SET action = action || '.edited' WHERE seq = {seq}\").rowcount\n\
          c.commit()\n\
-         assert n == 1, n\n",
-        db = firm_db(d, &f.id).display().to_string(),
+         assert n == 1, n\n"
     );
     let out = Command::new(&py).arg("-c").arg(&script).output().unwrap();
     assert!(

@@ -102,21 +102,16 @@ fn seed(d: &Daemon, name: &str) -> (Firm, Vec<String>) {
 /// SQLCipher and the break-glass key (None when the stock client is not
 /// installed).
 fn envelope_versions(d: &Daemon, f: &Firm) -> Option<String> {
-    let key = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id])["sqlcipher_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let export = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
     let py = stock_sqlcipher_python()?;
+    let connect = crate::firms::stock_connect(&firm_db(d, &f.id), &export);
     let script = format!(
         "import sqlcipher3\n\
-         c = sqlcipher3.connect({db:?})\n\
-         c.execute('PRAGMA key = \"' + {key:?} + '\"')\n\
-         c.execute('PRAGMA fast_kdf_iter = 1000')\n\
+         {connect}\
          rows = [r[0] for r in c.execute('SELECT sealed FROM records WHERE sealed IS NOT NULL AND subjects IS NULL')]\n\
          rows += [r[0] for r in c.execute('SELECT ciphertext FROM secrets')]\n\
          rows += [r[0] for r in c.execute('SELECT wrapped FROM subject_keys')]\n\
-         print(sorted(set(int.from_bytes(r[1:5], 'big') for r in rows)), len(rows))\n",
-        db = firm_db(d, &f.id).display().to_string(),
+         print(sorted(set(int.from_bytes(r[1:5], 'big') for r in rows)), len(rows))\n"
     );
     let out = std::process::Command::new(&py)
         .arg("-c")

@@ -100,15 +100,13 @@ fn erase(d: &Daemon, f: &Firm, token: &str, body: &Value) -> (u16, Value) {
 
 /// Runs SQL on a firm file with stock SQLCipher and the firm's raw key;
 /// prints one JSON line per query. None without the stock client.
-fn stock_sql(db: &Path, key: &str, queries: &[&str]) -> Option<Vec<Value>> {
+fn stock_sql(db: &Path, key: &Value, queries: &[&str]) -> Option<Vec<Value>> {
     let py = stock_sqlcipher_python()?;
+    let connect = crate::firms::stock_connect(db, key);
     let script = format!(
         "import json, sqlcipher3, sys\n\
-         c = sqlcipher3.connect({db:?})\n\
-         c.execute('PRAGMA key = \"' + {key:?} + '\"')\n\
-         c.execute('PRAGMA fast_kdf_iter = 1000')\n\
-         for q in sys.argv[1:]:\n    print(json.dumps([list(r) for r in c.execute(q)]))\n",
-        db = db.display().to_string(),
+         {connect}\
+         for q in sys.argv[1:]:\n    print(json.dumps([list(r) for r in c.execute(q)]))\n"
     );
     let out = Command::new(py)
         .arg("-c")
@@ -160,10 +158,7 @@ fn an_erasure_is_certified_and_a_restore_of_an_older_snapshot_does_not_bring_the
     let mut d = Daemon::start_with(with_repository());
     let f = create_firm(&d, "Erasure LLP");
     let (ann, bob) = seed(&d, &f);
-    let key = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id])["sqlcipher_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
     // Each subject's sensitive fields are sealed under their own key.
     let before = stock_sql(
         &firm_db(&d, &f.id),

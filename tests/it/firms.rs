@@ -23,7 +23,7 @@ pub fn create_firm(d: &Daemon, name: &str) -> Firm {
     }
 }
 
-fn get(c: &Client, firm: &str, token: Option<&str>) -> Response {
+pub fn get(c: &Client, firm: &str, token: Option<&str>) -> Response {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth
         .as_deref()
@@ -32,7 +32,7 @@ fn get(c: &Client, firm: &str, token: Option<&str>) -> Response {
     c.request("GET", &format!("/api/v1/firms/{firm}"), &headers, None)
 }
 
-fn patch(c: &Client, firm: &str, token: &str, body: &str) -> Response {
+pub fn patch(c: &Client, firm: &str, token: &str, body: &str) -> Response {
     let auth = format!("Bearer {token}");
     c.request(
         "PATCH",
@@ -272,8 +272,10 @@ fn firm_database_holds_no_plaintext_and_opens_with_stock_sqlcipher() {
     // While open (data in the WAL) and after a clean stop (checkpointed).
     assert!(!contains(&read_all_db_files(&db), marker.as_bytes()));
     let key = ctl_json(&d.admin_socket, &["firm", "export-key", &a.id]);
-    let key = key["sqlcipher_key"].as_str().unwrap().to_owned();
-    assert!(key.starts_with("x'") && key.len() == 67, "{key}");
+    // New firms use the HMAC-SHA256 page format; export-key names its PRAGMAs.
+    assert_eq!(key["page_format"], "hmac-sha256");
+    let raw = key["sqlcipher_key"].as_str().unwrap();
+    assert!(raw.starts_with("x'") && raw.len() == 67, "{raw}");
     let mut d = d;
     assert_eq!(d.stop().code(), Some(0));
     let bytes = read_all_db_files(&db);
@@ -289,14 +291,12 @@ fn firm_database_holds_no_plaintext_and_opens_with_stock_sqlcipher() {
     let Some(py) = stock_sqlcipher_python() else {
         return;
     };
+    let connect = stock_connect(&db, &key);
     let script = format!(
         "import sqlcipher3\n\
-         c = sqlcipher3.connect({db:?})\n\
-         c.execute('PRAGMA key = \"' + {key:?} + '\"')\n\
-         c.execute('PRAGMA fast_kdf_iter = 1000')\n\
+         {connect}\
          print(c.execute(\"SELECT v FROM profile WHERE k = 'display_name'\").fetchone()[0])\n\
-         print(c.execute('PRAGMA cipher_provider').fetchone()[0])\n",
-        db = db.display().to_string()
+         print(c.execute('PRAGMA cipher_provider').fetchone()[0])\n"
     );
     let out = std::process::Command::new(&py)
         .arg("-c")
@@ -316,6 +316,25 @@ fn firm_database_holds_no_plaintext_and_opens_with_stock_sqlcipher() {
         Some("aws-lc-rs-fips"),
         "stock client, not ours"
     );
+}
+
+/// Python lines that open `db` as `c` with stock SQLCipher 4, as `firm
+/// export-key`'s answer `export` says: the raw key, then its page format's PRAGMAs.
+pub fn stock_connect(db: &Path, export: &serde_json::Value) -> String {
+    let key = export["sqlcipher_key"].as_str().unwrap();
+    let pragmas = export["open_with"]
+        .as_str()
+        .unwrap()
+        .split_once("; ")
+        .unwrap()
+        .1;
+    format!(
+        "c = sqlcipher3.connect({db:?})\n\
+         c.execute('PRAGMA key = \"' + {key:?} + '\"')\n\
+         for p in {pragmas:?}.split(';'):\n\
+         \x20   p.strip() and c.execute(p)\n",
+        db = db.display().to_string()
+    )
 }
 
 /// The Python interpreter with stock SQLCipher 4 (`make test` provides it).

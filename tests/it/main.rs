@@ -18,6 +18,7 @@ mod harness;
 mod keys;
 mod openapi;
 mod operations;
+mod page_format;
 mod people;
 mod raw_tls;
 mod record_retention;

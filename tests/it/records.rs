@@ -276,24 +276,19 @@ fn records_are_idempotent_versioned_and_keep_sensitive_fields_sealed() {
     // with the raw key the stored row holds it only as ciphertext.
     let db = firm_db(&d, &f.id);
     assert!(!contains(&read_all_db_files(&db), SSN.as_bytes()));
-    let key = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id])["sqlcipher_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let export = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
     assert!(!d.logs().contains(SSN));
     let mut d = d;
     assert_eq!(d.stop().code(), Some(0));
     let Some(py) = stock_sqlcipher_python() else {
         return;
     };
+    let connect = crate::firms::stock_connect(&db, &export);
     let script = format!(
         "import sqlcipher3\n\
-         c = sqlcipher3.connect({db:?})\n\
-         c.execute('PRAGMA key = \"' + {key:?} + '\"')\n\
-         c.execute('PRAGMA fast_kdf_iter = 1000')\n\
+         {connect}\
          clear, sealed = c.execute('SELECT clear, sealed FROM records').fetchone()\n\
          print({ssn:?} in clear, {ssn:?}.encode() in sealed, len(sealed) > 0, 'Ann Archer' in clear)\n",
-        db = db.display().to_string(),
         ssn = SSN
     );
     let out = std::process::Command::new(&py)

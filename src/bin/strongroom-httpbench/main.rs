@@ -70,6 +70,10 @@ struct Args {
     /// The backup workload's data size, in MB (spread over --firms firms).
     #[arg(long, default_value_t = 1000)]
     backup_mb: u64,
+    /// The page format of the firms the main daemon creates (`[storage]
+    /// page_format`: hmac-sha256 or hmac-sha512), to measure one against the other.
+    #[arg(long)]
+    page_format: Option<String>,
 }
 
 /// One request to send, again and again, on every connection.
@@ -145,7 +149,12 @@ fn run() -> Result<(), BoxError> {
     }
 
     if want("create1") || want("createN") || want("get") || want("get-session") || want("signin") {
-        let mut d = Daemon::start(&dir.join("strongroom"), "")?;
+        let extra = args
+            .page_format
+            .as_ref()
+            .map(|f| format!("[storage]\npage_format = \"{f}\"\n"))
+            .unwrap_or_default();
+        let mut d = Daemon::start(&dir.join("strongroom"), &extra)?;
         let firms = d.setup_firms(&rt, args.firms.max(1))?;
         let cert = d.state.join("tls/cert.pem");
         let pids = vec![d.pid()];

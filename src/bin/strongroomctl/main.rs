@@ -465,7 +465,9 @@ fn print_human(cmd: &Command, v: &serde_json::Value) {
         Command::Firm(FirmCmd::ExportKey { .. }) => {
             println!("{}", s("sqlcipher_key"));
             eprintln!(
-                "break-glass export recorded. Open with stock SQLCipher 4: PRAGMA key = \"<key above>\"; PRAGMA fast_kdf_iter = 1000;"
+                "break-glass export recorded. Page format {}; open with stock SQLCipher 4: {}",
+                s("page_format"),
+                s("open_with").replace("<sqlcipher_key>", "<key above>")
             );
         }
         Command::Firm(FirmCmd::Rekey { .. }) => {

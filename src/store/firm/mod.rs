@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use super::audit_log;
 pub use super::audit_log::{AuditRow, AuditVerification};
 use super::writer::Writer;
-use super::{StoreError, migrate, open_encrypted};
+use super::{PageFormat, StoreError, migrate, open_firm_file};
 use crate::crypto::keyring::SqlcipherKey;
 
 /// Read-only connections kept open per firm (the HTTP layer runs at most
@@ -83,6 +83,8 @@ pub struct FirmDb {
     firm_id: String,
     path: PathBuf,
     key: SqlcipherKey,
+    /// The page format the file was found in (every connection uses it).
+    format: PageFormat,
     writer: Option<Writer>,
     readers: Mutex<Vec<Connection>>,
     /// Async writes queued and not yet answered.
@@ -110,21 +112,39 @@ impl std::fmt::Debug for FirmDb {
 }
 
 impl FirmDb {
-    /// Opens (creating if `create`) the firm's database, runs migrations and
-    /// starts its writer thread. Blocking: call from a blocking context.
+    /// Opens (creating if `create`, in the current page format) the firm's
+    /// database, runs migrations and starts its writer thread. Blocking:
+    /// call from a blocking context.
     pub fn open(
         firm_id: &str,
         path: &Path,
         key: SqlcipherKey,
         create: bool,
     ) -> Result<Self, StoreError> {
-        if !create && !path.exists() {
+        Self::open_with(firm_id, path, key, create.then_some(PageFormat::CURRENT))
+    }
+
+    /// [`FirmDb::open`], creating a missing file in `create`'s page format
+    /// (None: the file must exist).
+    pub fn open_with(
+        firm_id: &str,
+        path: &Path,
+        key: SqlcipherKey,
+        create: Option<PageFormat>,
+    ) -> Result<Self, StoreError> {
+        if create.is_none() && !path.exists() {
             return Err(StoreError::Io {
                 path: path.display().to_string(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "firm database missing"),
             });
         }
-        let conn = open_encrypted(path, &key, OpenFlags::default())?;
+        let (conn, format) = open_firm_file(
+            path,
+            &key,
+            OpenFlags::default(),
+            None,
+            create.unwrap_or(PageFormat::CURRENT),
+        )?;
         configure_writer(&conn)?;
         migrate(&conn, MIGRATIONS)?;
         conn.execute(
@@ -149,6 +169,7 @@ impl FirmDb {
             firm_id: firm_id.to_owned(),
             path: path.to_owned(),
             key,
+            format,
             writer: Some(writer),
             readers: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -157,6 +178,11 @@ impl FirmDb {
 
     pub fn firm_id(&self) -> &str {
         &self.firm_id
+    }
+
+    /// The page format of the firm's file.
+    pub fn page_format(&self) -> PageFormat {
+        self.format
     }
 
     /// Queues a write command; the future resolves after its durable commit.
@@ -272,10 +298,12 @@ impl FirmDb {
     fn open_reader(&self) -> Result<Connection, StoreError> {
         // One thread at a time uses a pooled connection (checked out of the
         // pool), so SQLite's per-call mutex is pure overhead.
-        let c = open_encrypted(
+        let (c, _) = open_firm_file(
             &self.path,
             &self.key,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            Some(self.format),
+            self.format,
         )?;
         c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
         Ok(c)
@@ -296,33 +324,117 @@ impl FirmDb {
         }
     }
 
-    /// Replaces the database's key with `new_key` (`PRAGMA rekey`, which
-    /// rewrites every page in one transaction). The firm must be closed.
+    /// Replaces the database's key with `new_key`, in page format `to`. The
+    /// firm must be closed. Within a format this is `PRAGMA rekey`, which
+    /// rewrites every page in one transaction; across formats (a migration)
+    /// SQLCipher's `sqlcipher_export` copies the database into a new file in
+    /// `to`, which is synced and renamed over the old one. Either way the file
+    /// on disk opens with exactly one of the two keys at every moment, which
+    /// is what recovery from a crash mid-rekey relies on.
     pub fn rekey(
         path: &Path,
         old: &SqlcipherKey,
         new_key: &SqlcipherKey,
+        to: PageFormat,
     ) -> Result<(), StoreError> {
         // Every page is rewritten: no backup's page tracking survives it.
         dirty::forget(path);
-        let conn = open_encrypted(path, old, OpenFlags::default())?;
+        let (conn, from) = open_firm_file(path, old, OpenFlags::default(), None, to)?;
         configure_writer(&conn)?;
         // Fold the WAL into the main file first, then leave WAL mode so the
         // rekey rewrites one file; WAL mode comes back on the next open.
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         let _: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-        conn.pragma_update(None, "rekey", new_key.as_pragma_value())?;
-        drop(conn);
+        if from == to {
+            conn.pragma_update(None, "rekey", new_key.as_pragma_value())?;
+            drop(conn);
+        } else {
+            migrate_format(conn, path, new_key, to)?;
+        }
         // Prove the new key opens it before the caller forgets the old one.
-        let check = open_encrypted(path, new_key, OpenFlags::default())?;
+        let (check, found) = open_firm_file(path, new_key, OpenFlags::default(), Some(to), to)?;
         drop(check);
+        if found != to {
+            return Err(StoreError::Corrupt(format!(
+                "{} is in page format {} after a rekey to {}",
+                path.display(),
+                found.name(),
+                to.name()
+            )));
+        }
         Ok(())
     }
 
-    /// Whether `key` opens the database at `path`.
+    /// Whether `key` opens the database at `path` (in either page format).
     pub fn key_opens(path: &Path, key: &SqlcipherKey) -> bool {
-        open_encrypted(path, key, OpenFlags::SQLITE_OPEN_READ_ONLY).is_ok()
+        open_firm_file(
+            path,
+            key,
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+            None,
+            PageFormat::CURRENT,
+        )
+        .is_ok()
     }
+
+    /// The page format of the file at `path`, which `key` opens.
+    pub fn format_of(path: &Path, key: &SqlcipherKey) -> Result<PageFormat, StoreError> {
+        let (_, f) = open_firm_file(
+            path,
+            key,
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+            None,
+            PageFormat::CURRENT,
+        )?;
+        Ok(f)
+    }
+}
+
+/// Copies the database open on `conn` into `<path>.migrating` under `new_key`
+/// in page format `to`, syncs it and renames it over `path`.
+fn migrate_format(
+    conn: Connection,
+    path: &Path,
+    new_key: &SqlcipherKey,
+    to: PageFormat,
+) -> Result<(), StoreError> {
+    let tmp = path.with_extension("db.migrating");
+    let io = |source| StoreError::Io {
+        path: tmp.display().to_string(),
+        source,
+    };
+    for stale in [tmp.clone(), tmp.with_extension("migrating-journal")] {
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(io)?;
+        }
+    }
+    let tmp_str = tmp
+        .to_str()
+        .ok_or_else(|| StoreError::Corrupt("state dir path is not UTF-8".to_owned()))?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS migrating KEY ?2",
+        rusqlite::params![tmp_str, new_key.as_pragma_value()],
+    )?;
+    let exported = (|| -> Result<(), StoreError> {
+        to.apply(&conn, "migrating")?;
+        conn.query_row("SELECT sqlcipher_export('migrating')", [], |_| Ok(()))?;
+        let user_version: i64 = conn.query_row("PRAGMA main.user_version", [], |r| r.get(0))?;
+        conn.execute_batch(&format!("PRAGMA migrating.user_version = {user_version}"))?;
+        Ok(())
+    })();
+    let _ = conn.execute("DETACH DATABASE migrating", []);
+    // Closed before the rename: nothing may touch the old file's name after it.
+    drop(conn);
+    exported?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -440,7 +552,7 @@ mod tests {
 
     /// Runs SQL on the closed database with its raw key (tampering).
     fn raw_sql(path: &Path, sql: &str) {
-        let c = crate::store::open_encrypted(path, &key(1), OpenFlags::default()).unwrap();
+        let c = crate::store::open_firm(path, &key(1), OpenFlags::default()).unwrap();
         c.execute_batch(sql).unwrap();
     }
 
@@ -594,7 +706,7 @@ mod tests {
         let v = db.audit_verify().unwrap();
         assert_eq!((v.first_bad, v.checkpoint.map(|c| c.0)), (None, Some(40)));
         db.close();
-        let c = crate::store::open_encrypted(&path, &key(1), OpenFlags::default()).unwrap();
+        let c = crate::store::open_firm(&path, &key(1), OpenFlags::default()).unwrap();
         // The last five entries and their leaves go; the tree below 35 stays whole.
         c.execute_batch(
             "DELETE FROM audit_entries WHERE seq >= 35;
@@ -649,7 +761,7 @@ mod tests {
         db.write_blocking(|tx| tx.set_profile("a", "b", "t"))
             .unwrap();
         db.close();
-        FirmDb::rekey(&path, &key(1), &key(3)).unwrap();
+        FirmDb::rekey(&path, &key(1), &key(3), PageFormat::CURRENT).unwrap();
         assert!(!FirmDb::key_opens(&path, &key(1)));
         let db = FirmDb::open("frm_x", &path, key(3), false).unwrap();
         assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 1);
@@ -657,9 +769,77 @@ mod tests {
     }
 
     #[test]
+    fn page_formats_are_found_and_a_rekey_migrates_between_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open_with("frm_x", &path, key(1), Some(PageFormat::HmacSha512)).unwrap();
+        assert_eq!(db.page_format(), PageFormat::HmacSha512);
+        db.write_blocking(|tx| tx.set_profile("a", "b", "t"))
+            .unwrap();
+        db.close();
+        // Read from page 1's MAC, with no failed open; another key made neither.
+        assert_eq!(
+            crate::store::format_from_page_one(&path, &key(1)),
+            Some(PageFormat::HmacSha512)
+        );
+        assert_eq!(crate::store::format_from_page_one(&path, &key(9)), None);
+        // Reopened without being told: the older format is found.
+        let db = FirmDb::open("frm_x", &path, key(1), false).unwrap();
+        assert_eq!(db.page_format(), PageFormat::HmacSha512);
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 1);
+        db.close();
+        let version = |k: SqlcipherKey| {
+            let (c, f) =
+                open_firm_file(&path, &k, OpenFlags::default(), None, PageFormat::CURRENT).unwrap();
+            (
+                f,
+                c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+                    .unwrap(),
+            )
+        };
+        let (_, before) = version(key(1));
+        assert!(before > 1);
+        // A rekey across formats rewrites the file in the new one, same schema.
+        FirmDb::rekey(&path, &key(1), &key(2), PageFormat::HmacSha256).unwrap();
+        assert!(!FirmDb::key_opens(&path, &key(1)));
+        assert_eq!(version(key(2)), (PageFormat::HmacSha256, before));
+        assert_eq!(
+            crate::store::format_from_page_one(&path, &key(2)),
+            Some(PageFormat::HmacSha256)
+        );
+        assert!(!path.with_extension("db.migrating").exists());
+        let db = FirmDb::open("frm_x", &path, key(2), false).unwrap();
+        assert_eq!(db.page_format(), PageFormat::HmacSha256);
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 1);
+        db.write_blocking(|tx| tx.set_profile("c", "d", "t"))
+            .unwrap();
+        db.close();
+        // The formats really differ: forcing the other one does not open it.
+        assert!(matches!(
+            super::super::open_with_format(
+                &path,
+                &key(2),
+                OpenFlags::SQLITE_OPEN_READ_ONLY,
+                PageFormat::HmacSha512
+            ),
+            Err(StoreError::WrongKey { .. })
+        ));
+        // And back, within the reach of the same code.
+        FirmDb::rekey(&path, &key(2), &key(3), PageFormat::HmacSha512).unwrap();
+        assert_eq!(
+            FirmDb::format_of(&path, &key(3)).unwrap(),
+            PageFormat::HmacSha512
+        );
+        let db = FirmDb::open("frm_x", &path, key(3), false).unwrap();
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 2);
+        db.close();
+    }
+
+    #[test]
     fn database_runs_on_our_fips_provider() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_encrypted(&dir.path().join("p.db"), &key(5), OpenFlags::default()).unwrap();
+        let conn = crate::store::open_firm(&dir.path().join("p.db"), &key(5), OpenFlags::default())
+            .unwrap();
         let v: String = conn
             .query_row("PRAGMA cipher_provider_version", [], |r| r.get(0))
             .unwrap();

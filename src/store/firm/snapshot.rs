@@ -386,8 +386,7 @@ mod tests {
         let db = FirmDb::open("frm_x", &path, key(), true).unwrap();
         db.write_blocking(|tx| tx.set_profile("display_name", "checkpointed", "t"))
             .unwrap();
-        let other =
-            crate::store::open_encrypted(&path, &key(), rusqlite::OpenFlags::default()).unwrap();
+        let other = crate::store::open_firm(&path, &key(), rusqlite::OpenFlags::default()).unwrap();
         other
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .unwrap();
