@@ -109,7 +109,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(prepared, config_path, args.dev)) {
+    let result = runtime.block_on(run(prepared, config_path, args.dev));
+    // Every request's access-log line is written before exit.
+    crate::telemetry::access::flush();
+    match result {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

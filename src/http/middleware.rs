@@ -214,32 +214,24 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
             status_class: crate::telemetry::metrics::status_class(status),
         })
         .observe(elapsed.as_secs_f64());
-    match resp.extensions().get::<RequestActor>() {
-        Some(a) => tracing::info!(
-            target: "strongroom::request",
-            request_id = %request_id,
-            method = %method,
-            route = %route,
-            status,
-            latency_us,
-            peer = %peer,
-            firm = %a.firm,
-            actor = %a.actor,
-            session = a.session.as_deref().unwrap_or("-"),
-            permission = %a.permission,
-            decision = %a.rule,
-            "request"
-        ),
-        None => tracing::info!(
-            target: "strongroom::request",
-            request_id = %request_id,
-            method = %method,
-            route = %route,
-            status,
-            latency_us,
-            peer = %peer,
-            "request"
-        ),
-    }
+    // The line is written by the access-log thread, after the response.
+    crate::telemetry::access::log(crate::telemetry::access::Record {
+        request_id,
+        method,
+        route,
+        status,
+        latency_us,
+        peer,
+        actor: resp
+            .extensions()
+            .get::<RequestActor>()
+            .map(|a| crate::telemetry::access::Actor {
+                firm: a.firm.clone(),
+                actor: a.actor.clone(),
+                session: a.session.clone(),
+                permission: a.permission.as_str(),
+                decision: a.rule.clone(),
+            }),
+    });
     resp
 }

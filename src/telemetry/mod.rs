@@ -4,6 +4,7 @@
 //! Secrets never reach a log line: key material lives in types whose `Debug`
 //! is redacted, and no log call formats a credential or request body.
 
+pub mod access;
 pub mod metrics;
 
 use std::path::Path;

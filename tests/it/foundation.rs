@@ -168,6 +168,30 @@ fn every_request_is_logged_as_one_structured_line() {
 }
 
 #[test]
+fn every_access_log_line_is_written_before_the_daemon_exits() {
+    // Lines are written by a background thread; a stop right after a burst
+    // of requests must still leave one line for each.
+    let mut d = Daemon::start();
+    let c = d.client();
+    let ids: Vec<String> = (0..300)
+        .map(|_| {
+            let r = c.get("/status");
+            assert_eq!(r.status, 200);
+            r.header("x-request-id").unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(d.stop().code(), Some(0));
+    let logged: std::collections::HashSet<String> = d
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["request_id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = ids.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} of 300 lines missing", missing.len());
+}
+
+#[test]
 fn sighup_serves_a_replaced_certificate_without_dropping_connections() {
     let mut d = Daemon::start();
     let client = d.client();
