@@ -62,7 +62,7 @@ struct Args {
     /// metrics on against off).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Only these workloads (comma-separated: nginx, create1, createN, get,
+    /// Only these workloads (comma-separated: nginx, create1, create-subject, createN, get,
     /// get-session, signin, overhead; and `backup` and `webhooks`, which run
     /// only when named).
     #[arg(long, value_delimiter = ',')]
@@ -148,7 +148,13 @@ fn run() -> Result<(), BoxError> {
         }
     }
 
-    if want("create1") || want("createN") || want("get") || want("get-session") || want("signin") {
+    if want("create1")
+        || want("create-subject")
+        || want("createN")
+        || want("get")
+        || want("get-session")
+        || want("signin")
+    {
         let extra = args
             .page_format
             .as_ref()
@@ -171,6 +177,27 @@ fn run() -> Result<(), BoxError> {
                 name: "create (audited, 1 sensitive field), 1 firm".into(),
                 addr: d.addr,
                 requests: Arc::new((0..64).map(|n| create(&firms[0], n)).collect()),
+                expect: 201,
+            };
+            results.push(rt.block_on(measure(&args, &w, &cert, &pids))?);
+        }
+        if want("create-subject") {
+            // 64 subjects, one per connection: each create after a subject's
+            // first finds its key and adds one AES-GCM layer.
+            let w = Workload {
+                name: "create naming a data subject (sealed twice), 1 firm".into(),
+                addr: d.addr,
+                requests: Arc::new(
+                    (0..64)
+                        .map(|n| {
+                            post_request(
+                                &format!("/api/v1/records/{}/cases", firms[0].id),
+                                &firms[0].token,
+                                &format!(r#"{{"client":"Client {n}","matter":"M-{n}"}}"#),
+                            )
+                        })
+                        .collect(),
+                ),
                 expect: 201,
             };
             results.push(rt.block_on(measure(&args, &w, &cert, &pids))?);

@@ -156,6 +156,10 @@ pub(super) struct BenchFirm {
     pub(super) record: String,
 }
 
+/// A collection whose records name a data subject: its sensitive field is
+/// sealed under that subject's own key too (subject erasure).
+pub(super) const CASES: &str = r#"{"fields":{"client":{"type":"string","subject":true,"sensitive":true},"matter":{"type":"string"}}}"#;
+
 impl Daemon {
     /// `extra` is appended to the config file (e.g. limits and metrics off).
     pub(super) fn start(dir: &Path, extra: &str) -> Result<Self, BoxError> {
@@ -222,7 +226,7 @@ impl Daemon {
     }
 
     /// Creates `n` firms, each with a `clients` collection (one sensitive
-    /// field) and one record.
+    /// field) and one record, and a `cases` collection ([`CASES`]).
     pub(super) fn setup_firms(
         &self,
         rt: &tokio::runtime::Runtime,
@@ -247,6 +251,14 @@ impl Daemon {
                 let (s, body) = c.exchange(put.as_bytes()).await?;
                 if s != 201 {
                     return Err(format!("collection: {s} {}", String::from_utf8_lossy(&body)).into());
+                }
+                let put = format!(
+                    "PUT /api/v1/collections/{id}/cases HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{CASES}",
+                    CASES.len()
+                );
+                let (s, body) = c.exchange(put.as_bytes()).await?;
+                if s != 201 {
+                    return Err(format!("cases: {s} {}", String::from_utf8_lossy(&body)).into());
                 }
                 let (s, body) = c
                     .exchange(&post_request(
