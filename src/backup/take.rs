@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::BackupError;
@@ -104,23 +103,24 @@ fn store_file(repo: &mut Repo, src: &Path, name: &str) -> Result<FileEntry, Back
     finish_file(repo, name, &ids, size)
 }
 
-/// Stores a file from disk reading only `dirty` pages (and any past the
+/// Stores a firm's main file, reading only `dirty` pages (and any past the
 /// end of `old`, the file's chunk list in the baseline snapshot); every other
-/// page is unchanged since the baseline and keeps its chunk.
-fn store_file_changed(
+/// page is unchanged since the baseline and keeps its chunk. `old` empty:
+/// every page is read. Read through the image's own connection (never a
+/// second descriptor of a live database: see `store::vfs`).
+fn store_db(
     repo: &mut Repo,
-    src: &Path,
+    snap: &FirmSnapshot,
     name: &str,
     old: &[Id],
     dirty: &HashSet<u32>,
     read: &mut u64,
 ) -> Result<FileEntry, BackupError> {
     let io = |source| BackupError::Io {
-        path: src.display().to_string(),
+        path: snap.db_path().display().to_string(),
         source,
     };
-    let f = File::open(src).map_err(io)?;
-    let size = f.metadata().map_err(io)?.len();
+    let size = snap.main_size().map_err(io)?;
     let pages = size.div_ceil(PAGE as u64);
     let (mut ids, mut stored) = (Vec::with_capacity(pages as usize), 0u64);
     let mut buf = vec![0u8; PAGE];
@@ -135,7 +135,7 @@ fn store_file_changed(
         if unchanged {
             ids.push(old[p as usize]);
         } else {
-            f.read_exact_at(&mut buf[..len], start).map_err(io)?;
+            snap.read_main_at(&mut buf[..len], start).map_err(io)?;
             *read += 1;
             let id = id_of(&buf[..len]);
             repo.add_chunk(id, &buf[..len])?;
@@ -305,9 +305,9 @@ fn take_into(
         files.push(match (old, &snap.since) {
             (Some(old), Some((_, dirty))) => {
                 stats.firms_read_changed += 1;
-                store_file_changed(
+                store_db(
                     repo,
-                    snap.db_path(),
+                    &snap,
                     &db_name,
                     &old,
                     dirty,
@@ -316,7 +316,8 @@ fn take_into(
             }
             _ => {
                 stats.firms_read_whole += 1;
-                store_file(repo, snap.db_path(), &db_name)?
+                let mut whole = 0;
+                store_db(repo, &snap, &db_name, &[], &HashSet::new(), &mut whole)?
             }
         });
         let wal_name = format!("{db_name}-wal");

@@ -10,6 +10,7 @@ pub mod files;
 pub mod firm;
 pub mod peppers;
 pub mod registry;
+mod vfs;
 mod writer;
 
 use std::path::Path;
@@ -202,32 +203,12 @@ impl PageFormat {
 }
 
 /// Page 1 of `conn`'s main file as stored (ciphertext), read through
-/// SQLite's own file handle. Opening the file a second time in this process
-/// and closing it would release every POSIX lock SQLite holds on it, and
-/// another process could then checkpoint and delete the WAL under us.
-/// None if the file holds no full page 1 yet (it is still only in the WAL).
-#[allow(unsafe_code)]
+/// SQLite's own file handle (see `vfs`). None if the file holds no full page
+/// 1 yet (it is still only in the WAL).
 fn raw_page_one(conn: &Connection) -> Option<Vec<u8>> {
-    use rusqlite::ffi;
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: the handle lives as long as `conn`; FILE_POINTER writes one pointer.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast(),
-        )
-    };
-    if rc != ffi::SQLITE_OK || file.is_null() {
-        return None;
-    }
-    // SAFETY: an open sqlite3_file's methods stay set while its connection is open.
-    let read = unsafe { (*file).pMethods.as_ref()?.xRead? };
     let mut page = vec![0u8; 4096];
-    // SAFETY: `page` has room for the 4096 bytes asked for.
-    let rc = unsafe { read(file, page.as_mut_ptr().cast(), 4096, 0) };
-    (rc == ffi::SQLITE_OK).then_some(page)
+    vfs::MainFile::of(conn)?.read_exact_at(&mut page, 0).ok()?;
+    Some(page)
 }
 
 /// The page format `key` made `conn`'s file in, from its page 1's MAC (None:

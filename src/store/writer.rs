@@ -241,7 +241,7 @@ fn run(conn: Connection, rx: Receiver<Box<dyn Command>>, path: &std::path::Path)
     }
     // All senders dropped: the connection closes here, checkpointing the
     // WAL; its pages are recorded first.
-    super::firm::before_close(path);
+    super::firm::before_close(&conn, path);
     drop(conn);
 }
 

@@ -505,3 +505,55 @@ fn read_tree(p: &Path, out: &mut Vec<u8>) {
         }
     }
 }
+
+#[test]
+fn another_process_on_the_live_files_after_writes_and_a_snapshot_loses_nothing() {
+    // SQLite's locks are POSIX locks, which a process drops on *every* lock
+    // of a file when it closes any descriptor of it. The daemon must never
+    // open a database file (or its -shm) a second time: then another
+    // process here would find no lock, take the files for its own and fold
+    // the WAL away under the daemon.
+    let d = Daemon::start();
+    let f = create_firm(&d, "Locks LLP");
+    collection(&d, &f, "clients", "flag");
+    let c = d.client();
+    let mut ids = vec![create_record(&c, &f, 0).unwrap()];
+    let repo = d.dir.path().join("repo");
+    backup(&d, &["create", "--to", repo.to_str().unwrap()]);
+    ids.push(create_record(&c, &f, 1).unwrap());
+    let db = crate::firms::firm_db(&d, &f.id);
+    if let Some(py) = crate::firms::stock_sqlcipher_python() {
+        let export = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
+        let connect = crate::firms::stock_connect(&db, &export);
+        let script = format!(
+            "import sqlcipher3\n{connect}print(c.execute('SELECT count(*) FROM records').fetchone()[0])\nc.close()\n"
+        );
+        let out = std::process::Command::new(py)
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    }
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(Path::new(&wal).exists(), "the daemon's WAL was folded away");
+    ids.push(create_record(&c, &f, 2).unwrap());
+    let d = d.restart(Options::default());
+    for id in &ids {
+        let r = req(
+            &d,
+            "GET",
+            &format!("/api/v1/records/{}/clients/{id}", f.id),
+            &f.token,
+            None,
+            &[],
+        );
+        assert_eq!(r.status, 200, "{id} lost");
+    }
+}

@@ -112,31 +112,19 @@ pub(crate) fn side_path(db: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Reads the WAL index header from `<db>-shm`. Its two copies must agree
-/// (the caller is the writer, or holds the write lock, so no commit is
-/// between them). None: no index (no WAL yet).
-pub(crate) fn read_wal_index(db: &Path) -> Result<Option<WalIndex>, super::StoreError> {
-    let shm = side_path(db, "-shm");
-    let f = match std::fs::File::open(&shm) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(super::StoreError::Io {
-                path: shm.display().to_string(),
-                source,
-            });
-        }
-    };
-    let mut h = [0u8; 100];
-    if f.read_exact_at(&mut h, 0).is_err() {
+/// Reads the WAL index header from the `-shm` mapping `conn` shares (never
+/// by opening the file: see `store::vfs`). Its two copies must agree (the
+/// caller is the writer, or holds the write lock, so no commit is between
+/// them). None: no index (no WAL yet).
+pub(crate) fn read_wal_index(conn: &Connection) -> Result<Option<WalIndex>, super::StoreError> {
+    let Some(h) = crate::store::vfs::MainFile::of(conn).and_then(|f| f.wal_index::<100>()) else {
         return Ok(None);
-    }
+    };
     let ne = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     if h[..48] != h[48..96] || h[12] != 1 {
-        return Err(super::StoreError::Corrupt(format!(
-            "{}: the WAL index header copies differ",
-            shm.display()
-        )));
+        return Err(super::StoreError::Corrupt(
+            "the WAL index header copies differ".to_owned(),
+        ));
     }
     let page_size = match u16::from_ne_bytes([h[14], h[15]]) {
         1 => 65_536,
@@ -166,8 +154,8 @@ fn frame_pages(db: &Path, i: &WalIndex, from: u32, to: u32) -> std::io::Result<V
 /// Records the pages of every frame not yet copied into the main file
 /// (0-based page indexes), and returns them; forgets the file if they
 /// cannot be read.
-fn record_pending_frames(db: &Path) -> Vec<u32> {
-    match read_wal_index(db) {
+fn record_pending_frames(conn: &Connection, db: &Path) -> Vec<u32> {
+    match read_wal_index(conn) {
         Ok(Some(i)) if i.max_frame > i.backfilled => {
             match frame_pages(db, &i, i.backfilled, i.max_frame) {
                 Ok(pages) => {
@@ -194,7 +182,7 @@ fn record_pending_frames(db: &Path) -> Vec<u32> {
 /// are read again only after another `CHECKPOINT_FRAMES` frames, not at
 /// every commit.
 pub(crate) fn after_commit(conn: &Connection, db: &Path, last: &mut u32) {
-    let Ok(Some(i)) = read_wal_index(db) else {
+    let Ok(Some(i)) = read_wal_index(conn) else {
         return;
     };
     if i.max_frame.saturating_sub(i.backfilled) < CHECKPOINT_FRAMES
@@ -203,7 +191,7 @@ pub(crate) fn after_commit(conn: &Connection, db: &Path, last: &mut u32) {
         return;
     }
     *last = i.max_frame;
-    let pages = record_pending_frames(db);
+    let pages = record_pending_frames(conn, db);
     // PASSIVE, as SQLite's own autocheckpoint: never waits for readers.
     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     // Again after it: a snapshot that began between the two (on another
@@ -211,7 +199,7 @@ pub(crate) fn after_commit(conn: &Connection, db: &Path, last: &mut u32) {
     // these pages in its own period. Recording too many is harmless.
     record(db, &pages);
     // Fully copied: the WAL restarts at its next write, so count from zero.
-    if let Ok(Some(after)) = read_wal_index(db)
+    if let Ok(Some(after)) = read_wal_index(conn)
         && after.backfilled >= after.max_frame
     {
         *last = 0;
@@ -219,8 +207,8 @@ pub(crate) fn after_commit(conn: &Connection, db: &Path, last: &mut u32) {
 }
 
 /// Before the writer's connection closes (SQLite checkpoints then).
-pub(crate) fn before_close(db: &Path) {
-    let _ = record_pending_frames(db);
+pub(crate) fn before_close(conn: &Connection, db: &Path) {
+    let _ = record_pending_frames(conn, db);
 }
 
 #[cfg(test)]

@@ -74,6 +74,22 @@ impl FirmSnapshot {
     pub fn db_path(&self) -> &Path {
         &self.path
     }
+
+    /// The main file's size. Read through the image's own connection: a
+    /// second descriptor of the file would drop SQLite's locks on close
+    /// (see `store::vfs`).
+    pub fn main_size(&self) -> std::io::Result<u64> {
+        crate::store::vfs::MainFile::of(&self.conn)
+            .ok_or_else(|| std::io::Error::other("the image's file is not open"))?
+            .size()
+    }
+
+    /// Fills `buf` from the main file at `offset` (see [`FirmSnapshot::main_size`]).
+    pub fn read_main_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        crate::store::vfs::MainFile::of(&self.conn)
+            .ok_or_else(|| std::io::Error::other("the image's file is not open"))?
+            .read_exact_at(buf, offset)
+    }
 }
 
 impl Drop for FirmSnapshot {
@@ -130,7 +146,7 @@ impl FirmDb {
             c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
                 r.get::<_, i64>(0)
             })?;
-            t.index = read_wal_index(&db_path)?;
+            t.index = read_wal_index(c)?;
             // Checkpoints run on this thread, so none is between the index and this.
             t.since = track
                 .as_ref()
