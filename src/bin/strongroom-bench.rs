@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+/// The daemon's allocator, so the store's figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use strongroom::audit::Entry;
 use strongroom::crypto::keyring::SqlcipherKey;
 use strongroom::crypto::secret::SecretKey;
