@@ -522,23 +522,14 @@ fn another_process_on_the_live_files_after_writes_and_a_snapshot_loses_nothing()
     backup(&d, &["create", "--to", repo.to_str().unwrap()]);
     ids.push(create_record(&c, &f, 1).unwrap());
     let db = crate::firms::firm_db(&d, &f.id);
-    if let Some(py) = crate::firms::stock_sqlcipher_python() {
-        let export = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
-        let connect = crate::firms::stock_connect(&db, &export);
-        let script = format!(
-            "import sqlcipher3\n{connect}print(c.execute('SELECT count(*) FROM records').fetchone()[0])\nc.close()\n"
-        );
-        let out = std::process::Command::new(py)
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let export = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
+    if let Some(out) = crate::firms::stock_script(
+        &db,
+        &export,
+        "print(c.execute('SELECT count(*) FROM records').fetchone()[0])\nc.close()\n",
+        &[],
+    ) {
+        assert_eq!(out, "2");
     }
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");

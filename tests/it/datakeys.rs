@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::firms::{Firm, create_firm, firm_db, stock_sqlcipher_python};
+use crate::firms::{Firm, create_firm, firm_db};
 use crate::harness::{Daemon, Options, ctl_json};
 use crate::records::{collection, req};
 
@@ -103,27 +103,15 @@ fn seed(d: &Daemon, name: &str) -> (Firm, Vec<String>) {
 /// installed).
 fn envelope_versions(d: &Daemon, f: &Firm) -> Option<String> {
     let export = ctl_json(&d.admin_socket, &["firm", "export-key", &f.id]);
-    let py = stock_sqlcipher_python()?;
-    let connect = crate::firms::stock_connect(&firm_db(d, &f.id), &export);
-    let script = format!(
-        "import sqlcipher3\n\
-         {connect}\
-         rows = [r[0] for r in c.execute('SELECT sealed FROM records WHERE sealed IS NOT NULL AND subjects IS NULL')]\n\
+    crate::firms::stock_script(
+        &firm_db(d, &f.id),
+        &export,
+        "rows = [r[0] for r in c.execute('SELECT sealed FROM records WHERE sealed IS NOT NULL AND subjects IS NULL')]\n\
          rows += [r[0] for r in c.execute('SELECT ciphertext FROM secrets')]\n\
          rows += [r[0] for r in c.execute('SELECT wrapped FROM subject_keys')]\n\
-         print(sorted(set(int.from_bytes(r[1:5], 'big') for r in rows)), len(rows))\n"
-    );
-    let out = std::process::Command::new(&py)
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+         print(sorted(set(int.from_bytes(r[1:5], 'big') for r in rows)), len(rows))\n",
+        &[],
+    )
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{entries, entries_of};
 use crate::evidence::note_verifies;
-use crate::firms::{Firm, create_firm, firm_db, stock_sqlcipher_python};
+use crate::firms::{Firm, create_firm, firm_db};
 use crate::harness::{Daemon, Options, ctl_json, prod_config};
 use crate::records::{collection, req};
 use crate::subjects::{cases_collection, post_record};
@@ -101,27 +101,14 @@ fn erase(d: &Daemon, f: &Firm, token: &str, body: &Value) -> (u16, Value) {
 /// Runs SQL on a firm file with stock SQLCipher and the firm's raw key;
 /// prints one JSON line per query. None without the stock client.
 fn stock_sql(db: &Path, key: &Value, queries: &[&str]) -> Option<Vec<Value>> {
-    let py = stock_sqlcipher_python()?;
-    let connect = crate::firms::stock_connect(db, key);
-    let script = format!(
-        "import json, sqlcipher3, sys\n\
-         {connect}\
-         for q in sys.argv[1:]:\n    print(json.dumps([list(r) for r in c.execute(q)]))\n"
-    );
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(&script)
-        .args(queries)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = crate::firms::stock_script(
+        db,
+        key,
+        "for q in sys.argv[1:]:\n    print(json.dumps([list(r) for r in c.execute(q)]))\n",
+        queries,
+    )?;
     Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
+        out.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect(),
     )

@@ -337,6 +337,34 @@ pub fn stock_connect(db: &Path, export: &serde_json::Value) -> String {
     )
 }
 
+/// Runs Python `body` with stock SQLCipher 4 after the lines that open `db`
+/// as `c` (see [`stock_connect`]), with `args` as `sys.argv[1:]`; asserts it
+/// succeeded and returns its output, trimmed. None without the stock client.
+pub fn stock_script(
+    db: &Path,
+    export: &serde_json::Value,
+    body: &str,
+    args: &[&str],
+) -> Option<String> {
+    let py = stock_sqlcipher_python()?;
+    let script = format!(
+        "import json, sqlcipher3, sys\n{}{body}",
+        stock_connect(db, export)
+    );
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The Python interpreter with stock SQLCipher 4 (`make test` provides it).
 pub fn stock_sqlcipher_python() -> Option<String> {
     match std::env::var("STRONGROOM_STOCK_SQLCIPHER_PY") {
