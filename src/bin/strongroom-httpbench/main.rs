@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 mod backup;
+mod firms;
 mod overhead;
 mod people;
 mod servers;
@@ -63,13 +64,16 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Only these workloads (comma-separated: nginx, create1, createN, get,
-    /// get-session, signin, overhead; and `backup` and `webhooks`, which run
-    /// only when named).
+    /// get-session, signin, overhead; and `backup`, `webhooks` and `firms`,
+    /// which run only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The backup workload's data size, in MB (spread over --firms firms).
     #[arg(long, default_value_t = 1000)]
     backup_mb: u64,
+    /// Firms the `firms` workload provisions and opens at once.
+    #[arg(long, default_value_t = 10_000)]
+    open_firms: usize,
 }
 
 /// One request to send, again and again, on every connection.
@@ -235,6 +239,10 @@ fn run() -> Result<(), BoxError> {
 
     if args.only.iter().any(|o| o == "webhooks") {
         webhooks::run(&args, &rt, &dir, &mut results)?;
+    }
+
+    if args.only.iter().any(|o| o == "firms") {
+        firms::run(&args, &rt, &dir)?;
     }
 
     if want("overhead") && !args.only.iter().any(|o| o == "backup") {
