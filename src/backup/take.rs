@@ -341,7 +341,7 @@ fn take_into(
         drop(snap);
         drop(h);
         // A firm opened only to be copied does not stay open (thousands of
-        // firms would mean thousands of writer threads until the reaper).
+        // firms would mean thousands of open connections until the reaper).
         if !was_open {
             pool.close_if_unused(&fid);
         }

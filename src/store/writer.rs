@@ -1,7 +1,12 @@
-//! Group commit: one writer thread per open firm owns the write connection
-//! and drains a queue. Every queued command runs in one transaction, then one
-//! durable commit, then every caller is answered. Nothing is acknowledged
-//! before the commit that contains it is on disk.
+//! Group commit on a small shared pool of writer threads. Each open firm
+//! has a queue of write commands and owns its only write connection; a firm
+//! with queued commands is scheduled onto the pool, and one pool thread at a
+//! time takes the firm's connection, drains one batch, runs it in one
+//! transaction, commits durably, answers every caller, runs the WAL
+//! checkpoint logic and releases the firm. Nothing is acknowledged before
+//! the commit that contains it is on disk. The thread count does not grow
+//! with the number of open firms; one turn is one batch, so a busy firm
+//! goes to the back of the run queue after each and never starves others.
 //!
 //! A failing command must roll back alone. Savepoints per command would do
 //! that but cost ~15% of throughput, and commands almost never fail, so a
@@ -10,9 +15,11 @@
 //! its own savepoint. Commands are therefore `Fn`: they may run twice, and
 //! only the result of the run that was committed is delivered.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -25,6 +32,8 @@ use super::firm::WriteTx;
 const QUEUE_DEPTH: usize = 16_384;
 /// Upper bound on commands in one transaction.
 const MAX_BATCH: usize = 4_096;
+/// Writer threads for every firm together, whatever their number.
+const MIN_THREADS: usize = 2;
 
 trait Command: Send {
     /// Runs the command (again, if it ran before); true if it succeeded.
@@ -75,36 +84,210 @@ where
     }
 }
 
-/// Handle to a firm's writer thread. Dropping it lets the thread finish the
-/// queue and close the connection; [`Writer::close`] also waits for that.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// One firm's writer: its queue and its write connection.
+struct Firm {
+    name: String,
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Signalled once the connection is closed.
+    closed: Condvar,
+}
+
+struct State {
+    queue: VecDeque<Box<dyn Command>>,
+    /// In the pool's run queue or being run by a pool thread: then no other
+    /// thread touches the connection, so one firm never runs on two threads.
+    scheduled: bool,
+    /// No more commands are taken; the queue drains, then the connection closes.
+    closing: bool,
+    /// The connection closed (or was lost to a panic).
+    done: bool,
+    /// Here while no pool thread runs the firm.
+    conn: Option<Connection>,
+    /// Commands in the previous batch (see [`gather`]).
+    previous: usize,
+    /// The WAL frame of the last checkpoint (see `firm::after_commit`).
+    checkpointed_at: u32,
+}
+
+/// The threads and the run queue of firms with work.
+struct Pool {
+    run: Mutex<RunQueue>,
+    wake: Condvar,
+    /// Firms in the run queue (read without the lock by lingering threads).
+    pending: AtomicUsize,
+    /// One idle thread at a time polls before it sleeps.
+    lingering: AtomicBool,
+    /// Threads that started.
+    threads: AtomicUsize,
+}
+
+struct RunQueue {
+    firms: VecDeque<Arc<Firm>>,
+    sleepers: usize,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            run: Mutex::new(RunQueue {
+                firms: VecDeque::new(),
+                sleepers: 0,
+            }),
+            wake: Condvar::new(),
+            pending: AtomicUsize::new(0),
+            lingering: AtomicBool::new(false),
+            threads: AtomicUsize::new(0),
+        }));
+        let n = std::thread::available_parallelism()
+            .map_or(MIN_THREADS, usize::from)
+            .max(MIN_THREADS);
+        for i in 0..n {
+            match std::thread::Builder::new()
+                .name(format!("writer-{i}"))
+                .spawn(move || pool.work())
+            {
+                Ok(_) => {
+                    pool.threads.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start a writer thread"),
+            }
+        }
+        pool
+    })
+}
+
+/// After a turn, how long one idle pool thread polls for the next firm
+/// before it sleeps: a submitter that answers at once (the common case
+/// under load, and a lone submitter's next write) then costs no wake-up.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+
+impl Pool {
+    fn schedule(&self, firm: Arc<Firm>) {
+        let mut q = lock(&self.run);
+        q.firms.push_back(firm);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let wake = q.sleepers > 0;
+        drop(q);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    fn try_pop(&self) -> Option<Arc<Firm>> {
+        if self.pending.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let f = lock(&self.run).firms.pop_front()?;
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+        Some(f)
+    }
+
+    #[allow(clippy::disallowed_methods)] // clock: sub-millisecond real-time lingering
+    fn next(&self) -> Arc<Firm> {
+        if let Some(f) = self.try_pop() {
+            return f;
+        }
+        if !self.lingering.swap(true, Ordering::SeqCst) {
+            let until = std::time::Instant::now() + LINGER; // clock: sub-second real-time wait
+            while self.pending.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < until {
+                // clock: sub-second real-time wait
+                std::hint::spin_loop();
+            }
+            self.lingering.store(false, Ordering::SeqCst);
+        }
+        let mut q = lock(&self.run);
+        loop {
+            if let Some(f) = q.firms.pop_front() {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                return f;
+            }
+            q.sleepers += 1;
+            q = match self.wake.wait(q) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            q.sleepers -= 1;
+        }
+    }
+
+    fn work(&'static self) {
+        loop {
+            let firm = self.next();
+            if catch_unwind(AssertUnwindSafe(|| turn(&firm))).is_err() {
+                // The connection went with the unwinding turn: the firm
+                // takes no more writes, and whoever waits is told.
+                tracing::error!(firm = %firm.name, "a firm's writer turn panicked; its writer is gone");
+                let queued: Vec<_> = {
+                    let mut st = lock(&firm.state);
+                    st.closing = true;
+                    st.done = true;
+                    st.conn = None;
+                    st.queue.drain(..).collect()
+                };
+                crate::telemetry::metrics::metrics()
+                    .queue_depth
+                    .dec_by(queued.len() as i64);
+                for cmd in queued {
+                    cmd.finish(Err(Failed {
+                        full: false,
+                        message: "the writer is gone".to_owned(),
+                    }));
+                }
+                firm.closed.notify_all();
+            }
+        }
+    }
+}
+
+/// Handle to a firm's writer. Dropping it lets the pool finish the queue and
+/// close the connection; [`Writer::close`] also waits for that.
 pub(crate) struct Writer {
-    tx: Option<SyncSender<Box<dyn Command>>>,
-    thread: Option<JoinHandle<()>>,
+    firm: Arc<Firm>,
 }
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Writer")
+        write!(f, "Writer({})", self.firm.name)
     }
 }
 
 impl Writer {
+    /// Hands the firm's write connection to the shared writer pool.
     pub(crate) fn spawn(
         conn: Connection,
         name: String,
         path: std::path::PathBuf,
     ) -> Result<Self, StoreError> {
-        let (tx, rx) = sync_channel::<Box<dyn Command>>(QUEUE_DEPTH);
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(conn, rx, &path))
-            .map_err(|e| StoreError::Io {
-                path: "writer thread".to_owned(),
-                source: e,
-            })?;
+        if pool().threads.load(Ordering::SeqCst) == 0 {
+            return Err(StoreError::Io {
+                path: "writer threads".to_owned(),
+                source: std::io::Error::other("no writer thread could start"),
+            });
+        }
         Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
+            firm: Arc::new(Firm {
+                name,
+                path,
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    scheduled: false,
+                    closing: false,
+                    done: false,
+                    conn: Some(conn),
+                    previous: 1,
+                    checkpointed_at: 0,
+                }),
+                closed: Condvar::new(),
+            }),
         })
     }
 
@@ -124,49 +307,63 @@ impl Writer {
             out: None,
             reply,
         });
-        let sender = self.tx.as_ref().ok_or(StoreError::WriterGone)?;
-        match sender.try_send(cmd) {
-            Ok(()) => {
-                crate::telemetry::metrics::metrics().queue_depth.inc();
-                Ok(rx)
-            }
-            Err(TrySendError::Full(_)) => Err(StoreError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
+        let mut st = lock(&self.firm.state);
+        if st.closing {
+            return Err(StoreError::WriterGone);
         }
+        if st.queue.len() >= QUEUE_DEPTH {
+            return Err(StoreError::Busy);
+        }
+        st.queue.push_back(cmd);
+        crate::telemetry::metrics::metrics().queue_depth.inc();
+        if !st.scheduled {
+            st.scheduled = true;
+            drop(st);
+            pool().schedule(self.firm.clone());
+        }
+        Ok(rx)
     }
 
-    /// Stops accepting commands, lets the queue drain, joins the thread.
-    pub(crate) fn close(mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Stops accepting commands, lets the queue drain, closes the connection
+    /// and waits for that. An idle firm's connection closes on this thread.
+    pub(crate) fn close(self) {
+        let firm = self.firm.clone();
+        let mut st = lock(&firm.state);
+        if !st.closing {
+            st.closing = true;
+            if !st.scheduled {
+                st.scheduled = true;
+                match st.conn.take() {
+                    Some(conn) => {
+                        close(&firm, st, conn);
+                        st = lock(&firm.state);
+                    }
+                    None => st.done = true,
+                }
+            }
+        }
+        while !st.done {
+            st = match firm.closed.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
         }
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.tx.take();
-    }
-}
-
-/// After a commit, how long the writer polls for the next command before it
-/// sleeps: a submitter that answers at once (the common case under load, and
-/// a lone submitter's next write) then costs no thread wake-up.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
-
-#[allow(clippy::disallowed_methods)] // clock: sub-millisecond real-time lingering
-fn next_command(rx: &Receiver<Box<dyn Command>>) -> Option<Box<dyn Command>> {
-    let until = std::time::Instant::now() + LINGER; // clock: sub-second real-time wait
-    loop {
-        match rx.try_recv() {
-            Ok(c) => return Some(c),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-            Err(std::sync::mpsc::TryRecvError::Empty) if std::time::Instant::now() < until => {
-                // clock: sub-second real-time wait
-                std::hint::spin_loop();
-            }
-            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        let mut st = lock(&self.firm.state);
+        if st.closing {
+            return;
+        }
+        st.closing = true;
+        // Running or queued: the pool thread closes it after the last batch.
+        // Idle: a pool thread closes it (the checkpoint then is nobody's latency).
+        if !st.scheduled {
+            st.scheduled = true;
+            drop(st);
+            pool().schedule(self.firm.clone());
         }
     }
 }
@@ -181,68 +378,103 @@ const GATHER: std::time::Duration = std::time::Duration::from_micros(400);
 /// two half-full commits, each paying an fsync, into one full one. A lone
 /// submitter (previous batch of one) never waits.
 #[allow(clippy::disallowed_methods)] // clock: sub-millisecond real-time gathering
-fn gather(
-    rx: &Receiver<Box<dyn Command>>,
-    first: Box<dyn Command>,
-    previous: usize,
-) -> Vec<Box<dyn Command>> {
+fn gather(firm: &Firm, first: Box<dyn Command>, previous: usize) -> Vec<Box<dyn Command>> {
     let mut batch = vec![first];
     let target = previous.min(MAX_BATCH);
     let until = std::time::Instant::now() + GATHER; // clock: sub-second real-time wait
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(c) => batch.push(c),
-            Err(std::sync::mpsc::TryRecvError::Empty)
-                if batch.len() < target && std::time::Instant::now() < until =>
-            // clock: sub-second real-time wait
-            {
-                std::thread::yield_now();
+    loop {
+        {
+            let mut st = lock(&firm.state);
+            while batch.len() < MAX_BATCH {
+                match st.queue.pop_front() {
+                    Some(c) => batch.push(c),
+                    None => break,
+                }
             }
-            Err(_) => break,
         }
+        // clock: sub-second real-time wait
+        if batch.len() >= target || std::time::Instant::now() >= until {
+            return batch;
+        }
+        std::thread::yield_now();
     }
-    batch
 }
 
+/// One turn of a scheduled firm on a pool thread: at most one batch.
 #[allow(clippy::disallowed_methods)] // clock: commit duration is real elapsed time
-fn run(conn: Connection, rx: Receiver<Box<dyn Command>>, path: &std::path::Path) {
+fn turn(firm: &Arc<Firm>) {
     let m = crate::telemetry::metrics::metrics();
-    let mut previous = 1;
-    let mut checkpointed_at = 0;
-    while let Some(first) = next_command(&rx) {
-        let mut batch = gather(&rx, first, previous);
-        previous = batch.len();
-        m.queue_depth.dec_by(batch.len() as i64);
-        m.batch_size.observe(batch.len() as f64);
-        let started = std::time::Instant::now(); // clock: a metric of real time
-        let commit = run_batch(&conn, &mut batch).map_err(|e| Failed {
-            full: matches!(e, StoreError::Full),
-            message: e.to_string(),
-        });
-        m.commit_duration.observe(started.elapsed().as_secs_f64());
-        match &commit {
-            Ok(appended) => {
-                m.audit_appended.inc_by(*appended);
-                super::space::ok();
-            }
-            Err(_) => {
-                let _ = conn.execute_batch("ROLLBACK");
+    let (conn, first, previous, mut checkpointed_at) = {
+        let mut st = lock(&firm.state);
+        let Some(conn) = st.conn.take() else {
+            st.scheduled = false;
+            return;
+        };
+        match st.queue.pop_front() {
+            Some(first) => (conn, first, st.previous, st.checkpointed_at),
+            None if st.closing => return close(firm, st, conn),
+            None => {
+                st.conn = Some(conn);
+                st.scheduled = false;
+                return;
             }
         }
-        let committed = commit.is_ok();
-        let commit = commit.map(|_| ());
-        for cmd in batch {
-            cmd.finish(commit.clone());
+    };
+    let mut batch = gather(firm, first, previous);
+    let size = batch.len();
+    m.queue_depth.dec_by(size as i64);
+    m.batch_size.observe(size as f64);
+    let started = std::time::Instant::now(); // clock: a metric of real time
+    let commit = run_batch(&conn, &mut batch).map_err(|e| Failed {
+        full: matches!(e, StoreError::Full),
+        message: e.to_string(),
+    });
+    m.commit_duration.observe(started.elapsed().as_secs_f64());
+    match &commit {
+        Ok(appended) => {
+            m.audit_appended.inc_by(*appended);
+            super::space::ok();
         }
-        // After the answers: a checkpoint is nobody's latency.
-        if committed {
-            super::firm::after_commit(&conn, path, &mut checkpointed_at);
+        Err(_) => {
+            let _ = conn.execute_batch("ROLLBACK");
         }
     }
-    // All senders dropped: the connection closes here, checkpointing the
-    // WAL; its pages are recorded first.
-    super::firm::before_close(&conn, path);
+    let committed = commit.is_ok();
+    let commit = commit.map(|_| ());
+    for cmd in batch {
+        cmd.finish(commit.clone());
+    }
+    // After the answers: a checkpoint is nobody's latency.
+    if committed {
+        super::firm::after_commit(&conn, &firm.path, &mut checkpointed_at);
+    }
+    let mut st = lock(&firm.state);
+    st.previous = size;
+    st.checkpointed_at = checkpointed_at;
+    if !st.queue.is_empty() {
+        // More queued: back of the run queue, so other firms get their turn.
+        st.conn = Some(conn);
+        drop(st);
+        pool().schedule(firm.clone());
+    } else if st.closing {
+        close(firm, st, conn);
+    } else {
+        st.conn = Some(conn);
+        st.scheduled = false;
+    }
+}
+
+/// The queue is drained and no command comes any more: the connection
+/// closes here, checkpointing the WAL; its pages are recorded first.
+fn close(firm: &Firm, st: MutexGuard<'_, State>, conn: Connection) {
+    drop(st);
+    super::firm::before_close(&conn, &firm.path);
     drop(conn);
+    let mut st = lock(&firm.state);
+    st.done = true;
+    st.scheduled = false;
+    drop(st);
+    firm.closed.notify_all();
 }
 
 fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
@@ -285,4 +517,152 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Command>]) -> Result<u64, S
     // synchronous=FULL: COMMIT returns only after the WAL is fsynced.
     exec(conn, "COMMIT")?;
     Ok(tx.appended.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::firm::FirmDb;
+    use super::*;
+    use crate::crypto::keyring::SqlcipherKey;
+    use crate::crypto::secret::SecretKey;
+    use std::collections::HashSet;
+
+    fn key() -> SqlcipherKey {
+        SqlcipherKey::from_secret(&SecretKey::from_bytes([7; 32]))
+    }
+
+    fn pool_threads() -> usize {
+        pool().threads.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn many_firms_run_on_the_few_pool_threads_and_each_on_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let firms: Vec<Arc<FirmDb>> = (0..40)
+            .map(|i| {
+                let id = format!("frm_{i}");
+                Arc::new(
+                    FirmDb::open(&id, &dir.path().join(format!("{i}.db")), key(), true).unwrap(),
+                )
+            })
+            .collect();
+        let names = Arc::new(Mutex::new(HashSet::new()));
+        let mut handles = Vec::new();
+        for (n, db) in firms.iter().enumerate() {
+            // One "running" flag per firm: never two commands of a firm at once.
+            let running = Arc::new(AtomicBool::new(false));
+            for t in 0..4 {
+                let (db, names, running) = (db.clone(), names.clone(), running.clone());
+                handles.push(std::thread::spawn(move || {
+                    for j in 0..10 {
+                        let (names, running) = (names.clone(), running.clone());
+                        db.write_blocking(move |tx| {
+                            assert!(
+                                !running.swap(true, Ordering::SeqCst),
+                                "firm {n} on two threads"
+                            );
+                            let name = std::thread::current().name().unwrap_or("").to_owned();
+                            lock(&names).insert(name);
+                            tx.set_profile(&format!("k{t}_{j}"), "v", "t")?;
+                            running.store(false, Ordering::SeqCst);
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                }));
+            }
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        let names = lock(&names).clone();
+        assert!(names.iter().all(|n| n.starts_with("writer-")), "{names:?}");
+        assert!(names.len() <= pool_threads(), "{names:?}");
+        for db in firms {
+            assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 40);
+            Arc::try_unwrap(db).unwrap().close();
+        }
+    }
+
+    #[test]
+    fn close_drains_the_queue_before_the_connection_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let db = FirmDb::open("frm_c", &path, key(), true).unwrap();
+        let w = db.writer_for_tests();
+        // The first command holds the firm's turn, so the others queue behind it.
+        let gate = w
+            .submit(|_tx| -> Result<(), StoreError> {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                Ok(())
+            })
+            .unwrap();
+        let replies: Vec<_> = (0..100)
+            .map(|i| {
+                w.submit(move |tx| tx.set_profile(&format!("c{i}"), "v", "t"))
+                    .unwrap()
+            })
+            .collect();
+        let firm = w.firm.clone();
+        db.close();
+        assert!(lock(&firm.state).done);
+        assert!(lock(&firm.state).queue.is_empty());
+        gate.blocking_recv().unwrap().unwrap();
+        for rx in replies {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        let db = FirmDb::open("frm_c", &path, key(), false).unwrap();
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 100);
+        db.close();
+    }
+
+    #[test]
+    fn a_busy_firm_does_not_starve_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = pool_threads();
+        // One busy firm per pool thread, each with a deep queue of slow commands.
+        let busy: Vec<FirmDb> = (0..n)
+            .map(|i| {
+                FirmDb::open(
+                    &format!("frm_b{i}"),
+                    &dir.path().join(format!("b{i}.db")),
+                    key(),
+                    true,
+                )
+                .unwrap()
+            })
+            .collect();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut replies = Vec::new();
+        for db in &busy {
+            let w = db.writer_for_tests();
+            for _ in 0..(2 * MAX_BATCH) {
+                let done = done.clone();
+                replies.push(
+                    w.submit(move |_tx| -> Result<(), StoreError> {
+                        std::thread::sleep(std::time::Duration::from_micros(20));
+                        done.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .unwrap(),
+                );
+            }
+        }
+        let quiet = FirmDb::open("frm_q", &dir.path().join("q.db"), key(), true).unwrap();
+        quiet
+            .write_blocking(|tx| tx.set_profile("k", "v", "t"))
+            .unwrap();
+        // The quiet firm's write waited for at most one batch per busy firm.
+        assert!(
+            done.load(Ordering::SeqCst) < 2 * MAX_BATCH * n,
+            "the quiet firm waited for every queued command"
+        );
+        for rx in replies {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        for db in busy {
+            db.close();
+        }
+        quiet.close();
+    }
 }

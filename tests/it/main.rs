@@ -16,6 +16,7 @@ mod foundation;
 mod hardening;
 mod harness;
 mod keys;
+mod many_firms;
 mod openapi;
 mod operations;
 mod page_format;

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 mod backup;
+mod firms;
 mod overhead;
 mod people;
 mod servers;
@@ -62,9 +63,9 @@ struct Args {
     /// metrics on against off).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Only these workloads (comma-separated: nginx, create1, create-subject, createN, get,
-    /// get-session, signin, overhead; and `backup` and `webhooks`, which run
-    /// only when named).
+    /// Only these workloads (comma-separated: nginx, create1, create-subject,
+    /// createN, get, get-session, signin, overhead; and `backup`, `webhooks`
+    /// and `firms`, which run only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The backup workload's data size, in MB (spread over --firms firms).
@@ -74,6 +75,9 @@ struct Args {
     /// page_format`: hmac-sha256 or hmac-sha512), to measure one against the other.
     #[arg(long)]
     page_format: Option<String>,
+    /// Firms the `firms` workload provisions and opens at once.
+    #[arg(long, default_value_t = 10_000)]
+    open_firms: usize,
 }
 
 /// One request to send, again and again, on every connection.
@@ -271,6 +275,10 @@ fn run() -> Result<(), BoxError> {
 
     if args.only.iter().any(|o| o == "webhooks") {
         webhooks::run(&args, &rt, &dir, &mut results)?;
+    }
+
+    if args.only.iter().any(|o| o == "firms") {
+        firms::run(&args, &rt, &dir)?;
     }
 
     if want("overhead") && !args.only.iter().any(|o| o == "backup") {

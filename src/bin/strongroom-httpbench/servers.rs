@@ -19,7 +19,7 @@ pub(super) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()
             // clock: benchmark timing
             return Err(format!("{what} did not come up in 60 s").into());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
 }

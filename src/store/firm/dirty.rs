@@ -5,9 +5,10 @@
 //! frames into it. The firm's writer therefore runs every checkpoint itself
 //! (`wal_autocheckpoint = 0`; [`after_commit`], and [`before_close`] for the
 //! one SQLite runs when the last connection closes) and first records the
-//! page numbers of the frames it is about to copy. A snapshot's pause (on
-//! the same writer thread) starts a new period for its repository; the set
-//! of pages recorded since the previous snapshot's pause is what changed.
+//! page numbers of the frames it is about to copy. A snapshot's pause (in
+//! the firm's writer, like its checkpoints) starts a new period for its
+//! repository; the set of pages recorded since the previous snapshot's
+//! pause is what changed.
 //!
 //! Anything that writes the file otherwise (a rekey) forgets the firm, and
 //! a restarted daemon knows nothing: the next snapshot then reads the whole

@@ -1,6 +1,7 @@
 //! A firm's database (`<state_dir>/firms/<firm_id>.db`): WAL, `synchronous=FULL`,
-//! `secure_delete=ON`, foreign keys on. One writer thread (group commit) and a
-//! small pool of read-only connections. Writes run on the writer thread.
+//! `secure_delete=ON`, foreign keys on. Its one write connection belongs to
+//! the shared writer pool (group commit, see `store::writer`); reads use a
+//! small pool of read-only connections. Writes run on a writer pool thread.
 //! Reads block their caller: services run them on a blocking lane, except
 //! the request path's hot reads (a cached API key, an already-audited record
 //! read), which run one pooled read on an async worker by design, because a
@@ -113,8 +114,8 @@ impl std::fmt::Debug for FirmDb {
 
 impl FirmDb {
     /// Opens (creating if `create`, in the current page format) the firm's
-    /// database, runs migrations and starts its writer thread. Blocking:
-    /// call from a blocking context.
+    /// database, runs migrations and hands its write connection to the
+    /// writer pool. Blocking: call from a blocking context.
     pub fn open(
         firm_id: &str,
         path: &Path,
@@ -314,6 +315,11 @@ impl FirmDb {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn writer_for_tests(&self) -> &Writer {
+        self.writer.as_ref().unwrap()
     }
 
     /// Drains the writer and closes every connection. Blocking.

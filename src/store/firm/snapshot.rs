@@ -1,7 +1,7 @@
 //! An online, consistent image of a firm database, taken while writers go on.
 //!
 //! A firm database is the main file plus its WAL. The image is taken like
-//! this: on the writer thread, between commits (so no commit is half
+//! this: in the firm's writer turn, between commits (so no commit is half
 //! written), a read transaction begins on a connection of its own and the
 //! WAL index header is read from the `-shm` file: the last committed frame
 //! (`mxFrame`), how far checkpoints got (`nBackfill`) and the WAL's salts.
@@ -98,7 +98,7 @@ impl Drop for FirmSnapshot {
     }
 }
 
-/// What the pause on the writer thread hands back.
+/// What the pause in the firm's writer hands back.
 struct Taken {
     conn: Option<Connection>,
     index: Option<WalIndex>,
@@ -147,7 +147,8 @@ impl FirmDb {
                 r.get::<_, i64>(0)
             })?;
             t.index = read_wal_index(c)?;
-            // Checkpoints run on this thread, so none is between the index and this.
+            // Checkpoints run only in the firm's writer turns, and this is one:
+            // none is between the index and this.
             t.since = track
                 .as_ref()
                 .and_then(|(repo, id)| dirty::begin(&db_path, repo, id));
