@@ -49,12 +49,16 @@ lintian --fail-on error,warning "$deb"
 
 echo "== rpm"
 rpm -qpl "$rpmfile"
-rpm -qp --scripts "$rpmfile" | grep -q 'systemd-creds encrypt'
-rpm -qpl "$rpmfile" | grep -qx /usr/lib/systemd/system/strongroom-backup.service
-rpm -qpl "$rpmfile" | grep -qx /usr/lib/systemd/system/strongroom-backup.timer
-rpm -qp --scripts "$rpmfile" | grep -q 'enable --now strongroom-backup.timer'
-rpm -qp --configfiles "$rpmfile" | grep -qx /etc/strongroom/strongroom.toml
-rpm -qp --requires "$rpmfile" | grep -q '^systemd >= 250'
+# Read each listing whole first: `grep -q` exits at its first match, and
+# under pipefail rpm's SIGPIPE would fail the pipeline.
+rpm_scripts=$(rpm -qp --scripts "$rpmfile")
+rpm_files=$(rpm -qpl "$rpmfile")
+grep -q 'systemd-creds encrypt' <<<"$rpm_scripts"
+grep -qx /usr/lib/systemd/system/strongroom-backup.service <<<"$rpm_files"
+grep -qx /usr/lib/systemd/system/strongroom-backup.timer <<<"$rpm_files"
+grep -q 'enable --now strongroom-backup.timer' <<<"$rpm_scripts"
+grep -qx /etc/strongroom/strongroom.toml <<<"$(rpm -qp --configfiles "$rpmfile")"
+grep -q '^systemd >= 250' <<<"$(rpm -qp --requires "$rpmfile")"
 echo "== rpmlint"
 rpmlint -r packaging/rpmlintrc "$rpmfile"
 
