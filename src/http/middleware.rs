@@ -158,7 +158,45 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         }
-        Ok(()) => REQUEST_ID.scope(request_id.clone(), next.run(req)).await,
+        Ok(()) => {
+            let (parts, body) = req.into_parts();
+            // The whole body is read before any of our code answers. An answer
+            // sent while the client is still sending (a 401 before the body is
+            // needed) is followed by a close with unread bytes, which resets
+            // the connection and can destroy the answer before the client has
+            // read it. Bodies are bounded by `max_body` and by the minimum rate.
+            match axum::body::to_bytes(body, usize::try_from(max_body).unwrap_or(usize::MAX)).await
+            {
+                Ok(bytes) => {
+                    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+                    REQUEST_ID.scope(request_id.clone(), next.run(req)).await
+                }
+                Err(e) => {
+                    let problem = if e
+                        .into_inner()
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        Problem::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "body_too_large",
+                            format!("the request body may be at most {max_body} bytes"),
+                        )
+                    } else {
+                        Problem::new(
+                            StatusCode::BAD_REQUEST,
+                            "body_unreadable",
+                            "the request body could not be read",
+                        )
+                    };
+                    let mut r =
+                        REQUEST_ID.sync_scope(request_id.clone(), || problem.into_response());
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    r
+                }
+            }
+        }
     };
     if timed_out.is_some_and(|f| f.is_set()) {
         let problem = Problem::new(
