@@ -288,27 +288,15 @@ fn firm_database_holds_no_plaintext_and_opens_with_stock_sqlcipher() {
     ));
 
     // Disaster recovery: stock SQLCipher 4 (built on OpenSSL) reads the file.
-    let Some(py) = stock_sqlcipher_python() else {
+    let Some(stdout) = stock_script(
+        &db,
+        &key,
+        "print(c.execute(\"SELECT v FROM profile WHERE k = 'display_name'\").fetchone()[0])\n\
+         print(c.execute('PRAGMA cipher_provider').fetchone()[0])\n",
+        &[],
+    ) else {
         return;
     };
-    let connect = stock_connect(&db, &key);
-    let script = format!(
-        "import sqlcipher3\n\
-         {connect}\
-         print(c.execute(\"SELECT v FROM profile WHERE k = 'display_name'\").fetchone()[0])\n\
-         print(c.execute('PRAGMA cipher_provider').fetchone()[0])\n"
-    );
-    let out = std::process::Command::new(&py)
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some(marker));
     assert_ne!(
