@@ -29,6 +29,11 @@ pub const CODES: &[Code] = &[
     ),
     c("invalid_header", 400, "a malformed or ambiguous header"),
     c("invalid_query", 400, "a query-string problem"),
+    c(
+        "body_unreadable",
+        400,
+        "the request body ended early or broke off",
+    ),
     c("unauthenticated", 401, "no valid credential"),
     c(
         "invalid_credentials",
