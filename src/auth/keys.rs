@@ -208,15 +208,19 @@ impl Keys {
 
     pub fn list_keys(&self, auth: &Authorized<perm::KeysRead>) -> Result<Vec<KeyView>, FirmError> {
         let h = self.pool.handle(auth.firm())?;
-        let rows = h.db.read_blocking(|r| r.api_keys())?;
+        let mut rows = h.db.read_blocking(|r| r.api_keys())?;
+        rows.iter_mut().for_each(|r| latest_use(&h, r));
         rows.iter().map(|r| self.view(r)).collect()
     }
 
     fn key_row(&self, firm: &crate::ids::FirmId, key: &str) -> Result<ApiKeyRow, FirmError> {
         let id = ApiKeyId::parse(key).ok_or(FirmError::KeyNotFound)?;
         let h = self.pool.handle(firm)?;
-        h.db.read_blocking(|r| r.api_key(id.as_str()))?
-            .ok_or(FirmError::KeyNotFound)
+        let mut row =
+            h.db.read_blocking(|r| r.api_key(id.as_str()))?
+                .ok_or(FirmError::KeyNotFound)?;
+        latest_use(&h, &mut row);
+        Ok(row)
     }
 
     /// The key a rotate or revoke acts on, with its grants, once the caller
@@ -360,6 +364,17 @@ impl Keys {
         h.key_cache
             .update(&id, |r| r.last_used_at = Some(at.clone()));
         h.db.write_detached(move |tx| tx.touch_api_key(&id, &at));
+    }
+}
+
+/// A key's last use as the cache knows it, when its best-effort write
+/// (`note_key_use`) has not committed yet: a listing right after a use shows it.
+fn latest_use(h: &crate::firms::pool::FirmHandle, row: &mut ApiKeyRow) {
+    if let Some(cached) = h.key_cache.get(&row.id).and_then(|c| c.last_used_at) {
+        // Same RFC 3339 form on both sides: text order is time order.
+        if row.last_used_at.as_ref().is_none_or(|db| *db < cached) {
+            row.last_used_at = Some(cached);
+        }
     }
 }
 
