@@ -451,14 +451,13 @@ fn run_as(
                 "keys.rotate_data_key",
                 json!({ "data_key_version": version, "retiring": retiring }),
             )?;
-            let (f, job) = (shared.lifecycle.clone(), id.clone());
-            std::thread::Builder::new()
-                .name("reencrypt".to_owned())
-                .spawn(move || f.reencrypt_data(&job))
-                .map_err(|e| CmdError {
+            // Recorded before the answer, so `firm show` shows the job at once.
+            crate::firms::Lifecycle::start_reencryption(&shared.lifecycle, &id).map_err(|e| {
+                CmdError {
                     code: "internal",
                     message: format!("cannot start the re-encryption job: {e}"),
-                })?;
+                }
+            })?;
             Ok(json!({ "firm_id": id, "data_key_version": version, "retiring": retiring }))
         }
         "keys.rotate_master" => {

@@ -305,10 +305,39 @@ impl Lifecycle {
     /// this firm is already running. Progress and the outcome are kept for
     /// `firm show`, the outcome is also logged and in the system log.
     pub fn reencrypt_data(&self, id: &FirmId) {
+        if self.begin_reencryption(id) {
+            self.run_begun_reencryption(id);
+        }
+    }
+
+    /// Records the job as running (see [`Lifecycle::begin_reencryption`])
+    /// and runs it on a thread of its own; nothing if one already runs.
+    pub fn start_reencryption(this: &Arc<Self>, id: &FirmId) -> std::io::Result<()> {
+        if !this.begin_reencryption(id) {
+            return Ok(());
+        }
+        let (f, job) = (this.clone(), id.clone());
+        let started = std::thread::Builder::new()
+            .name("reencrypt".to_owned())
+            .spawn(move || f.run_begun_reencryption(&job));
+        if let Err(e) = &started {
+            // Not left "running": the periodic resume starts it again.
+            this.progress(id, |p| {
+                p.state = "failed";
+                p.error = Some(e.to_string());
+            });
+        }
+        started.map(|_| ())
+    }
+
+    /// Records a job as running, with its target version and total when
+    /// they can be read now, so `firm show` shows it at once; false if one
+    /// already runs. [`Lifecycle::run_begun_reencryption`] then runs it.
+    fn begin_reencryption(&self, id: &FirmId) -> bool {
         {
             let mut jobs = lock(&self.data_jobs.progress);
             if jobs.get(id).is_some_and(|j| j.state == "running") {
-                return;
+                return false;
             }
             jobs.insert(
                 id.clone(),
@@ -324,6 +353,20 @@ impl Lifecycle {
                 },
             );
         }
+        if let Ok(h) = self.pool.handle(id) {
+            let active = h.data_keys().active();
+            if let Ok(total) = h.db.read_blocking(|r| r.count_sealed_not_under(active)) {
+                self.progress(id, |p| {
+                    p.to_version = active;
+                    p.total = total;
+                });
+            }
+        }
+        true
+    }
+
+    /// Runs a job [`Lifecycle::begin_reencryption`] recorded. Blocking.
+    fn run_begun_reencryption(&self, id: &FirmId) {
         let outcome = self.run_reencryption(id);
         let mut jobs = lock(&self.data_jobs.progress);
         let Some(p) = jobs.get_mut(id) else {
