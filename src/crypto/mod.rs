@@ -7,6 +7,7 @@
 pub mod envelope;
 pub mod fips;
 pub mod keyring;
+mod mac_keys;
 pub mod password;
 pub mod secret;
 pub mod sign;

@@ -201,7 +201,7 @@ unsafe extern "C" fn kdf(
     // SAFETY: `key` is writable for `key_sz` bytes.
     let out = unsafe { slice::from_raw_parts_mut(key, key_sz as usize) };
     guarded(|| {
-        pbkdf2::derive(alg, iterations, salt, pass, out);
+        super::mac_keys::derive(algorithm as u8, alg, iterations, salt, pass, out);
         Ok(())
     })
 }
@@ -346,9 +346,19 @@ pub fn page_one_mac_matches(page: &[u8], raw_key: &[u8; 32], mac: PageMac) -> bo
     if page.len() < PAGE {
         return false;
     }
-    let (kdf, alg, len) = match mac {
-        PageMac::Sha256 => (pbkdf2::PBKDF2_HMAC_SHA256, hmac::HMAC_SHA256, 32),
-        PageMac::Sha512 => (pbkdf2::PBKDF2_HMAC_SHA512, hmac::HMAC_SHA512, 64),
+    let (kdf, kdf_id, alg, len) = match mac {
+        PageMac::Sha256 => (
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            ALG_SHA256,
+            hmac::HMAC_SHA256,
+            32,
+        ),
+        PageMac::Sha512 => (
+            pbkdf2::PBKDF2_HMAC_SHA512,
+            ALG_SHA512,
+            hmac::HMAC_SHA512,
+            64,
+        ),
     };
     let reserve = (IV + len).div_ceil(16) * 16;
     let salt: Vec<u8> = page[..SALT].iter().map(|b| b ^ 0x3a).collect();
@@ -356,7 +366,8 @@ pub fn page_one_mac_matches(page: &[u8], raw_key: &[u8; 32], mac: PageMac) -> bo
     let Some(iterations) = NonZeroU32::new(MAC_KDF_ITERATIONS) else {
         return false;
     };
-    pbkdf2::derive(kdf, iterations, &salt, raw_key, &mut mac_key);
+    // The same derivation SQLCipher's open makes next (remembered once).
+    super::mac_keys::derive(kdf_id as u8, kdf, iterations, &salt, raw_key, &mut mac_key);
     let body = &page[SALT..PAGE - reserve + IV];
     let stored = &page[PAGE - reserve + IV..PAGE - reserve + IV + len];
     let mut ctx = hmac::Context::with_key(&hmac::Key::new(alg, &mac_key));
