@@ -3,6 +3,7 @@
 //! CloudEvents export. Reading the log is itself audited.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -311,15 +312,21 @@ impl AuditLog {
         let mut signed = 0;
         let mut failed = false;
         for h in open {
-            let grew = h.db.read_blocking(|r| r.audit_needs_checkpoint());
-            if matches!(grew, Ok(true)) {
-                match self.checkpoint(&h.id) {
+            // No audit entry since the last look found the log signed.
+            let audited = h.db.audit_appends();
+            if h.seen.checkpoint.load(Ordering::SeqCst) == audited {
+                continue;
+            }
+            match h.db.read_blocking(|r| r.audit_needs_checkpoint()) {
+                Ok(true) => match self.checkpoint(&h.id) {
                     Ok(_) => signed += 1,
                     Err(e) => {
                         failed = true;
                         tracing::error!(firm = %h.id, error = %e, "checkpoint signing failed")
                     }
-                }
+                },
+                Ok(false) => h.seen.checkpoint.store(audited, Ordering::SeqCst),
+                Err(_) => {}
             }
         }
         match self.system_checkpoint_if_grown() {

@@ -214,7 +214,7 @@ impl AuditLog {
             );
             let cutoff = cutoff_of(retention);
             let at = at.clone();
-            let result = self.pool.handle(&id).and_then(|h| {
+            let result = self.pool.visit(&id, |h| {
                 Ok(h.db.write_blocking(move |tx| tx.purge_audit(&cutoff, &at, &make))?)
             });
             match result {

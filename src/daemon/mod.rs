@@ -304,6 +304,23 @@ fn harden_process() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 }
 
+/// Open files the daemon wants: each warm firm holds a few per connection
+/// (see `store::warm`), and each client connection one.
+const WANTED_OPEN_FILES: u64 = 65_536;
+
+/// Raises the soft open-file limit towards the hard one (the unit sets
+/// `LimitNOFILE`; outside systemd the soft limit is often 1,024). Returns
+/// the soft limit now in force.
+fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let want = hard.min(WANTED_OPEN_FILES.max(soft));
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return Some(want);
+    }
+    Some(soft)
+}
+
 pub(super) fn ensure_dir(dir: &Path) -> Result<(), StartupError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -400,9 +417,13 @@ async fn run(p: Prepared, config_path: Option<PathBuf>, dev: bool) -> Result<(),
         None => None,
     };
     let router = crate::http::router(app);
-    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .ok()
-        .map(|(soft, _)| soft);
+    let nofile = raise_open_file_limit();
+    if nofile.is_some_and(|n| n < 16_384) {
+        tracing::warn!(
+            open_file_limit = nofile.unwrap_or(0),
+            "the open-file limit is low: raise LimitNOFILE (many warm firms and connections need files)"
+        );
+    }
     let limits = crate::http::conn::Limits::new(&config.server, nofile);
     if limits.max_total < config.server.max_connections {
         tracing::warn!(

@@ -145,6 +145,8 @@ impl Lifecycle {
             sessions: Default::default(),
             schemas: Default::default(),
             last_used_ms: std::sync::atomic::AtomicU64::new(self.pool.ms()),
+            seen: Default::default(),
+            taken: Default::default(),
         };
         let minted = match self.mint_key_blocking(&handle, "initial owner key", Role::Owner) {
             Ok(m) => m,

@@ -50,6 +50,32 @@ pub struct FirmHandle {
     pub(crate) schemas: cache::GenCache<Arc<crate::records::schema::Schema>>,
     /// When the pool last handed this firm out (ms on the pool's clock).
     pub(crate) last_used_ms: AtomicU64,
+    /// What periodic jobs last found, as of a count of audit entries.
+    pub(crate) seen: Seen,
+    /// How many times the pool handed this firm out (see [`Pool::visit`]).
+    pub(crate) taken: AtomicU64,
+}
+
+/// Where periodic jobs last looked at a firm and found nothing to do: until
+/// the count moves, looking again (a read, which reopens a parked firm's
+/// connection) would find the same.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    /// The checkpoint signer, at a count of audit entries (`FirmDb::audit_appends`).
+    pub(crate) checkpoint: AtomicU64,
+    /// Webhook discovery, at the same count (an endpoint is made by an
+    /// audited change).
+    pub(crate) webhooks: AtomicU64,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        // Never looked at yet.
+        Self {
+            checkpoint: AtomicU64::new(u64::MAX),
+            webhooks: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl FirmHandle {
@@ -189,6 +215,7 @@ impl Pool {
     /// Marks a firm used now (idle close counts from here).
     fn touch(&self, h: &FirmHandle) {
         h.last_used_ms.store(self.ms(), Ordering::Relaxed);
+        h.taken.fetch_add(1, Ordering::SeqCst);
     }
 
     fn idle_ms(&self, h: &FirmHandle) -> u64 {
@@ -279,6 +306,11 @@ impl Pool {
 
     /// The open handle for a firm, opening its database on first use.
     pub fn handle(&self, id: &FirmId) -> Result<Arc<FirmHandle>, FirmError> {
+        self.take(id).map(|(h, _)| h)
+    }
+
+    /// [`Pool::handle`], and whether this call opened the firm.
+    fn take(&self, id: &FirmId) -> Result<(Arc<FirmHandle>, bool), FirmError> {
         match self.state(id) {
             None | Some(FirmState::Deleted) => return Err(FirmError::NotFound),
             Some(_) => {}
@@ -289,7 +321,7 @@ impl Pool {
         loop {
             if let Some(h) = lock(&self.open).get(id) {
                 self.touch(h);
-                return Ok(h.clone());
+                return Ok((h.clone(), false));
             }
             let epoch = self.key_epoch.load(Ordering::SeqCst);
             let handle = Arc::new(self.open_handle(id)?);
@@ -303,12 +335,13 @@ impl Pool {
                     mine.db.close();
                 }
                 if let Some(h) = keep {
-                    return Ok(h);
+                    self.touch(&h);
+                    return Ok((h, false));
                 }
                 continue;
             }
             open.insert(id.clone(), handle.clone());
-            return Ok(handle);
+            return Ok((handle, true));
         }
     }
 
@@ -335,6 +368,21 @@ impl Pool {
         let data_active = data_active
             .ok_or_else(|| StoreError::Corrupt(format!("firm {id} has no active data key")))?;
         let db = FirmDb::open(id.as_str(), &self.path(id), db_key, false)?;
+        let seen = Seen::default();
+        // What the periodic jobs would otherwise read once per open firm,
+        // read now while its connections are open (a parked firm's would
+        // have to open again just for that).
+        let audited = db.audit_appends();
+        if let Ok((unsigned, endpoints)) =
+            db.read_blocking(|r| Ok((r.audit_needs_checkpoint()?, r.webhook_endpoints()?)))
+        {
+            if !unsigned {
+                seen.checkpoint.store(audited, Ordering::SeqCst);
+            }
+            if endpoints.is_empty() {
+                seen.webhooks.store(audited, Ordering::SeqCst);
+            }
+        }
         Ok(FirmHandle {
             id: id.clone(),
             db,
@@ -347,6 +395,8 @@ impl Pool {
             sessions: Default::default(),
             schemas: Default::default(),
             last_used_ms: AtomicU64::new(self.ms()),
+            seen,
+            taken: AtomicU64::new(0),
         })
     }
 
@@ -451,6 +501,25 @@ impl Pool {
         let handle = lock(&self.open).get(id).cloned()?;
         self.touch(&handle);
         Some(handle)
+    }
+
+    /// Runs `f` on the firm's handle for a periodic job that visits every
+    /// firm: a firm this visit opened closes again after, unless a request
+    /// took it meanwhile, so such a job never leaves every firm open.
+    pub(crate) fn visit<R>(
+        &self,
+        id: &FirmId,
+        f: impl FnOnce(&Arc<FirmHandle>) -> Result<R, FirmError>,
+    ) -> Result<R, FirmError> {
+        let (h, opened) = self.take(id)?;
+        let taken = h.taken.load(Ordering::SeqCst);
+        let out = f(&h);
+        let used_meanwhile = h.taken.load(Ordering::SeqCst) != taken;
+        drop(h);
+        if opened && !used_meanwhile {
+            self.close_if_unused(id);
+        }
+        out
     }
 
     /// Closes a firm now if nothing else holds it (a backup opened it only

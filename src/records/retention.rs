@@ -11,6 +11,7 @@
 //! taken before the deletion until those are pruned.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,6 +21,7 @@ use super::Records;
 use super::schema::Schema;
 use crate::audit::Outcome;
 use crate::auth::Origin;
+use crate::firms::pool::FirmHandle;
 use crate::firms::{FirmError, FirmState};
 use crate::ids::FirmId;
 
@@ -114,12 +116,20 @@ impl Records {
 
     /// One firm: (collections with a class, records deleted).
     fn purge_firm(&self, id: &FirmId, r: &RetentionClasses) -> Result<(usize, u64), FirmError> {
-        let h = self.pool.handle(id)?;
+        self.pool.visit(id, |h| self.purge_open_firm(id, h, r))
+    }
+
+    fn purge_open_firm(
+        &self,
+        id: &FirmId,
+        h: &Arc<FirmHandle>,
+        r: &RetentionClasses,
+    ) -> Result<(usize, u64), FirmError> {
         let names = h.db.read_blocking(|tx| tx.collection_names())?;
         let now = self.pool.clock.now();
         let (mut collections, mut deleted) = (0, 0);
         for name in names {
-            let schema = self.schema_of(&h, &name)?;
+            let schema = self.schema_of(h, &name)?;
             let Some(class) = schema.retention_class.clone() else {
                 continue;
             };

@@ -11,6 +11,7 @@ pub mod firm;
 pub mod peppers;
 pub mod registry;
 mod vfs;
+mod warm;
 mod writer;
 
 use std::path::Path;

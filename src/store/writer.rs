@@ -19,21 +19,27 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::StoreError;
 use super::firm::WriteTx;
+use super::warm::{self, Park};
 
 /// Commands queued beyond this make callers wait with `Busy` (503) instead of
 /// growing memory without bound.
 const QUEUE_DEPTH: usize = 16_384;
 /// Upper bound on commands in one transaction.
 const MAX_BATCH: usize = 4_096;
-/// Writer threads for every firm together, whatever their number.
-const MIN_THREADS: usize = 2;
+/// Writer threads for every firm together, whatever their number: four per
+/// core, at least eight. A writer thread spends most of a commit waiting for
+/// its fsync, and fsyncs of several firms in flight at once share the
+/// file system's journal commits, so a few threads per core keep the disk
+/// busy when many firms write once each.
+const THREADS_PER_CORE: usize = 4;
+const MIN_THREADS: usize = 8;
 
 trait Command: Send {
     /// Runs the command (again, if it ran before); true if it succeeded.
@@ -91,6 +97,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// Opens the firm's write connection again after it was parked.
+pub(crate) type Reopen = Box<dyn Fn() -> Result<Connection, StoreError> + Send + Sync>;
+
 /// One firm's writer: its queue and its write connection.
 struct Firm {
     name: String,
@@ -98,6 +107,13 @@ struct Firm {
     state: Mutex<State>,
     /// Signalled once the connection is closed.
     closed: Condvar,
+    /// The firm's idle read connections: parking closes them too.
+    readers: Arc<Mutex<Vec<Connection>>>,
+    reopen: Reopen,
+    /// Its place among warm firms (see `warm`).
+    slot: warm::Slot,
+    /// Audit entries committed (see [`Writer::audit_appends`]).
+    audited: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -109,8 +125,10 @@ struct State {
     closing: bool,
     /// The connection closed (or was lost to a panic).
     done: bool,
-    /// Here while no pool thread runs the firm.
+    /// Here while no pool thread runs the firm; None while parked.
     conn: Option<Connection>,
+    /// Close the connections once the queue is empty (too many warm firms).
+    park: bool,
     /// Commands in the previous batch (see [`gather`]).
     previous: usize,
     /// The WAL frame of the last checkpoint (see `firm::after_commit`).
@@ -148,7 +166,7 @@ fn pool() -> &'static Pool {
             threads: AtomicUsize::new(0),
         }));
         let n = std::thread::available_parallelism()
-            .map_or(MIN_THREADS, usize::from)
+            .map_or(MIN_THREADS, |c| usize::from(c) * THREADS_PER_CORE)
             .max(MIN_THREADS);
         for i in 0..n {
             match std::thread::Builder::new()
@@ -172,8 +190,18 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 
 impl Pool {
     fn schedule(&self, firm: Arc<Firm>) {
+        self.schedule_at(firm, false);
+    }
+
+    /// `front`: before the firms waiting to write (a park, which is cheap
+    /// and bounds open files, does not wait behind a backlog of writes).
+    fn schedule_at(&self, firm: Arc<Firm>, front: bool) {
         let mut q = lock(&self.run);
-        q.firms.push_back(firm);
+        if front {
+            q.firms.push_front(firm);
+        } else {
+            q.firms.push_back(firm);
+        }
         self.pending.fetch_add(1, Ordering::SeqCst);
         let wake = q.sleepers > 0;
         drop(q);
@@ -233,6 +261,7 @@ impl Pool {
                     st.conn = None;
                     st.queue.drain(..).collect()
                 };
+                warm::forget(&firm.slot);
                 crate::telemetry::metrics::metrics()
                     .queue_depth
                     .dec_by(queued.len() as i64);
@@ -266,6 +295,8 @@ impl Writer {
         conn: Connection,
         name: String,
         path: std::path::PathBuf,
+        readers: Arc<Mutex<Vec<Connection>>>,
+        reopen: Reopen,
     ) -> Result<Self, StoreError> {
         if pool().threads.load(Ordering::SeqCst) == 0 {
             return Err(StoreError::Io {
@@ -273,7 +304,7 @@ impl Writer {
                 source: std::io::Error::other("no writer thread could start"),
             });
         }
-        Ok(Self {
+        let w = Self {
             firm: Arc::new(Firm {
                 name,
                 path,
@@ -283,12 +314,32 @@ impl Writer {
                     closing: false,
                     done: false,
                     conn: Some(conn),
+                    park: false,
                     previous: 1,
                     checkpointed_at: 0,
                 }),
                 closed: Condvar::new(),
+                readers,
+                reopen,
+                slot: warm::Slot::default(),
+                audited: Default::default(),
             }),
-        })
+        };
+        w.touch();
+        Ok(w)
+    }
+
+    /// How many audit entries committed transactions appended: raised after
+    /// each commit is durable and before its callers are answered, so a job
+    /// that read the count before reading the database knows whether any
+    /// change (every change appends an audit entry) committed since.
+    pub(crate) fn audit_appends(&self) -> u64 {
+        self.firm.audited.load(Ordering::SeqCst)
+    }
+
+    /// The firm was used and holds connections (see `warm`).
+    pub(crate) fn touch(&self) {
+        warm_touch(&self.firm);
     }
 
     /// Queues `f`; the receiver yields its result after the durable commit.
@@ -333,13 +384,9 @@ impl Writer {
             st.closing = true;
             if !st.scheduled {
                 st.scheduled = true;
-                match st.conn.take() {
-                    Some(conn) => {
-                        close(&firm, st, conn);
-                        st = lock(&firm.state);
-                    }
-                    None => st.done = true,
-                }
+                let conn = st.conn.take();
+                close(&firm, st, conn);
+                st = lock(&firm.state);
             }
         }
         while !st.done {
@@ -406,18 +453,36 @@ fn turn(firm: &Arc<Firm>) {
     let m = crate::telemetry::metrics::metrics();
     let (conn, first, previous, mut checkpointed_at) = {
         let mut st = lock(&firm.state);
-        let Some(conn) = st.conn.take() else {
+        if st.done {
             st.scheduled = false;
             return;
-        };
+        }
         match st.queue.pop_front() {
-            Some(first) => (conn, first, st.previous, st.checkpointed_at),
-            None if st.closing => return close(firm, st, conn),
+            Some(first) => {
+                st.park = false;
+                (st.conn.take(), first, st.previous, st.checkpointed_at)
+            }
+            None if st.closing => {
+                let conn = st.conn.take();
+                return close(firm, st, conn);
+            }
+            None if st.park => return park(firm, st),
             None => {
-                st.conn = Some(conn);
                 st.scheduled = false;
                 return;
             }
+        }
+    };
+    // Parked: the connection opens again here (the firm is this thread's).
+    let conn = match conn.map_or_else(|| (firm.reopen)(), Ok) {
+        Ok(c) => c,
+        Err(e) => {
+            m.queue_depth.dec();
+            first.finish(Err(Failed {
+                full: matches!(e, StoreError::Full),
+                message: e.to_string(),
+            }));
+            return release(firm, lock(&firm.state));
         }
     };
     let mut batch = gather(firm, first, previous);
@@ -433,6 +498,7 @@ fn turn(firm: &Arc<Firm>) {
     match &commit {
         Ok(appended) => {
             m.audit_appended.inc_by(*appended);
+            firm.audited.fetch_add(*appended, Ordering::SeqCst);
             super::space::ok();
         }
         Err(_) => {
@@ -451,25 +517,94 @@ fn turn(firm: &Arc<Firm>) {
     let mut st = lock(&firm.state);
     st.previous = size;
     st.checkpointed_at = checkpointed_at;
+    st.conn = Some(conn);
+    release(firm, st);
+}
+
+/// Ends a turn: more queued goes to the back of the run queue, so other
+/// firms get their turn; a closing firm closes; an idle one is warm.
+fn release(firm: &Arc<Firm>, mut st: MutexGuard<'_, State>) {
     if !st.queue.is_empty() {
-        // More queued: back of the run queue, so other firms get their turn.
-        st.conn = Some(conn);
         drop(st);
         pool().schedule(firm.clone());
     } else if st.closing {
+        let conn = st.conn.take();
         close(firm, st, conn);
+    } else if st.park {
+        park(firm, st);
     } else {
-        st.conn = Some(conn);
+        st.scheduled = false;
+        let warm = st.conn.is_some();
+        drop(st);
+        if warm {
+            warm_touch(firm);
+        }
+    }
+}
+
+fn warm_touch(firm: &Arc<Firm>) {
+    warm::touch(&firm.slot, || Arc::downgrade(firm) as Weak<dyn Park>);
+}
+
+impl Park for Firm {
+    fn request_park(self: Arc<Self>) {
+        let mut st = lock(&self.state);
+        if st.closing || st.done {
+            return;
+        }
+        st.park = true;
+        // Running or queued: the turn parks it once its queue is empty.
+        if !st.scheduled {
+            st.scheduled = true;
+            drop(st);
+            pool().schedule_at(self, true);
+        }
+    }
+}
+
+/// Closes an idle firm's connections (too many warm firms), without the
+/// checkpoint SQLite runs when a last connection closes: parking costs no
+/// fsync, and the committed frames stay in the WAL (durable since their
+/// commit) until a later checkpoint records and copies them (see `dirty`).
+/// The firm stays scheduled meanwhile, so no turn runs until it is closed.
+fn park(firm: &Arc<Firm>, mut st: MutexGuard<'_, State>) {
+    st.park = false;
+    let conn = st.conn.take();
+    drop(st);
+    warm::forget(&firm.slot);
+    drop(std::mem::take(&mut *lock(&firm.readers)));
+    if let Some(conn) = conn {
+        // The main file changes only in checkpoints whose pages are recorded
+        // (backups rely on it): none on this close, or record them first.
+        if conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .is_err()
+        {
+            super::firm::before_close(&conn, &firm.path);
+        }
+        drop(conn);
+    }
+    let mut st = lock(&firm.state);
+    if !st.queue.is_empty() || st.closing {
+        drop(st);
+        pool().schedule(firm.clone());
+    } else {
         st.scheduled = false;
     }
 }
 
 /// The queue is drained and no command comes any more: the connection
 /// closes here, checkpointing the WAL; its pages are recorded first.
-fn close(firm: &Firm, st: MutexGuard<'_, State>, conn: Connection) {
+fn close(firm: &Firm, st: MutexGuard<'_, State>, conn: Option<Connection>) {
     drop(st);
-    super::firm::before_close(&conn, &firm.path);
-    drop(conn);
+    warm::forget(&firm.slot);
+    if let Some(conn) = conn {
+        super::firm::before_close(&conn, &firm.path);
+        drop(conn);
+    }
     let mut st = lock(&firm.state);
     st.done = true;
     st.scheduled = false;
@@ -664,5 +799,55 @@ mod tests {
             db.close();
         }
         quiet.close();
+    }
+
+    #[test]
+    fn past_the_warm_bound_idle_firms_park_and_reopen_on_their_next_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = warm::WARM_FIRMS + 40;
+        let firms: Vec<FirmDb> = (0..n)
+            .map(|i| {
+                let db = FirmDb::open(
+                    &format!("frm_w{i}"),
+                    &dir.path().join(format!("w{i}.db")),
+                    key(),
+                    true,
+                )
+                .unwrap();
+                db.write_blocking(move |tx| tx.set_profile("i", &i.to_string(), "t"))
+                    .unwrap();
+                db
+            })
+            .collect();
+        let parked = |db: &FirmDb| {
+            let st = lock(&db.writer_for_tests().firm.state);
+            st.conn.is_none() && !st.scheduled
+        };
+        // Parking runs on the pool: wait for it (bounded).
+        for _ in 0..2000 {
+            if parked(&firms[0]) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(parked(&firms[0]), "the least recently used firm is parked");
+        assert!(lock(&firms[0].writer_for_tests().firm.readers).is_empty());
+        assert!(!parked(&firms[n - 1]), "the most recent stays warm");
+        assert!(warm::warm() <= warm::WARM_FIRMS);
+        // A parked firm reads and writes as before; its connection reopens.
+        assert_eq!(
+            firms[0].read_blocking(|r| r.profile()).unwrap(),
+            vec![("i".to_owned(), "0".to_owned())]
+        );
+        firms[0]
+            .write_blocking(|tx| tx.set_profile("j", "x", "t"))
+            .unwrap();
+        assert_eq!(firms[0].read_blocking(|r| r.profile()).unwrap().len(), 2);
+        assert!(!parked(&firms[0]));
+        for db in firms {
+            db.close();
+        }
+        // Closed firms leave the warm set.
+        assert!(warm::warm() <= warm::WARM_FIRMS);
     }
 }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -184,11 +185,19 @@ impl Webhooks {
                 .collect()
         };
         for h in unknown {
-            let has = h.db.read_blocking(|r| r.webhook_endpoints());
-            if has.is_ok_and(|e| !e.is_empty()) {
-                if let Err(e) = self.mark(&h.id) {
-                    tracing::warn!(firm = %h.id, error = %e, "cannot mark a firm with webhooks");
+            // No change since the last look found no endpoint.
+            let audited = h.db.audit_appends();
+            if h.seen.webhooks.load(Ordering::SeqCst) == audited {
+                continue;
+            }
+            match h.db.read_blocking(|r| r.webhook_endpoints()) {
+                Ok(e) if !e.is_empty() => {
+                    if let Err(e) = self.mark(&h.id) {
+                        tracing::warn!(firm = %h.id, error = %e, "cannot mark a firm with webhooks");
+                    }
                 }
+                Ok(_) => h.seen.webhooks.store(audited, Ordering::SeqCst),
+                Err(_) => {}
             }
         }
     }

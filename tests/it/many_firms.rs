@@ -1,8 +1,9 @@
-//! Many open firms: the daemon's threads do not grow with them, and every
-//! acknowledged write on each survives a restart.
+//! Many open firms: the daemon's threads do not grow with them, nor do its
+//! open files past the warm bound (512 firms keep their connections), and
+//! every acknowledged write on each survives a restart.
 
 use crate::client::Client;
-use crate::firms::{Firm, create_firm};
+use crate::firms::{Firm, create_firm, firm_db};
 use crate::harness::{Daemon, Options, ctl_json};
 
 /// `Threads:` of the daemon, from `/proc/<pid>/status`.
@@ -33,8 +34,9 @@ fn set_name(c: &Client, f: &Firm, name: &str) -> u16 {
 }
 
 #[test]
-fn open_firms_share_a_bounded_set_of_writer_threads() {
-    const FIRMS: usize = 150;
+fn open_firms_share_bounded_writer_threads_and_open_files() {
+    // More than the warm bound (512), so the least recently used park.
+    const FIRMS: usize = 600;
     let d = Daemon::start();
     let c = d.client();
     let first = create_firm(&d, "Many 0");
@@ -51,10 +53,48 @@ fn open_firms_share_a_bounded_set_of_writer_threads() {
     // the thread count did not grow with them.
     let status = ctl_json(&d.admin_socket, &["status"]);
     assert_eq!(status["firms_open"], FIRMS, "{status}");
+    // A warm firm holds three descriptors or more (database, WAL, shared
+    // memory); a parked one none.
+    let paths: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.contains("/firms/frm_"))
+        .collect();
+    let firms_with_files = paths
+        .iter()
+        .map(|p| p.split(".db").next().unwrap_or_default())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(
+        firms_with_files <= 520,
+        "{} firm files open, of {firms_with_files} firms, for {FIRMS} open firms",
+        paths.len()
+    );
     let now = threads(&d);
     assert!(
         now <= base + 8,
         "{FIRMS} open firms: {now} threads, {base} with one open"
+    );
+    // A clean stop keeps each firm's -wal and -shm (persistent WAL: no
+    // files to create again at the next open); a warm firm's WAL is
+    // checkpointed and emptied, a parked one's frames wait for its next open.
+    let mut d = d;
+    assert_eq!(d.stop().code(), Some(0));
+    for f in &firms {
+        let db = firm_db(&d, &f.id);
+        for side in ["-wal", "-shm"] {
+            let mut p = db.clone().into_os_string();
+            p.push(side);
+            assert!(std::path::Path::new(&p).exists(), "{p:?} kept");
+        }
+    }
+    let last = firm_db(&d, &firms[FIRMS - 1].id);
+    let wal = std::fs::metadata(format!("{}-wal", last.display())).unwrap();
+    assert_eq!(
+        wal.len(),
+        0,
+        "the last-used firm's WAL is emptied at the stop"
     );
     // Every acknowledged write is there after a restart.
     let d = d.restart(Options::default());

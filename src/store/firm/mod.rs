@@ -29,8 +29,8 @@ pub use write::WriteTx;
 use schema::MIGRATIONS;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 use super::audit_log;
 pub use super::audit_log::{AuditRow, AuditVerification};
 use super::writer::Writer;
-use super::{PageFormat, StoreError, migrate, open_firm_file};
+use super::{PageFormat, StoreError, migrate, open_firm_file, open_with_format};
 use crate::crypto::keyring::SqlcipherKey;
 
 /// Read-only connections kept open per firm (the HTTP layer runs at most
@@ -74,8 +74,11 @@ fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
          PRAGMA secure_delete = ON;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;
-         PRAGMA wal_autocheckpoint = 0;",
+         PRAGMA wal_autocheckpoint = 0;
+         PRAGMA journal_size_limit = 4194304;",
     )?;
+    // The WAL and its index stay between opens (emptied at a clean close).
+    super::vfs::persist_wal(conn);
     Ok(())
 }
 
@@ -83,11 +86,13 @@ fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
 pub struct FirmDb {
     firm_id: String,
     path: PathBuf,
-    key: SqlcipherKey,
+    key: Arc<SqlcipherKey>,
     /// The page format the file was found in (every connection uses it).
     format: PageFormat,
     writer: Option<Writer>,
-    readers: Mutex<Vec<Connection>>,
+    /// Idle read connections, shared with the writer, which closes them
+    /// when the firm is parked (see `store::warm`).
+    readers: Arc<Mutex<Vec<Connection>>>,
     /// Async writes queued and not yet answered.
     in_flight: AtomicUsize,
 }
@@ -160,11 +165,20 @@ impl FirmDb {
                 path.display()
             )));
         }
+        let key = Arc::new(key);
+        let readers = Arc::new(Mutex::new(Vec::new()));
+        let (again, again_key) = (path.to_owned(), key.clone());
         // The writer runs every checkpoint itself (see `dirty`).
         let writer = Writer::spawn(
             conn,
             format!("w-{}", &firm_id[..firm_id.len().min(12)]),
             path.to_owned(),
+            readers.clone(),
+            Box::new(move || {
+                let c = open_with_format(&again, &again_key, OpenFlags::default(), format)?;
+                configure_writer(&c)?;
+                Ok(c)
+            }),
         )?;
         Ok(Self {
             firm_id: firm_id.to_owned(),
@@ -172,7 +186,7 @@ impl FirmDb {
             key,
             format,
             writer: Some(writer),
-            readers: Mutex::new(Vec::new()),
+            readers,
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -260,6 +274,11 @@ impl FirmDb {
         }
     }
 
+    /// Audit entries appended since the firm opened.
+    pub fn audit_appends(&self) -> u64 {
+        self.writer.as_ref().map_or(0, Writer::audit_appends)
+    }
+
     /// Runs `f` on a pooled read-only connection. Blocking.
     pub fn read_blocking<R>(
         &self,
@@ -273,6 +292,10 @@ impl FirmDb {
         let mut pool = self.lock_readers();
         if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);
+        }
+        drop(pool);
+        if let Some(w) = &self.writer {
+            w.touch();
         }
         out
     }
