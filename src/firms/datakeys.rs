@@ -394,14 +394,19 @@ impl Lifecycle {
     }
 
     fn run_reencryption(&self, id: &FirmId) -> Result<Vec<u32>, FirmError> {
-        let h = self.pool.handle(id)?;
-        let active = h.data_keys().active();
-        let total = h.db.read_blocking(|r| r.count_sealed_not_under(active))?;
-        self.progress(id, |p| {
-            p.to_version = active;
-            p.total = total;
-        });
-        drop(h);
+        // Counted when the job began, unless that read failed.
+        let counted = lock(&self.data_jobs.progress)
+            .get(id)
+            .is_some_and(|p| p.to_version != 0);
+        if !counted {
+            let h = self.pool.handle(id)?;
+            let active = h.data_keys().active();
+            let total = h.db.read_blocking(|r| r.count_sealed_not_under(active))?;
+            self.progress(id, |p| {
+                p.to_version = active;
+                p.total = total;
+            });
+        }
         let mut failed = 0;
         for start in [
             Cursor::Records(String::new(), String::new()),

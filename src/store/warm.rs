@@ -23,7 +23,6 @@ pub(crate) trait Park: Send + Sync {
 struct Lru {
     /// Warm firms by the stamp of their last use.
     by_stamp: BTreeMap<u64, Weak<dyn Park>>,
-    next: u64,
 }
 
 fn lru() -> MutexGuard<'static, Lru> {
@@ -34,43 +33,33 @@ fn lru() -> MutexGuard<'static, Lru> {
     }
 }
 
-/// The last stamp handed out (a copy of `Lru::next`, read without the lock).
+/// The last stamp handed out. Changed only under the `lru` lock; read
+/// without it by a touch's quick check.
 static LAST: AtomicU64 = AtomicU64::new(0);
 
-/// A firm's place in the order of use (0: not warm). The stamp is also
-/// mirrored in `seen`, so a recent firm's touch needs no lock.
+/// A firm's place in the order of use (0: not warm). Changed only under the
+/// `lru` lock; read without it, so a recent firm's touch takes no lock.
 #[derive(Debug, Default)]
-pub(crate) struct Slot(Mutex<u64>, AtomicU64);
-
-impl Slot {
-    fn get(&self) -> MutexGuard<'_, u64> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-}
+pub(crate) struct Slot(AtomicU64);
 
 /// The firm was used now and holds connections: most recently used. If
 /// that makes too many warm firms, the least recently used one is parked.
 pub(crate) fn touch(slot: &Slot, firm: impl FnOnce() -> Weak<dyn Park>) {
     // Among the most recent quarter already: far from being parked, and
     // a busy firm's every request need not reorder the whole set.
-    let seen = slot.1.load(Ordering::Relaxed);
+    let seen = slot.0.load(Ordering::Relaxed);
     if seen != 0 && LAST.load(Ordering::Relaxed).saturating_sub(seen) < (WARM_FIRMS / 4) as u64 {
         return;
     }
     let victim = {
         let mut l = lru();
-        let mut stamp = slot.get();
-        if *stamp != 0 {
-            l.by_stamp.remove(&*stamp);
+        let stamp = slot.0.load(Ordering::Relaxed);
+        if stamp != 0 {
+            l.by_stamp.remove(&stamp);
         }
-        l.next += 1;
-        *stamp = l.next;
-        let at = l.next;
-        slot.1.store(at, Ordering::Relaxed);
+        let at = LAST.load(Ordering::Relaxed) + 1;
         LAST.store(at, Ordering::Relaxed);
+        slot.0.store(at, Ordering::Relaxed);
         l.by_stamp.insert(at, firm());
         if l.by_stamp.len() > WARM_FIRMS {
             l.by_stamp.pop_first().map(|(_, w)| w)
@@ -86,11 +75,10 @@ pub(crate) fn touch(slot: &Slot, firm: impl FnOnce() -> Weak<dyn Park>) {
 /// The firm holds no connection any more (parked or closed).
 pub(crate) fn forget(slot: &Slot) {
     let mut l = lru();
-    let mut stamp = slot.get();
-    if *stamp != 0 {
-        l.by_stamp.remove(&*stamp);
-        *stamp = 0;
-        slot.1.store(0, Ordering::Relaxed);
+    let stamp = slot.0.load(Ordering::Relaxed);
+    if stamp != 0 {
+        l.by_stamp.remove(&stamp);
+        slot.0.store(0, Ordering::Relaxed);
     }
 }
 
