@@ -6,16 +6,30 @@ use crate::client::Client;
 use crate::firms::{Firm, create_firm, firm_db};
 use crate::harness::{Daemon, Options, ctl_json};
 
-/// `Threads:` of the daemon, from `/proc/<pid>/status`.
-fn threads(d: &Daemon) -> usize {
+/// A numeric field of the daemon's `/proc/<pid>/status`.
+fn status_field(d: &Daemon, name: &str) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
+        .find_map(|l| l.strip_prefix(name))
         .unwrap()
         .trim()
         .parse()
         .unwrap()
+}
+
+fn threads(d: &Daemon) -> usize {
+    status_field(d, "Threads:")
+}
+
+/// The daemon's soft open-file limit, from `/proc/<pid>/limits`.
+fn open_file_limit(d: &Daemon) -> usize {
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
 }
 
 fn set_name(c: &Client, f: &Firm, name: &str) -> u16 {
@@ -38,6 +52,14 @@ fn open_firms_share_bounded_writer_threads_and_open_files() {
     // More than the warm bound (512), so the least recently used park.
     const FIRMS: usize = 600;
     let d = Daemon::start();
+    // The descriptor table was grown once at start to the open-file limit
+    // (up to 65,536), so no cold firm's open waits for the kernel to grow it.
+    assert!(
+        status_field(&d, "FDSize:") >= open_file_limit(&d).min(65_536),
+        "FDSize {} for a limit of {}",
+        status_field(&d, "FDSize:"),
+        open_file_limit(&d)
+    );
     let c = d.client();
     let first = create_firm(&d, "Many 0");
     assert_eq!(set_name(&c, &first, "n0"), 200);
