@@ -49,7 +49,7 @@ impl Keys {
                 let generation = handle.key_cache.generation();
                 let row = handle
                     .db
-                    .read_blocking(|r| r.api_key(&key_id))
+                    .read_short(|r| r.api_key(&key_id))
                     .map_err(FirmError::from)?
                     .ok_or(AuthError::UnknownKey)?;
                 handle.key_cache.fill(generation, &key_id, row.clone());

@@ -348,8 +348,8 @@ impl Keys {
             })
     }
 
-    /// Records (to the minute, best effort, never blocking the request) that
-    /// a key was used. Skipped on frozen firms: they take no writes.
+    /// Records (to the minute, best effort, never blocking the request, and
+    /// written with the firm's next write, park or close) that a key was used. Skipped on frozen firms: they take no writes.
     pub(crate) fn note_key_use(&self, h: &crate::firms::pool::FirmHandle, row: &ApiKeyRow) {
         let now = self.pool.clock.now();
         let fresh = row
@@ -363,7 +363,9 @@ impl Keys {
         let (id, at) = (row.id.clone(), rfc3339(now));
         h.key_cache
             .update(&id, |r| r.last_used_at = Some(at.clone()));
-        h.db.write_detached(move |tx| tx.touch_api_key(&id, &at));
+        // Informational only (listings show the cache's fresher value), so
+        // it waits for the firm's next write instead of costing a commit.
+        h.db.write_deferred(move |tx| tx.touch_api_key(&id, &at));
     }
 }
 

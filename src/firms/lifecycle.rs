@@ -233,6 +233,13 @@ impl Lifecycle {
         frozen: bool,
         by: &AdminActor,
     ) -> Result<FirmRow, FirmError> {
+        if frozen {
+            // A freeze stops every change: best-effort metadata still waiting
+            // for the firm's next write (a key's last use) is written now.
+            if let Some(h) = self.pool.cached_handle(id) {
+                h.db.write_blocking(|_| Ok(()))?;
+            }
+        }
         let state = if frozen { "frozen" } else { "active" };
         let action = if frozen {
             "firm.freeze"
@@ -313,7 +320,7 @@ impl Lifecycle {
         let row = self.pool.row(id)?;
         let h = self.pool.handle(id)?;
         let profile =
-            h.db.read_blocking(|r| r.profile())?
+            h.db.read_short(|r| r.profile())?
                 .into_iter()
                 .map(|(k, v)| (k, serde_json::Value::String(v)))
                 .collect();

@@ -374,7 +374,7 @@ impl Pool {
         // have to open again just for that).
         let audited = db.audit_appends();
         if let Ok((unsigned, endpoints)) =
-            db.read_blocking(|r| Ok((r.audit_needs_checkpoint()?, r.webhook_endpoints()?)))
+            db.read_short(|r| Ok((r.audit_needs_checkpoint()?, r.webhook_endpoints()?)))
         {
             if !unsigned {
                 seen.checkpoint.store(audited, Ordering::SeqCst);

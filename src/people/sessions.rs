@@ -111,7 +111,7 @@ impl People {
             None => {
                 let generation = h.sessions.generation();
                 let (session, user) =
-                    h.db.read_blocking(|r| {
+                    h.db.read_short(|r| {
                         let Some(s) = r.session(&id)? else {
                             return Ok(None);
                         };

@@ -67,7 +67,7 @@ impl People {
     fn user_row(&self, firm: &FirmId, user: &str) -> Result<UserRow, FirmError> {
         let id = UserId::parse(user).ok_or(FirmError::UserNotFound)?;
         let h = self.pool.handle(firm)?;
-        h.db.read_blocking(|r| r.user(id.as_str()))?
+        h.db.read_short(|r| r.user(id.as_str()))?
             .ok_or(FirmError::UserNotFound)
     }
 

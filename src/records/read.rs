@@ -52,7 +52,7 @@ impl Records {
     ) -> Result<CollectionView, FirmError> {
         let h = self.pool.handle(auth.firm())?;
         let (text, version) =
-            h.db.read_blocking(|r| r.collection(name))?
+            h.db.read_short(|r| r.collection(name))?
                 .ok_or(FirmError::CollectionNotFound)?;
         Ok(CollectionView {
             name: name.to_owned(),
@@ -143,7 +143,7 @@ impl Records {
         let schema = self.schema_of(&h, collection)?;
         let keys = h.data_keys();
         let row =
-            h.db.read_blocking(|r| r.record(collection, id))?
+            h.db.read_short(|r| r.record(collection, id))?
                 .ok_or(FirmError::RecordNotFound)?;
         let clear = self.clear_read(
             &h,
@@ -182,7 +182,7 @@ impl Records {
             return None;
         }
         let keys = h.data_keys();
-        let row = match h.db.read_blocking(|r| r.record(collection, id)) {
+        let row = match h.db.read_short(|r| r.record(collection, id)) {
             Ok(Some(row)) => row,
             Ok(None) => return Some(Err(FirmError::RecordNotFound)),
             Err(e) => return Some(Err(e.into())),

@@ -238,7 +238,7 @@ impl Records {
         }
         let generation = h.schemas.generation();
         let (text, _) =
-            h.db.read_blocking(|r| r.collection(collection))?
+            h.db.read_short(|r| r.collection(collection))?
                 .ok_or(FirmError::CollectionNotFound)?;
         let schema: Arc<Schema> =
             Arc::new(serde_json::from_str(&text).map_err(|e| {

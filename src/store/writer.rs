@@ -31,6 +31,8 @@ use super::warm::{self, Park};
 /// Commands queued beyond this make callers wait with `Busy` (503) instead of
 /// growing memory without bound.
 const QUEUE_DEPTH: usize = 16_384;
+/// Deferred best-effort commands kept per firm (see [`Writer::defer`]).
+const MAX_DEFERRED: usize = 1_024;
 /// Upper bound on commands in one transaction.
 const MAX_BATCH: usize = 4_096;
 /// Writer threads for every firm together, whatever their number: four per
@@ -118,6 +120,9 @@ struct Firm {
 
 struct State {
     queue: VecDeque<Box<dyn Command>>,
+    /// Best-effort commands that wait for the firm's next turn, park or close
+    /// instead of making a turn of their own (see [`Writer::defer`]).
+    deferred: Vec<Box<dyn Command>>,
     /// In the pool's run queue or being run by a pool thread: then no other
     /// thread touches the connection, so one firm never runs on two threads.
     scheduled: bool,
@@ -259,7 +264,8 @@ impl Pool {
                     st.closing = true;
                     st.done = true;
                     st.conn = None;
-                    st.queue.drain(..).collect()
+                    let deferred = std::mem::take(&mut st.deferred);
+                    st.queue.drain(..).chain(deferred).collect()
                 };
                 warm::forget(&firm.slot);
                 crate::telemetry::metrics::metrics()
@@ -310,6 +316,7 @@ impl Writer {
                 path,
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
+                    deferred: Vec::new(),
                     scheduled: false,
                     closing: false,
                     done: false,
@@ -335,6 +342,31 @@ impl Writer {
     /// change (every change appends an audit entry) committed since.
     pub(crate) fn audit_appends(&self) -> u64 {
         self.firm.audited.load(Ordering::SeqCst)
+    }
+
+    /// The firm's write connection, for a short read, while no write needs
+    /// it: nothing queued, no turn running, not parked or closing. While it
+    /// is lent the firm counts as scheduled, so no pool turn touches it;
+    /// writes submitted meanwhile queue and run once it is back. None if the
+    /// writer is busy (the caller opens a read connection instead).
+    pub(crate) fn lend(&self) -> Option<Lent> {
+        let mut st = lock(&self.firm.state);
+        if st.scheduled || st.closing || st.done || !st.queue.is_empty() {
+            return None;
+        }
+        let conn = st.conn.take()?;
+        st.scheduled = true;
+        drop(st);
+        // Security invariant: a lent write connection cannot write (a read
+        // that tried would fail, not commit outside the writer's batches).
+        if exec(&conn, "PRAGMA query_only = ON").is_err() {
+            return_conn(&self.firm, conn);
+            return None;
+        }
+        Some(Lent {
+            firm: self.firm.clone(),
+            conn: Some(conn),
+        })
     }
 
     /// The firm was used and holds connections (see `warm`).
@@ -375,6 +407,29 @@ impl Writer {
         Ok(rx)
     }
 
+    /// Queues a best-effort command nobody waits for, to run with the firm's
+    /// next batch, or before it parks or closes, rather than in a commit (and
+    /// an fsync) of its own: a firm that is only read then never writes for
+    /// it, and its write connection stays free to lend (see [`Writer::lend`]).
+    /// Lost if the process dies first; dropped if too many wait.
+    pub(crate) fn defer<F>(&self, f: F)
+    where
+        F: Fn(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        let (reply, _) = oneshot::channel();
+        let cmd: Box<dyn Command> = Box::new(Typed {
+            f,
+            out: None,
+            reply,
+        });
+        let mut st = lock(&self.firm.state);
+        if st.closing || st.deferred.len() >= MAX_DEFERRED {
+            return;
+        }
+        st.deferred.push(cmd);
+        crate::telemetry::metrics::metrics().queue_depth.inc();
+    }
+
     /// Stops accepting commands, lets the queue drain, closes the connection
     /// and waits for that. An idle firm's connection closes on this thread.
     pub(crate) fn close(self) {
@@ -382,7 +437,13 @@ impl Writer {
         let mut st = lock(&firm.state);
         if !st.closing {
             st.closing = true;
-            if !st.scheduled {
+            if !st.scheduled && !st.deferred.is_empty() {
+                // Deferred commands run in one last turn before the close.
+                st.scheduled = true;
+                drop(st);
+                pool().schedule(firm.clone());
+                st = lock(&firm.state);
+            } else if !st.scheduled {
                 st.scheduled = true;
                 let conn = st.conn.take();
                 close(&firm, st, conn);
@@ -457,9 +518,16 @@ fn turn(firm: &Arc<Firm>) {
             st.scheduled = false;
             return;
         }
+        // Deferred commands join any batch; before a park or close they are
+        // a batch of their own, which does not undo the park.
+        let flush = st.queue.is_empty() && (st.park || st.closing) && !st.deferred.is_empty();
+        let deferred = std::mem::take(&mut st.deferred);
+        st.queue.extend(deferred);
         match st.queue.pop_front() {
             Some(first) => {
-                st.park = false;
+                if !flush {
+                    st.park = false;
+                }
                 (st.conn.take(), first, st.previous, st.checkpointed_at)
             }
             None if st.closing => {
@@ -521,10 +589,51 @@ fn turn(firm: &Arc<Firm>) {
     release(firm, st);
 }
 
+/// A firm's write connection lent for a read (see [`Writer::lend`]); it
+/// goes back to the writer when dropped.
+pub(crate) struct Lent {
+    firm: Arc<Firm>,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Lent {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match &self.conn {
+            Some(c) => c,
+            None => unreachable!("a lent connection is present until it is dropped"),
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if exec(&conn, "PRAGMA query_only = OFF").is_err() {
+                // It cannot write any more: let the next turn open another.
+                tracing::error!(firm = %self.firm.name, "a lent write connection stays read-only; reopening it");
+                drop(conn);
+                return release(&self.firm, lock(&self.firm.state));
+            }
+            return_conn(&self.firm, conn);
+        }
+    }
+}
+
+/// Gives a lent connection back and ends the lending as a turn ends.
+fn return_conn(firm: &Arc<Firm>, conn: Connection) {
+    let mut st = lock(&firm.state);
+    st.conn = Some(conn);
+    release(firm, st);
+}
+
 /// Ends a turn: more queued goes to the back of the run queue, so other
 /// firms get their turn; a closing firm closes; an idle one is warm.
 fn release(firm: &Arc<Firm>, mut st: MutexGuard<'_, State>) {
-    if !st.queue.is_empty() {
+    // Deferred commands run before a park or close (see `turn`).
+    let flush = (st.closing || st.park) && !st.deferred.is_empty();
+    if !st.queue.is_empty() || flush {
         drop(st);
         pool().schedule(firm.clone());
     } else if st.closing {
@@ -748,6 +857,74 @@ mod tests {
         }
         let db = FirmDb::open("frm_c", &path, key(), false).unwrap();
         assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 100);
+        db.close();
+    }
+
+    #[test]
+    fn a_lent_write_connection_reads_refuses_writes_and_holds_writes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = FirmDb::open("frm_l", &dir.path().join("l.db"), key(), true).unwrap();
+        let w = db.writer_for_tests();
+        let lent = w.lend().expect("an idle writer lends its connection");
+        assert!(w.lend().is_none(), "lent once at a time");
+        let n: i64 = lent
+            .query_row("SELECT count(*) FROM profile", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        // Security invariant: the lent connection is query-only.
+        assert!(
+            lent.execute(
+                "INSERT INTO profile (k, v, updated_at) VALUES ('a', 'b', 'c')",
+                []
+            )
+            .is_err()
+        );
+        // A write submitted meanwhile waits in the queue: no turn runs it.
+        let rx = w.submit(|tx| tx.set_profile("k", "v", "t")).unwrap();
+        assert_eq!(lock(&w.firm.state).queue.len(), 1);
+        assert!(lock(&w.firm.state).conn.is_none());
+        drop(lent);
+        rx.blocking_recv().unwrap().unwrap();
+        // Back with the writer, and writable again.
+        db.write_blocking(|tx| tx.set_profile("k2", "v", "t"))
+            .unwrap();
+        assert_eq!(db.read_short(|r| r.profile()).unwrap().len(), 2);
+        db.close();
+    }
+
+    #[test]
+    fn deferred_commands_wait_for_the_next_batch_or_the_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let db = FirmDb::open("frm_d", &path, key(), true).unwrap();
+        db.write_deferred(|tx| tx.set_profile("later", "1", "t"));
+        // Nothing ran it: the firm stays idle and its connection lendable.
+        assert!(db.writer_for_tests().lend().is_some());
+        assert!(db.read_short(|r| r.profile()).unwrap().is_empty());
+        // The next write carries it.
+        db.write_blocking(|tx| tx.set_profile("now", "1", "t"))
+            .unwrap();
+        assert_eq!(db.read_short(|r| r.profile()).unwrap().len(), 2);
+        // One still waiting when the firm closes is written first.
+        db.write_deferred(|tx| tx.set_profile("at close", "1", "t"));
+        db.close();
+        let db = FirmDb::open("frm_d", &path, key(), false).unwrap();
+        assert_eq!(db.read_short(|r| r.profile()).unwrap().len(), 3);
+        // And before a park (too many warm firms) closes its connections.
+        db.write_deferred(|tx| tx.set_profile("at park", "1", "t"));
+        let firm = db.writer_for_tests().firm.clone();
+        firm.clone().request_park();
+        for _ in 0..500 {
+            let st = lock(&firm.state);
+            if st.conn.is_none() && !st.scheduled {
+                break;
+            }
+            drop(st);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(lock(&firm.state).conn.is_none(), "parked");
+        assert!(lock(&firm.state).deferred.is_empty());
+        assert_eq!(db.read_blocking(|r| r.profile()).unwrap().len(), 4);
         db.close();
     }
 

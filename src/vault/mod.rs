@@ -178,7 +178,7 @@ impl Vault {
         }
         let h = self.pool.handle(auth.firm())?;
         let row =
-            h.db.read_blocking(|r| r.secret(name))?
+            h.db.read_short(|r| r.secret(name))?
                 .ok_or(FirmError::SecretNotFound)?;
         self.trail
             .audit_read(&h, auth.principal(), auth.decision(), "secrets.read", name)?;
@@ -255,7 +255,7 @@ impl Vault {
             return Err(FirmError::RateLimited(wait));
         }
         let keys = h.data_keys();
-        let row = h.db.read_blocking(|r| r.secret(name))?;
+        let row = h.db.read_short(|r| r.secret(name))?;
         // Missing at use time is a hard error, never a fallback.
         let Some(row) = row else {
             self.trail.audit_refusal(

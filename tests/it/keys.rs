@@ -1152,6 +1152,20 @@ fn key_metadata_never_shows_secrets_and_bad_input_changes_nothing() {
     );
     assert_eq!(r.status, 423);
     assert_eq!(count(), 2);
+
+    // A key's last use waits for the firm's next write (it is informational),
+    // and is on disk by the time the daemon has stopped.
+    let used = ops["last_used_at"].clone();
+    let d = d.restart(crate::harness::Options::default());
+    let list = call(&d, "GET", &keys_path, Some(&a.token), None).json();
+    let ops = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == k.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(ops["last_used_at"], used, "{ops}");
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub use write::WriteTx;
 use schema::MIGRATIONS;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
@@ -95,6 +95,9 @@ pub struct FirmDb {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// Async writes queued and not yet answered.
     in_flight: AtomicUsize,
+    /// A read connection was opened: short reads use those from then on
+    /// (see [`FirmDb::read_short`]).
+    readers_opened: AtomicBool,
 }
 
 /// Decrements the in-flight count however the write future ends.
@@ -188,6 +191,7 @@ impl FirmDb {
             writer: Some(writer),
             readers,
             in_flight: AtomicUsize::new(0),
+            readers_opened: AtomicBool::new(false),
         })
     }
 
@@ -274,6 +278,19 @@ impl FirmDb {
         }
     }
 
+    /// Queues best-effort metadata (a key's last use) to be written with the
+    /// firm's next batch, or before it parks or closes: a firm that is only
+    /// read never commits, nor fsyncs, for it. Lost if the process dies
+    /// first, so never for anything a decision rests on.
+    pub fn write_deferred<F>(&self, f: F)
+    where
+        F: Fn(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
+    {
+        if let Some(w) = self.writer.as_ref() {
+            w.defer(f);
+        }
+    }
+
     /// Audit entries appended since the firm opened.
     pub fn audit_appends(&self) -> u64 {
         self.writer.as_ref().map_or(0, Writer::audit_appends)
@@ -300,6 +317,23 @@ impl FirmDb {
         out
     }
 
+    /// [`FirmDb::read_blocking`] for a short read (a row or a few): while the
+    /// firm has never needed a read connection and its writer is idle, it
+    /// runs on the write connection instead, so a cold firm's first request
+    /// opens one connection, not two (schema parsing and page-cache set-up
+    /// are most of an open). Writes wait while it runs: never a long read.
+    pub fn read_short<R>(
+        &self,
+        f: impl FnOnce(&ReadTx<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        if !self.readers_opened.load(Ordering::Relaxed) {
+            if let Some(lent) = self.writer.as_ref().and_then(Writer::lend) {
+                return f(&ReadTx { conn: &lent });
+            }
+        }
+        self.read_blocking(f)
+    }
+
     /// Re-verifies the whole audit log on two pooled read connections (two
     /// threads for a large log; see [`audit_log::verify`]). Blocking.
     pub fn audit_verify(&self) -> Result<AuditVerification, StoreError> {
@@ -320,6 +354,7 @@ impl FirmDb {
     }
 
     fn open_reader(&self) -> Result<Connection, StoreError> {
+        self.readers_opened.store(true, Ordering::Relaxed);
         // One thread at a time uses a pooled connection (checked out of the
         // pool), so SQLite's per-call mutex is pure overhead.
         let (c, _) = open_firm_file(
