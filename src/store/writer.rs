@@ -48,6 +48,34 @@ trait Command: Send {
     fn run(&mut self, tx: &WriteTx<'_>) -> bool;
     /// Delivers the outcome once the transaction's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), Failed>);
+    /// Someone waits for this command's durable commit (see [`BestEffort`]).
+    fn acknowledged(&self) -> bool {
+        true
+    }
+}
+
+/// A deferred best-effort command (see [`Writer::defer`]): nobody waits for
+/// it, so nothing is acknowledged, and a batch of only these commits with
+/// `synchronous=NORMAL`, without an fsync (a crash may lose it, never
+/// corrupts; the next durable commit's fsync covers its frames).
+struct BestEffort<F> {
+    f: F,
+}
+
+impl<F> Command for BestEffort<F>
+where
+    F: Fn(&WriteTx<'_>) -> Result<(), StoreError> + Send,
+{
+    fn run(&mut self, tx: &WriteTx<'_>) -> bool {
+        let f = &self.f;
+        catch_unwind(AssertUnwindSafe(|| f(tx))).is_ok_and(|r| r.is_ok())
+    }
+
+    fn finish(self: Box<Self>, _commit: Result<(), Failed>) {}
+
+    fn acknowledged(&self) -> bool {
+        false
+    }
 }
 
 /// Why a batch's commit failed, as every caller in it is told.
@@ -416,12 +444,7 @@ impl Writer {
     where
         F: Fn(&WriteTx<'_>) -> Result<(), StoreError> + Send + 'static,
     {
-        let (reply, _) = oneshot::channel();
-        let cmd: Box<dyn Command> = Box::new(Typed {
-            f,
-            out: None,
-            reply,
-        });
+        let cmd: Box<dyn Command> = Box::new(BestEffort { f });
         let mut st = lock(&self.firm.state);
         if st.closing || st.deferred.len() >= MAX_DEFERRED {
             return;
@@ -558,11 +581,30 @@ fn turn(firm: &Arc<Firm>) {
     m.queue_depth.dec_by(size as i64);
     m.batch_size.observe(size as f64);
     let started = std::time::Instant::now(); // clock: a metric of real time
+    // Security invariant: a batch with any acknowledged command commits with
+    // an fsync (synchronous=FULL); only a batch nobody waits for skips it.
+    let durable = batch.iter().any(|c| c.acknowledged());
+    if !durable && exec(&conn, "PRAGMA synchronous = NORMAL").is_err() {
+        tracing::warn!(firm = %firm.name, "cannot skip the fsync of a best-effort batch");
+    }
     let commit = run_batch(&conn, &mut batch).map_err(|e| Failed {
         full: matches!(e, StoreError::Full),
         message: e.to_string(),
     });
     m.commit_duration.observe(started.elapsed().as_secs_f64());
+    if !durable && let Err(e) = exec(&conn, "PRAGMA synchronous = FULL") {
+        // This connection must never commit again without an fsync: it
+        // closes, and the next turn opens a fresh one (synchronous=FULL).
+        // Its batch was best effort only: nobody is told.
+        tracing::error!(firm = %firm.name, error = %e, "cannot restore synchronous=FULL; reopening");
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        close_without_checkpoint(firm, conn);
+        let mut st = lock(&firm.state);
+        st.previous = size;
+        return release(firm, st);
+    }
     match &commit {
         Ok(appended) => {
             m.audit_appended.inc_by(*appended);
@@ -683,18 +725,7 @@ fn park(firm: &Arc<Firm>, mut st: MutexGuard<'_, State>) {
     warm::forget(&firm.slot);
     drop(std::mem::take(&mut *lock(&firm.readers)));
     if let Some(conn) = conn {
-        // The main file changes only in checkpoints whose pages are recorded
-        // (backups rely on it): none on this close, or record them first.
-        if conn
-            .set_db_config(
-                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                true,
-            )
-            .is_err()
-        {
-            super::firm::before_close(&conn, &firm.path);
-        }
-        drop(conn);
+        close_without_checkpoint(firm, conn);
     }
     let mut st = lock(&firm.state);
     if !st.queue.is_empty() || st.closing {
@@ -703,6 +734,22 @@ fn park(firm: &Arc<Firm>, mut st: MutexGuard<'_, State>) {
     } else {
         st.scheduled = false;
     }
+}
+
+/// Closes a write connection without SQLite's closing checkpoint.
+fn close_without_checkpoint(firm: &Firm, conn: Connection) {
+    // The main file changes only in checkpoints whose pages are recorded
+    // (backups rely on it): none on this close, or record them first.
+    if conn
+        .set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .is_err()
+    {
+        super::firm::before_close(&conn, &firm.path);
+    }
+    drop(conn);
 }
 
 /// The queue is drained and no command comes any more: the connection
