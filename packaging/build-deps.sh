@@ -21,6 +21,8 @@ have promtool   || need_apt+=(prometheus)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 have node       || need_apt+=(nodejs)
 have npm        || need_apt+=(npm)
+# strace traces the daemon's fsyncs against its answers (the durability test).
+have strace     || need_apt+=(strace)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

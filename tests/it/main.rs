@@ -9,6 +9,7 @@ mod backup;
 mod client;
 mod console;
 mod datakeys;
+mod durability;
 mod erasure;
 mod evidence;
 mod firms;
