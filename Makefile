@@ -9,6 +9,9 @@ DENY_VER   := 0.20.2
 FUZZ_VER   := 0.13.2
 FUZZ_SECONDS ?= 120
 FUZZ_SMOKE_SECONDS ?= 20
+# inferno turns a perf profile into a flame graph (make flamegraph).
+INFERNO_VER := 0.12.3
+FLAME      ?= create1
 # A stock SQLCipher 4 client (built on OpenSSL, from PyPI) for the
 # disaster-recovery test: it must read our files given the exported raw key.
 STOCK_VENV := $(CURDIR)/target/stock-sqlcipher
@@ -18,7 +21,7 @@ STOCK_PY   := $(STOCK_VENV)/bin/python
 TEST_VENV  := $(CURDIR)/target/test-py
 TEST_PY    := $(TEST_VENV)/bin/python
 
-.PHONY: help deps build run test lint deny bench bench-http bench-backup package test-package clean fuzz-deps fuzz fuzz-smoke
+.PHONY: help deps build run test lint deny bench bench-http bench-backup flamegraph package test-package clean fuzz-deps fuzz fuzz-smoke
 
 help:
 	@echo "make run     build and run strongroomd in dev mode (STATE_DIR=$(STATE_DIR), LISTEN=$(LISTEN))"
@@ -30,6 +33,7 @@ help:
 	@echo "make bench   durable commits/s through the group-commit writer vs a plain loop (BENCH_DIR=disk to measure)"
 	@echo "make bench-http  64 HTTPS clients against strongroomd, and against nginx (TLS 1.3, static JSON) as the ceiling"
 	@echo "make bench-backup  100 firms, ~1 GB: full and incremental snapshots against cp, restore, API p99 during snapshots"
+	@echo "make flamegraph    target/flamegraph-FLAME.svg: the daemon profiled under one bench-http workload (FLAME=$(FLAME); needs perf)"
 
 deps:
 	@bash packaging/build-deps.sh
@@ -112,6 +116,24 @@ bench-http: build
 # restore, and create latency while snapshots run (BENCH_DIR=disk to measure).
 bench-backup: build
 	./target/release/strongroom-httpbench --dir "$(BENCH_DIR)/backup" --only backup --seconds 10
+
+# A flame graph of strongroomd under one bench-http workload (FLAME=create1,
+# createN, get, ...): perf samples the daemon for 4 s of the measured window,
+# inferno draws target/flamegraph-$(FLAME).svg. Run it on an idle machine.
+flamegraph: build
+	@command -v perf >/dev/null 2>&1 || { echo "make flamegraph needs perf: apt-get install linux-perf" >&2; exit 1; }
+	@inferno-flamegraph --version 2>/dev/null | grep -qF "$(INFERNO_VER)" || \
+		$(CARGO) install --locked inferno@$(INFERNO_VER)
+	rm -rf "$(BENCH_DIR)/flame"
+	./target/release/strongroom-httpbench --dir "$(BENCH_DIR)/flame" --only $(FLAME) --seconds 15 & \
+	bench=$$!; \
+	until pid=$$(pgrep -n -x strongroomd); do sleep 0.2; done; \
+	sleep 6; \
+	perf record -e cpu-clock -F 997 --call-graph dwarf,16384 -p $$pid -o target/flame.data -- sleep 4; \
+	wait $$bench
+	perf script -i target/flame.data 2>/dev/null | inferno-collapse-perf | \
+		inferno-flamegraph --title "strongroomd under bench-http --only $(FLAME)" > target/flamegraph-$(FLAME).svg
+	@echo "target/flamegraph-$(FLAME).svg"
 
 clean:
 	$(CARGO) clean
