@@ -655,7 +655,7 @@ impl Drop for Lent {
             if exec(&conn, "PRAGMA query_only = OFF").is_err() {
                 // It cannot write any more: let the next turn open another.
                 tracing::error!(firm = %self.firm.name, "a lent write connection stays read-only; reopening it");
-                drop(conn);
+                close_without_checkpoint(&self.firm, conn);
                 return release(&self.firm, lock(&self.firm.state));
             }
             return_conn(&self.firm, conn);
