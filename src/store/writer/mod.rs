@@ -18,8 +18,8 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -28,6 +28,11 @@ use super::StoreError;
 use super::firm::WriteTx;
 use super::warm::{self, Park};
 
+mod lend;
+mod pool;
+
+use pool::pool;
+
 /// Commands queued beyond this make callers wait with `Busy` (503) instead of
 /// growing memory without bound.
 const QUEUE_DEPTH: usize = 16_384;
@@ -35,13 +40,6 @@ const QUEUE_DEPTH: usize = 16_384;
 const MAX_DEFERRED: usize = 1_024;
 /// Upper bound on commands in one transaction.
 const MAX_BATCH: usize = 4_096;
-/// Writer threads for every firm together, whatever their number: four per
-/// core, at least eight. A writer thread spends most of a commit waiting for
-/// its fsync, and fsyncs of several firms in flight at once share the
-/// file system's journal commits, so a few threads per core keep the disk
-/// busy when many firms write once each.
-const THREADS_PER_CORE: usize = 4;
-const MIN_THREADS: usize = 8;
 
 trait Command: Send {
     /// Runs the command (again, if it ran before); true if it succeeded.
@@ -168,149 +166,6 @@ struct State {
     checkpointed_at: u32,
 }
 
-/// The threads and the run queue of firms with work.
-struct Pool {
-    run: Mutex<RunQueue>,
-    wake: Condvar,
-    /// Firms in the run queue (read without the lock by lingering threads).
-    pending: AtomicUsize,
-    /// One idle thread at a time polls before it sleeps.
-    lingering: AtomicBool,
-    /// Threads that started.
-    threads: AtomicUsize,
-}
-
-struct RunQueue {
-    firms: VecDeque<Arc<Firm>>,
-    sleepers: usize,
-}
-
-fn pool() -> &'static Pool {
-    static POOL: OnceLock<&'static Pool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let pool: &'static Pool = Box::leak(Box::new(Pool {
-            run: Mutex::new(RunQueue {
-                firms: VecDeque::new(),
-                sleepers: 0,
-            }),
-            wake: Condvar::new(),
-            pending: AtomicUsize::new(0),
-            lingering: AtomicBool::new(false),
-            threads: AtomicUsize::new(0),
-        }));
-        let n = std::thread::available_parallelism()
-            .map_or(MIN_THREADS, |c| usize::from(c) * THREADS_PER_CORE)
-            .max(MIN_THREADS);
-        for i in 0..n {
-            match std::thread::Builder::new()
-                .name(format!("writer-{i}"))
-                .spawn(move || pool.work())
-            {
-                Ok(_) => {
-                    pool.threads.fetch_add(1, Ordering::SeqCst);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot start a writer thread"),
-            }
-        }
-        pool
-    })
-}
-
-/// After a turn, how long one idle pool thread polls for the next firm
-/// before it sleeps: a submitter that answers at once (the common case
-/// under load, and a lone submitter's next write) then costs no wake-up.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
-
-impl Pool {
-    fn schedule(&self, firm: Arc<Firm>) {
-        self.schedule_at(firm, false);
-    }
-
-    /// `front`: before the firms waiting to write (a park, which is cheap
-    /// and bounds open files, does not wait behind a backlog of writes).
-    fn schedule_at(&self, firm: Arc<Firm>, front: bool) {
-        let mut q = lock(&self.run);
-        if front {
-            q.firms.push_front(firm);
-        } else {
-            q.firms.push_back(firm);
-        }
-        self.pending.fetch_add(1, Ordering::SeqCst);
-        let wake = q.sleepers > 0;
-        drop(q);
-        if wake {
-            self.wake.notify_one();
-        }
-    }
-
-    fn try_pop(&self) -> Option<Arc<Firm>> {
-        if self.pending.load(Ordering::SeqCst) == 0 {
-            return None;
-        }
-        let f = lock(&self.run).firms.pop_front()?;
-        self.pending.fetch_sub(1, Ordering::SeqCst);
-        Some(f)
-    }
-
-    #[allow(clippy::disallowed_methods)] // clock: sub-millisecond real-time lingering
-    fn next(&self) -> Arc<Firm> {
-        if let Some(f) = self.try_pop() {
-            return f;
-        }
-        if !self.lingering.swap(true, Ordering::SeqCst) {
-            let until = std::time::Instant::now() + LINGER; // clock: sub-second real-time wait
-            while self.pending.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < until {
-                // clock: sub-second real-time wait
-                std::hint::spin_loop();
-            }
-            self.lingering.store(false, Ordering::SeqCst);
-        }
-        let mut q = lock(&self.run);
-        loop {
-            if let Some(f) = q.firms.pop_front() {
-                self.pending.fetch_sub(1, Ordering::SeqCst);
-                return f;
-            }
-            q.sleepers += 1;
-            q = match self.wake.wait(q) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            q.sleepers -= 1;
-        }
-    }
-
-    fn work(&'static self) {
-        loop {
-            let firm = self.next();
-            if catch_unwind(AssertUnwindSafe(|| turn(&firm))).is_err() {
-                // The connection went with the unwinding turn: the firm
-                // takes no more writes, and whoever waits is told.
-                tracing::error!(firm = %firm.name, "a firm's writer turn panicked; its writer is gone");
-                let queued: Vec<_> = {
-                    let mut st = lock(&firm.state);
-                    st.closing = true;
-                    st.done = true;
-                    st.conn = None;
-                    let deferred = std::mem::take(&mut st.deferred);
-                    st.queue.drain(..).chain(deferred).collect()
-                };
-                warm::forget(&firm.slot);
-                crate::telemetry::metrics::metrics()
-                    .queue_depth
-                    .dec_by(queued.len() as i64);
-                for cmd in queued {
-                    cmd.finish(Err(Failed {
-                        full: false,
-                        message: "the writer is gone".to_owned(),
-                    }));
-                }
-                firm.closed.notify_all();
-            }
-        }
-    }
-}
-
 /// Handle to a firm's writer. Dropping it lets the pool finish the queue and
 /// close the connection; [`Writer::close`] also waits for that.
 pub(crate) struct Writer {
@@ -370,31 +225,6 @@ impl Writer {
     /// change (every change appends an audit entry) committed since.
     pub(crate) fn audit_appends(&self) -> u64 {
         self.firm.audited.load(Ordering::SeqCst)
-    }
-
-    /// The firm's write connection, for a short read, while no write needs
-    /// it: nothing queued, no turn running, not parked or closing. While it
-    /// is lent the firm counts as scheduled, so no pool turn touches it;
-    /// writes submitted meanwhile queue and run once it is back. None if the
-    /// writer is busy (the caller opens a read connection instead).
-    pub(crate) fn lend(&self) -> Option<Lent> {
-        let mut st = lock(&self.firm.state);
-        if st.scheduled || st.closing || st.done || !st.queue.is_empty() {
-            return None;
-        }
-        let conn = st.conn.take()?;
-        st.scheduled = true;
-        drop(st);
-        // Security invariant: a lent write connection cannot write (a read
-        // that tried would fail, not commit outside the writer's batches).
-        if exec(&conn, "PRAGMA query_only = ON").is_err() {
-            return_conn(&self.firm, conn);
-            return None;
-        }
-        Some(Lent {
-            firm: self.firm.clone(),
-            conn: Some(conn),
-        })
     }
 
     /// The firm was used and holds connections (see `warm`).
@@ -631,45 +461,6 @@ fn turn(firm: &Arc<Firm>) {
     release(firm, st);
 }
 
-/// A firm's write connection lent for a read (see [`Writer::lend`]); it
-/// goes back to the writer when dropped.
-pub(crate) struct Lent {
-    firm: Arc<Firm>,
-    conn: Option<Connection>,
-}
-
-impl std::ops::Deref for Lent {
-    type Target = Connection;
-
-    fn deref(&self) -> &Connection {
-        match &self.conn {
-            Some(c) => c,
-            None => unreachable!("a lent connection is present until it is dropped"),
-        }
-    }
-}
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if exec(&conn, "PRAGMA query_only = OFF").is_err() {
-                // It cannot write any more: let the next turn open another.
-                tracing::error!(firm = %self.firm.name, "a lent write connection stays read-only; reopening it");
-                close_without_checkpoint(&self.firm, conn);
-                return release(&self.firm, lock(&self.firm.state));
-            }
-            return_conn(&self.firm, conn);
-        }
-    }
-}
-
-/// Gives a lent connection back and ends the lending as a turn ends.
-fn return_conn(firm: &Arc<Firm>, conn: Connection) {
-    let mut st = lock(&firm.state);
-    st.conn = Some(conn);
-    release(firm, st);
-}
-
 /// Ends a turn: more queued goes to the back of the run queue, so other
 /// firms get their turn; a closing firm closes; an idle one is warm.
 fn release(firm: &Arc<Firm>, mut st: MutexGuard<'_, State>) {
@@ -817,6 +608,7 @@ mod tests {
     use crate::crypto::keyring::SqlcipherKey;
     use crate::crypto::secret::SecretKey;
     use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     fn key() -> SqlcipherKey {
         SqlcipherKey::from_secret(&SecretKey::from_bytes([7; 32]))
