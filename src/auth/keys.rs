@@ -349,7 +349,8 @@ impl Keys {
     }
 
     /// Records (to the minute, best effort, never blocking the request, and
-    /// written with the firm's next write, park or close) that a key was used. Skipped on frozen firms: they take no writes.
+    /// written with the firm's next write, park or close) that a key was
+    /// used. Skipped on frozen firms: they take no writes.
     pub(crate) fn note_key_use(&self, h: &crate::firms::pool::FirmHandle, row: &ApiKeyRow) {
         let now = self.pool.clock.now();
         let fresh = row
