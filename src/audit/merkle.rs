@@ -258,6 +258,69 @@ pub fn prefix_ranges(k: u64) -> impl Iterator<Item = (u32, u64)> {
         .map(move |l| (l, (k >> l) - 1))
 }
 
+/// The roots of the perfect subtrees covering leaves `[0, size)`, largest
+/// first: enough to append leaves and to give the root at the current size,
+/// in O(log size) memory, so verifying a log of any length holds no tree.
+#[derive(Debug, Default, Clone)]
+pub struct CompactRange {
+    /// (level, hash), levels strictly decreasing: one per set bit of `size`.
+    nodes: Vec<(u32, Hash)>,
+    size: u64,
+}
+
+impl CompactRange {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The range of `k` leaves whose [`prefix_ranges`] nodes are `nodes`.
+    pub fn with_prefix(k: u64, nodes: &[Hash]) -> Result<Self, MerkleError> {
+        let levels: Vec<u32> = prefix_ranges(k).map(|(level, _)| level).collect();
+        if levels.len() != nodes.len() {
+            return Err(MerkleError::Range(format!(
+                "a prefix of {k} leaves needs {} nodes, got {}",
+                levels.len(),
+                nodes.len()
+            )));
+        }
+        let nodes = levels.into_iter().zip(nodes.iter().copied()).collect();
+        Ok(Self { nodes, size: k })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf hash: it merges with every equal-sized subtree it
+    /// completes (one per trailing one bit of the old size).
+    pub fn push(&mut self, leaf: Hash) -> Result<(), MerkleError> {
+        self.size = self
+            .size
+            .checked_add(1)
+            .ok_or_else(|| MerkleError::Range("the tree is full".to_owned()))?;
+        let (mut level, mut h) = (0u32, leaf);
+        while let Some(&(top, left)) = self.nodes.last()
+            && top == level
+        {
+            self.nodes.pop();
+            h = node_hash(&left, &h);
+            level += 1;
+        }
+        self.nodes.push((level, h));
+        Ok(())
+    }
+
+    /// MTH of the leaves so far: the subtrees folded from the right, which
+    /// is RFC 9162's split at the largest power of two, applied repeatedly.
+    pub fn root(&self) -> Hash {
+        let mut rest = self.nodes.iter().rev();
+        match rest.next() {
+            None => empty_root(),
+            Some(&(_, last)) => rest.fold(last, |right, (_, left)| node_hash(left, &right)),
+        }
+    }
+}
+
 /// An in-memory node store (tests, verification, building a tree from an
 /// export). It may start after a purged prefix, from that prefix's
 /// [`prefix_ranges`] nodes.
@@ -332,6 +395,37 @@ impl NodeSource for MemoryTree {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn a_compact_range_gives_the_same_roots_as_the_whole_tree() {
+        let leaf = |i: u64| leaf_hash(&i.to_be_bytes());
+        let mut whole = MemoryTree::new();
+        let mut compact = CompactRange::new();
+        assert_eq!(compact.root(), root(&whole, 0).unwrap());
+        for i in 0..140u64 {
+            whole.push(leaf(i)).unwrap();
+            compact.push(leaf(i)).unwrap();
+            assert_eq!(compact.size(), i + 1);
+            assert_eq!(
+                compact.root(),
+                root(&whole, i + 1).unwrap(),
+                "size {}",
+                i + 1
+            );
+            // Starting from a purged prefix of this size gives the same roots on.
+            let k = i + 1;
+            let prefix: Vec<Hash> = prefix_ranges(k)
+                .map(|(level, idx)| whole.node(level, idx).unwrap())
+                .collect();
+            let mut from_prefix = CompactRange::with_prefix(k, &prefix).unwrap();
+            assert_eq!(from_prefix.root(), compact.root());
+            from_prefix.push(leaf(1000)).unwrap();
+            let mut longer = whole.clone();
+            longer.push(leaf(1000)).unwrap();
+            assert_eq!(from_prefix.root(), root(&longer, k + 1).unwrap());
+        }
+        assert!(CompactRange::with_prefix(3, &[[0; 32]]).is_err());
+    }
 
     fn vectors() -> Value {
         serde_json::from_str(include_str!("../../tests/vectors/merkle_vectors.json")).unwrap()

@@ -7,7 +7,7 @@
 //! `NodeSource`.
 
 use super::entry::{CHAIN_START, chain_next, encode_canonical};
-use super::merkle::{self, Hash, MemoryTree, MerkleError};
+use super::merkle::{self, CompactRange, Hash, MerkleError};
 use crate::store::StoreError;
 use crate::store::audit_log::PurgeAnchor;
 
@@ -80,24 +80,36 @@ fn merkle_err(e: MerkleError) -> StoreError {
     StoreError::Corrupt(format!("audit tree: {e}"))
 }
 
-/// What checking a range of entries found: their leaf hashes (up to the
-/// first bad one) and the first bad one.
+/// What checking a range of entries found: the rebuilt tree's root at each
+/// wanted size it reached while every leaf checked out, and the first bad
+/// entry.
 struct RangeCheck {
-    leaves: Vec<Hash>,
+    roots: Vec<(u64, Hash)>,
     first_bad: Option<(u64, String)>,
+}
+
+/// The root recorded for tree size `n`, if the check reached it.
+fn root_of(roots: &[(u64, Hash)], n: u64) -> Option<Hash> {
+    roots.iter().find(|(size, _)| *size == n).map(|(_, h)| *h)
 }
 
 /// Checks entries `[from, to)`: each leaf recomputed from the stored fields
 /// against the stored leaf and the tree's level-0 node, and the chain from
 /// `chain` (the value of entry `from - 1`) against the stored chain values.
+/// Each good leaf is appended to `tree`, whose root is kept at every size
+/// in `wanted` (sizes of `tree`, so a handful of roots is all it holds).
 fn check_range(
     log: &dyn LogReader,
     from: u64,
     to: u64,
     mut chain: Hash,
+    tree: &mut CompactRange,
+    wanted: &[u64],
 ) -> Result<RangeCheck, StoreError> {
-    // Not sized from `to - from`: a forged seq must not make us allocate.
-    let mut leaves = Vec::new();
+    let mut roots = Vec::new();
+    if wanted.contains(&tree.size()) {
+        roots.push((tree.size(), tree.root()));
+    }
     let mut buf = Vec::with_capacity(512);
     let mut expected = from;
     let mut first_bad = None;
@@ -133,14 +145,17 @@ fn check_range(
             first_bad = problem;
             return Ok(false);
         }
-        leaves.push(leaf);
+        tree.push(leaf).map_err(merkle_err)?;
+        if wanted.contains(&tree.size()) {
+            roots.push((tree.size(), tree.root()));
+        }
         expected += 1;
         Ok(true)
     })?;
     if first_bad.is_none() && expected < to {
         first_bad = Some((expected, format!("entry {expected} is missing")));
     }
-    Ok(RangeCheck { leaves, first_bad })
+    Ok(RangeCheck { roots, first_bad })
 }
 
 /// Below this many entries a second thread is not worth starting (unit
@@ -161,13 +176,13 @@ pub fn verify<A: LogReader, B: LogReader + Send>(
         None => (0, CHAIN_START, Vec::new()),
         Some(a) => (a.before, a.chain, first.prefix_nodes(a.before)?),
     };
-    let left_tree = |leaves: &[Hash]| -> Result<MemoryTree, StoreError> {
-        let mut t = MemoryTree::with_prefix(start, &prefix).map_err(merkle_err)?;
-        for l in leaves {
-            t.push(*l).map_err(merkle_err)?;
-        }
-        Ok(t)
-    };
+    let left_tree = || CompactRange::with_prefix(start, &prefix).map_err(merkle_err);
+    // The latest signed checkpoint, read in the same snapshot: its tree size,
+    // the purge receipt's and the log's own are the roots the check needs.
+    let checkpoint = first.latest_checkpoint()?;
+    let mut wanted = vec![size];
+    wanted.extend(anchor.as_ref().map(|a| a.tree_size));
+    wanted.extend(checkpoint.as_ref().map(|(n, _, _)| *n));
     // Rows below the purge anchor, or an anchor past the end, are forged.
     if let Some(low) = first
         .lowest_seq()?
@@ -195,10 +210,9 @@ pub fn verify<A: LogReader, B: LogReader + Send>(
     let other = match second {
         Some(r) if parallel => r,
         unused => {
-            let c = check_range(first, start, size, chain0)?;
-            let tree = left_tree(&c.leaves)?;
-            let v = finish(first, anchor, size, start, c.first_bad, &|n| {
-                merkle::root(&tree, n).ok()
+            let c = check_range(first, start, size, chain0, &mut left_tree()?, &wanted)?;
+            let v = finish(first, anchor, checkpoint, size, start, c.first_bad, &|n| {
+                root_of(&c.roots, n)
             })?;
             return Ok((v, unused));
         }
@@ -211,6 +225,11 @@ pub fn verify<A: LogReader, B: LogReader + Send>(
         return verify::<A, B>(first, None).map(|(v, _)| (v, Some(other)));
     }
     let chain_k = other.stored_chain(k - 1)?.unwrap_or_default();
+    // The left half keeps the roots at sizes up to k (k itself included);
+    // the right half its own roots at the sizes past k, counted from k.
+    let mut left_wanted: Vec<u64> = wanted.iter().copied().filter(|n| *n <= k).collect();
+    left_wanted.push(k);
+    let right_wanted: Vec<u64> = wanted.iter().filter(|n| **n > k).map(|n| n - k).collect();
     let (left, right, other) = std::thread::scope(|s| {
         let right = s.spawn(move || {
             let r = (|| {
@@ -218,20 +237,18 @@ pub fn verify<A: LogReader, B: LogReader + Send>(
                 // (and names k-1 if it is missing).
                 let Ok(chain) = to_hash(&chain_k) else {
                     let missing = (k - 1, format!("entry {} is missing", k - 1));
-                    return Ok((Some(missing), MemoryTree::new()));
+                    return Ok((Some(missing), Vec::new()));
                 };
-                let c = check_range(&other, k, size, chain)?;
-                let mut t = MemoryTree::new();
-                for l in &c.leaves {
-                    t.push(*l).map_err(merkle_err)?;
-                }
-                Ok::<_, StoreError>((c.first_bad, t))
+                let mut tree = CompactRange::new();
+                let c = check_range(&other, k, size, chain, &mut tree, &right_wanted)?;
+                Ok::<_, StoreError>((c.first_bad, c.roots))
             })();
             other.end();
             (r, other)
         });
-        let left = check_range(first, start, k, chain0)
-            .and_then(|c| Ok((c.first_bad, left_tree(&c.leaves)?)));
+        let left = left_tree()
+            .and_then(|mut t| check_range(first, start, k, chain0, &mut t, &left_wanted))
+            .map(|c| (c.first_bad, c.roots));
         match right.join() {
             Ok((r, other)) => (left, r, Some(other)),
             Err(_) => (
@@ -241,28 +258,31 @@ pub fn verify<A: LogReader, B: LogReader + Send>(
             ),
         }
     });
-    let (left_bad, left_tree) = left?;
-    let (right_bad, right_tree) = right?;
+    let (left_bad, left_roots) = left?;
+    let (right_bad, right_roots) = right?;
     // The left half is the largest perfect subtree: MTH(D[0:n]) for n > k is
     // the node hash of the two halves' roots.
     let root_at = |n: u64| -> Option<Hash> {
         if n <= k {
-            merkle::root(&left_tree, n).ok()
+            root_of(&left_roots, n)
         } else {
-            let l = merkle::root(&left_tree, k).ok()?;
-            let r = merkle::root(&right_tree, n - k).ok()?;
+            let l = root_of(&left_roots, k)?;
+            let r = root_of(&right_roots, n - k)?;
             Some(merkle::node_hash(&l, &r))
         }
     };
-    let v = finish(first, anchor, size, start, left_bad.or(right_bad), &root_at)?;
+    let bad = left_bad.or(right_bad);
+    let v = finish(first, anchor, checkpoint, size, start, bad, &root_at)?;
     Ok((v, other))
 }
 
 /// Compares the rebuilt tree (`root_at(n)`: the rebuilt root of size n, if
-/// every leaf up to n checked out) with the stored tree and the purge anchor.
+/// every leaf up to n checked out and n was wanted) with the stored tree,
+/// the purge anchor and the latest checkpoint.
 fn finish(
     log: &dyn LogReader,
     anchor: Option<PurgeAnchor>,
+    checkpoint: Option<(u64, Hash, String)>,
     size: u64,
     start: u64,
     mut first_bad: Option<(u64, String)>,
@@ -293,7 +313,6 @@ fn finish(
     // The log must still hold the tree its latest signed checkpoint names:
     // cutting entries off the end is found here (the caller checks the
     // note's signature).
-    let checkpoint = log.latest_checkpoint()?;
     if first_bad.is_none()
         && let Some((cp_size, cp_root, _)) = &checkpoint
         && *cp_size >= start
