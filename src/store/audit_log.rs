@@ -137,11 +137,15 @@ pub fn append(conn: &Connection, mut e: Entry) -> Result<u64, StoreError> {
         .prepare_cached("SELECT seq, chain FROM audit_entries ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (seq, previous) = match (last, anchor(conn)?) {
-        (Some((s, c)), _) => (s as u64 + 1, to_hash(&c)?),
-        // Every entry purged (only inside a purge, before its receipt entry).
-        (None, Some(a)) => (a.before, a.chain),
-        (None, None) => (0u64, CHAIN_START),
+    // The purge anchor is read only when no entry is stored: it is the
+    // rarest case, and the anchor row carries a whole signed receipt.
+    let (seq, previous) = match last {
+        Some((s, c)) => (s as u64 + 1, to_hash(&c)?),
+        None => match anchor(conn)? {
+            // Every entry purged (only inside a purge, before its receipt entry).
+            Some(a) => (a.before, a.chain),
+            None => (0u64, CHAIN_START),
+        },
     };
     e.seq = seq;
     let leaf = e.leaf();
