@@ -321,9 +321,9 @@ impl CompactRange {
     }
 }
 
-/// An in-memory node store (tests, verification, building a tree from an
-/// export). It may start after a purged prefix, from that prefix's
-/// [`prefix_ranges`] nodes.
+/// An in-memory node store (tests, and checking an export, whose events are
+/// in memory anyway; the daemon's `verify` uses a [`CompactRange`]). It may
+/// start after a purged prefix, from that prefix's [`prefix_ranges`] nodes.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTree {
     /// Per level: the index of the first node held, and the nodes from there.
