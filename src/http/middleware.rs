@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use super::authz::RequestActor;
 use super::body::BodyTimedOut;
 use super::problem::{PROBLEM_JSON, Problem, REQUEST_ID};
+use crate::telemetry::access::Route;
 
 /// The TCP peer of the connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -134,16 +135,11 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
     let started = Instant::now(); // clock: I/O deadline, real time
     let request_id = new_request_id();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "<unmatched>".to_owned());
-    let peer = req
-        .extensions()
-        .get::<PeerAddr>()
-        .map(|p| p.0.to_string())
-        .unwrap_or_default();
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(m) => Route::Matched(m.clone()),
+        None => Route::Unmatched,
+    };
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
 
     let console = super::console::is_console_path(req.uri().path());
     let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
@@ -247,7 +243,7 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
     m.in_flight.dec();
     m.request_duration
         .get_or_create(&crate::telemetry::metrics::RequestLabels {
-            route: super::route_label(&route),
+            route: super::route_label(route.as_str()),
             method: crate::telemetry::metrics::method_label(method.as_str()),
             status_class: crate::telemetry::metrics::status_class(status),
         })
@@ -260,16 +256,16 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
         status,
         latency_us,
         peer,
-        actor: resp
-            .extensions()
-            .get::<RequestActor>()
-            .map(|a| crate::telemetry::access::Actor {
-                firm: a.firm.clone(),
-                actor: a.actor.clone(),
-                session: a.session.clone(),
+        // Taken, not copied: nothing after this layer reads it.
+        actor: resp.extensions_mut().remove::<RequestActor>().map(|a| {
+            crate::telemetry::access::Actor {
+                firm: a.firm,
+                actor: a.actor,
+                session: a.session,
                 permission: a.permission.as_str(),
-                decision: a.rule.clone(),
-            }),
+                decision: a.rule,
+            }
+        }),
     });
     resp
 }

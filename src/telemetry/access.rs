@@ -6,7 +6,14 @@
 //!
 //! Nothing is dropped: a full queue writes the line on the caller's thread,
 //! and [`flush`] (at shutdown) waits for every queued line before exit.
+//!
+//! On the stderr sink the thread gathers the lines of one wake-up and
+//! writes them with one system call ([`StderrLines`]); journald still gets
+//! one entry (one datagram) per request.
 
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
@@ -28,11 +35,28 @@ pub struct Actor {
 pub struct Record {
     pub request_id: String,
     pub method: axum::http::Method,
-    pub route: String,
+    pub route: Route,
     pub status: u16,
     pub latency_us: u64,
-    pub peer: String,
+    /// Formatted on the access-log thread, not the request's.
+    pub peer: Option<SocketAddr>,
     pub actor: Option<Actor>,
+}
+
+/// The route template a request matched (a shared string, not a copy).
+#[derive(Debug)]
+pub enum Route {
+    Matched(axum::extract::MatchedPath),
+    Unmatched,
+}
+
+impl Route {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Route::Matched(m) => m.as_str(),
+            Route::Unmatched => "<unmatched>",
+        }
+    }
 }
 
 impl Record {
@@ -46,30 +70,33 @@ impl Record {
             peer,
             actor,
         } = self;
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        // Strings are given as `&str`, not `%Display`: the JSON formatter
+        // then copies them instead of running them through `fmt`.
         match actor {
             Some(a) => tracing::info!(
                 target: "strongroom::request",
-                request_id = %request_id,
-                method = %method,
-                route = %route,
+                request_id = request_id.as_str(),
+                method = method.as_str(),
+                route = route.as_str(),
                 status,
                 latency_us,
-                peer = %peer,
-                firm = %a.firm,
-                actor = %a.actor,
+                peer = peer.as_str(),
+                firm = a.firm.as_str(),
+                actor = a.actor.as_str(),
                 session = a.session.as_deref().unwrap_or("-"),
                 permission = a.permission,
-                decision = %a.decision,
+                decision = a.decision.as_str(),
                 "request"
             ),
             None => tracing::info!(
                 target: "strongroom::request",
-                request_id = %request_id,
-                method = %method,
-                route = %route,
+                request_id = request_id.as_str(),
+                method = method.as_str(),
+                route = route.as_str(),
                 status,
                 latency_us,
-                peer = %peer,
+                peer = peer.as_str(),
                 "request"
             ),
         }
@@ -104,16 +131,96 @@ const REST: std::time::Duration = std::time::Duration::from_millis(2);
 fn drain(rx: Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
+        gathering(true);
         while let Some(m) = next {
             match m {
                 Msg::Line(r) => r.write(),
                 Msg::Flush(done) => {
+                    write_gathered();
                     let _ = done.send(());
                 }
             }
             next = rx.try_recv().ok();
         }
+        gathering(false);
         std::thread::sleep(REST);
+    }
+}
+
+/// Gathered lines are written once they reach this many bytes, or when the
+/// queue is empty.
+const GATHER: usize = 64 * 1024;
+
+thread_local! {
+    /// Lines formatted on this thread and not yet written; `None` when this
+    /// thread writes each line as it comes (every thread but the access log's
+    /// between its wake-ups).
+    static GATHERED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Starts (true) or ends (false, writing what was gathered) gathering this
+/// thread's stderr lines.
+fn gathering(on: bool) {
+    if !on {
+        write_gathered();
+    }
+    GATHERED.with(|g| {
+        let mut g = g.borrow_mut();
+        match (on, g.as_mut()) {
+            (true, None) => *g = Some(Vec::with_capacity(GATHER)),
+            (false, _) => *g = None,
+            (true, Some(_)) => {}
+        }
+    });
+}
+
+fn write_gathered() {
+    GATHERED.with(|g| {
+        if let Some(buf) = g.borrow_mut().as_mut()
+            && !buf.is_empty()
+        {
+            let _ = std::io::stderr().lock().write_all(buf);
+            buf.clear();
+        }
+    });
+}
+
+/// The stderr writer of the JSON sink. Each log line arrives as one
+/// `write_all`; on the access-log thread the lines of one wake-up are kept
+/// and written together (whole lines, in order), elsewhere each is written
+/// at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StderrLines;
+
+impl std::io::Write for StderrLines {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let full = GATHERED.with(|g| {
+            g.borrow_mut().as_mut().map(|buf| {
+                buf.extend_from_slice(line);
+                buf.len() >= GATHER
+            })
+        });
+        match full {
+            None => std::io::stderr().write(line),
+            Some(full) => {
+                if full {
+                    write_gathered();
+                }
+                Ok(line.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrLines {
+    type Writer = StderrLines;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        StderrLines
     }
 }
 

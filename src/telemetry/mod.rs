@@ -69,7 +69,7 @@ pub fn init(target: LogTarget, level: &str, human: bool) -> Sink {
                 .flatten_event(true)
                 .with_current_span(false)
                 .with_span_list(false)
-                .with_writer(std::io::stderr),
+                .with_writer(access::StderrLines),
         )
         .try_init();
     Sink::StderrJson
