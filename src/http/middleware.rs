@@ -136,8 +136,11 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
     let request_id = new_request_id();
     let method = req.method().clone();
     let route = match req.extensions().get::<MatchedPath>() {
-        Some(m) => Route::Matched(m.clone()),
-        None => Route::Unmatched,
+        Some(m) => match super::route_label(m.as_str()) {
+            "<unmatched>" => Route::Owned(m.as_str().to_owned()),
+            table => Route::Static(table),
+        },
+        None => Route::Static("<unmatched>"),
     };
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
 
@@ -243,7 +246,10 @@ pub async fn observe(State(max_body): State<u64>, req: Request, next: Next) -> R
     m.in_flight.dec();
     m.request_duration
         .get_or_create(&crate::telemetry::metrics::RequestLabels {
-            route: super::route_label(route.as_str()),
+            route: match route {
+                Route::Static(r) => r,
+                Route::Owned(_) => "<unmatched>",
+            },
             method: crate::telemetry::metrics::method_label(method.as_str()),
             status_class: crate::telemetry::metrics::status_class(status),
         })

@@ -43,18 +43,19 @@ pub struct Record {
     pub actor: Option<Actor>,
 }
 
-/// The route template a request matched (a shared string, not a copy).
+/// The route template a request matched: the route table's own string
+/// (no copy per request), else a copy.
 #[derive(Debug)]
 pub enum Route {
-    Matched(axum::extract::MatchedPath),
-    Unmatched,
+    Static(&'static str),
+    Owned(String),
 }
 
 impl Route {
     pub fn as_str(&self) -> &str {
         match self {
-            Route::Matched(m) => m.as_str(),
-            Route::Unmatched => "<unmatched>",
+            Route::Static(r) => r,
+            Route::Owned(r) => r,
         }
     }
 }
