@@ -152,36 +152,34 @@ fn drain(rx: Receiver<Msg>) {
 /// queue is empty.
 const GATHER: usize = 64 * 1024;
 
+/// Lines formatted on this thread and not yet written.
+struct Gathered {
+    /// Set on the access-log thread while it drains its queue; elsewhere
+    /// (and between its wake-ups) each line is written as it comes.
+    on: bool,
+    /// Kept between wake-ups: it grows once to its working size.
+    buf: Vec<u8>,
+}
+
 thread_local! {
-    /// Lines formatted on this thread and not yet written; `None` when this
-    /// thread writes each line as it comes (every thread but the access log's
-    /// between its wake-ups).
-    static GATHERED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    static GATHERED: RefCell<Gathered> = const {
+        RefCell::new(Gathered { on: false, buf: Vec::new() })
+    };
 }
 
 /// Starts (true) or ends (false, writing what was gathered) gathering this
 /// thread's stderr lines.
 fn gathering(on: bool) {
-    if !on {
-        write_gathered();
-    }
-    GATHERED.with(|g| {
-        let mut g = g.borrow_mut();
-        match (on, g.as_mut()) {
-            (true, None) => *g = Some(Vec::with_capacity(GATHER)),
-            (false, _) => *g = None,
-            (true, Some(_)) => {}
-        }
-    });
+    write_gathered();
+    GATHERED.with(|g| g.borrow_mut().on = on);
 }
 
 fn write_gathered() {
     GATHERED.with(|g| {
-        if let Some(buf) = g.borrow_mut().as_mut()
-            && !buf.is_empty()
-        {
-            let _ = std::io::stderr().lock().write_all(buf);
-            buf.clear();
+        let mut g = g.borrow_mut();
+        if !g.buf.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&g.buf);
+            g.buf.clear();
         }
     });
 }
@@ -196,9 +194,10 @@ pub struct StderrLines;
 impl std::io::Write for StderrLines {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let full = GATHERED.with(|g| {
-            g.borrow_mut().as_mut().map(|buf| {
-                buf.extend_from_slice(line);
-                buf.len() >= GATHER
+            let g = &mut *g.borrow_mut();
+            g.on.then(|| {
+                g.buf.extend_from_slice(line);
+                g.buf.len() >= GATHER
             })
         });
         match full {
